@@ -1,0 +1,3 @@
+"""netfs: virtual networks as a filesystem, with libvirt's network semantics."""
+
+__version__ = "0.1.0"

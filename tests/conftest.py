@@ -1,0 +1,54 @@
+"""Shared fixtures: network namespaces that the tests make and always remove.
+
+Nothing here touches the host's own network namespace: every link, address
+and route a test makes lives in a namespace created by `netns` below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CONFORMANCE = Path(
+    os.environ.get("NETFS_CONFORMANCE")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "libvirt"
+)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+_counter = itertools.count()
+
+
+def ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `ip` (inside `netns` when given) and return the completed process."""
+    cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def make_netns_name(tag: str = "t") -> str:
+    return f"nfs{tag}{os.getpid() % 100000}x{next(_counter)}"
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace (loopback up); removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    name = make_netns_name()
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        ip("link", "set", "lo", "up", netns=name)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def conformance_dir() -> Path:
+    if not CONFORMANCE.is_dir():
+        pytest.skip(f"conformance data not found at {CONFORMANCE}")
+    return CONFORMANCE
