@@ -1,0 +1,1 @@
+"""Benchmarks: `sh dev.sh bench [NAME...]` (NAME: core, fs). Not part of the tests."""

@@ -1,0 +1,35 @@
+"""Run the benchmarks: `python -m bench [core] [fs] [--quick]`.
+
+Each benchmark module prints its figures side by side with a floor measured
+in the same run. Modules: bench.core (driver and netlink), bench.fs (the
+mounted filesystem).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+MODULES = ["core", "fs"]
+
+
+def main(argv: list[str]) -> int:
+    names = [a for a in argv if not a.startswith("-")] or MODULES
+    flags = [a for a in argv if a.startswith("-")]
+    status = 0
+    for name in names:
+        if name not in MODULES:
+            print(f"unknown benchmark {name!r}; choose from {', '.join(MODULES)}", file=sys.stderr)
+            return 2
+        try:
+            mod = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as e:
+            print(f"== bench {name}: not available ({e})")
+            continue
+        print(f"== bench {name}")
+        status |= int(mod.main(flags) or 0)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
