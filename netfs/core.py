@@ -1,0 +1,755 @@
+"""The driver core: one engine for every way in.
+
+Every change of a network goes through :class:`Driver`, whatever caused it: a
+write through the mount, the daemon's own autostart or recovery, or a bridge
+that vanished behind our back (the link monitor). The core keeps the
+in-memory picture of all networks, serialises the transitions of one network
+with a trio lock (different networks proceed concurrently), writes the state
+store (:mod:`netfs.state`), asks the sub-driver of the network's forward mode
+(:mod:`netfs.subdrivers`) to do the kernel work, and emits one
+:class:`Event` per change to every subscriber.
+
+Decisions (libvirt has no filesystem, so some are ours):
+
+* Start of an active network and stop of an inactive one are no-op
+  successes (writing the value a file already has changes nothing).
+* A transition, once its lock is taken, runs shielded from cancellation: a
+  half-done start or stop is worse than a slightly late cancel.
+* Start order: stale port files removed, live = deep copy of the definition,
+  sub-driver start, **status file written last**, then marked active. If the
+  status write fails the sub-driver's stop undoes the kernel work.
+* Stop order: **status file removed first**, sub-driver stop (a failure is
+  logged and recorded as the network's error but the network is stopped:
+  libvirt ignores bridge-deletion errors too; a bridge that stays behind is
+  tagged and removed at the next recovery), port files removed
+  (``port-deleted`` each), marked inactive, a transient network disappears.
+  Events: ``port-deleted``..., ``stopped``, then ``undefined`` for a
+  transient network.
+* Undefining an active network with ``if_active="transient"`` keeps it
+  running as a transient network (libvirt); this emits ``updated`` (its
+  directory stays, its config and autostart are gone) and ``undefined``
+  follows its stop.
+* A redefinition whose XML carries no ``<uuid>`` keeps the existing
+  network's uuid (libvirt would generate one and then refuse the mismatch;
+  for ``cat net.xml > definition.xml`` keeping it is what a user means).
+* Recovery at :meth:`Driver.startup`: a network with a status file is active
+  if its sub-driver's ``is_running`` says so (then ``repair`` gives its bridge
+  back what it lost); otherwise its status file and port files are removed
+  and ``stopped`` is emitted (the state on disk said active; subscribers
+  that exist this early learn it was found down). A status file that cannot
+  be parsed is left in place and its network is inactive (its problem is the
+  network's error). A bridge carrying our alias ``netfs:<uuid>`` with no
+  active network of that uuid (a crash between bridge creation and status
+  write, or between status removal and bridge deletion) is deleted. Then
+  autostart, once per host boot (marker ``<state_dir>/autostarted``, written
+  after autostart so a crash in the middle retries it).
+* Live reconciliation (:meth:`Driver.run_monitor`): a deleted link that is
+  (by alias or by name) the bridge of an active network triggers a check of
+  that network, under its lock, with the sub-driver's ``is_running``; if it
+  is down the network is marked inactive without calling the sub-driver's
+  stop (the bridge is gone, and a same-named link someone made meanwhile is
+  not ours to delete). An ``overrun`` resynchronises every active network.
+* Every failed operation records its message as the network's ``error``
+  (when the network exists) and logs it; success leaves it in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from netfs import subdrivers
+from netfs.errors import NetfsError
+from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
+from netfs.model.port import (
+    NetworkPort,
+    allocate_port,
+    format_port,
+    parse_port,
+    portgroup_virtualport,
+)
+from netfs.model.validate import random_mac, validate_network
+from netfs.model.virtualport import format_virtualport
+from netfs.model.xmlsafe import parse_document
+from netfs.netlink import Netlink
+from netfs.state import StateStore, check_name, format_status
+
+log = logging.getLogger(__name__)
+
+ALIAS_PREFIX = "netfs:"
+EVENT_BUFFER = 4096
+EVENT_KINDS = frozenset(
+    {"defined", "undefined", "started", "stopped", "updated", "port-created", "port-deleted"}
+)
+# concurrent kernel checks at start-up and on resync
+_CHECK_LIMIT = 16
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change of one network, as a line of the ``events`` file."""
+
+    time: datetime
+    network: str
+    kind: str
+    port: str | None = None
+
+    def line(self) -> str:
+        text = f"{self.time.isoformat(timespec='milliseconds')} {self.network} {self.kind}"
+        return text if self.port is None else f"{text} {self.port}"
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    """A read-only snapshot of one network (the defs are shared, never mutated)."""
+
+    name: str
+    uuid: str
+    definition: NetworkDef
+    live: NetworkDef | None
+    active: bool
+    autostart: bool
+    persistent: bool
+    error: str
+    problem: str | None
+    ports: dict[str, NetworkPort]
+
+
+@dataclass
+class _Net:
+    name: str
+    definition: NetworkDef
+    live: NetworkDef | None = None
+    persistent: bool = True
+    autostart: bool = False
+    error: str = ""
+    problem: str | None = None
+    ports: dict[str, NetworkPort] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.live is not None
+
+    @property
+    def uuid(self) -> str:
+        return (self.live or self.definition).uuid
+
+
+def _bridge_of(net: NetworkDef | None) -> str | None:
+    if net is None:
+        return None
+    return net.bridge.name if net.bridge is not None else None
+
+
+def _has_uuid(xml: bytes | str) -> bool:
+    root = parse_document(xml)
+    return root.find("uuid") is not None
+
+
+def _with_name(xml: bytes | str, name: str) -> bytes | str:
+    """Give a definition without ``<name>`` the directory's name."""
+    from lxml import etree
+
+    root = parse_document(xml)
+    if root.tag != "network" or root.find("name") is not None:
+        return xml
+    el = etree.Element("name")
+    el.text = name
+    root.insert(0, el)
+    return etree.tostring(root)
+
+
+class Driver:
+    """The network driver: see the module docstring for the rules."""
+
+    def __init__(self, config_dir: Path, state_dir: Path, netlink: Netlink) -> None:
+        self.store = StateStore(config_dir, state_dir)
+        self.nl = netlink
+        self._nets: dict[str, _Net] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
+        # active networks' bridges -> network name (for the monitor)
+        self._bridges: dict[str, str] = {}
+        self._checking: set[str] = set()
+        self._resyncing = False
+        self._resync_again = False
+        self.ready = trio.Event()
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
+        """Every event from now on. A subscriber that falls more than
+        EVENT_BUFFER events behind loses events (logged), never blocks the core."""
+        send, recv = trio.open_memory_channel[Event](EVENT_BUFFER)
+        self._subscribers[id(recv)] = send
+        return recv
+
+    def unsubscribe(self, ch: trio.MemoryReceiveChannel[Event]) -> None:
+        send = self._subscribers.pop(id(ch), None)
+        if send is not None:
+            send.close()
+
+    def _emit(self, network: str, kind: str, port: str | None = None) -> None:
+        assert kind in EVENT_KINDS, kind
+        ev = Event(datetime.now(UTC), network, kind, port)
+        log.info("event: %s", ev.line())
+        for key, send in list(self._subscribers.items()):
+            try:
+                send.send_nowait(ev)
+            except trio.WouldBlock:
+                log.warning("event subscriber %x is too slow: dropped %s", key, ev.line())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.pop(key, None)
+
+    # ------------------------------------------------------------------ queries
+
+    def names(self) -> list[str]:
+        return sorted(self._nets)
+
+    def _get(self, name: str) -> _Net:
+        n = self._nets.get(name)
+        if n is None:
+            raise NetfsError(errno.ENOENT, f"no network with matching name '{name}'")
+        return n
+
+    def get(self, name: str) -> NetworkState:
+        n = self._get(name)
+        return NetworkState(
+            name=n.name,
+            uuid=n.uuid,
+            definition=n.definition,
+            live=n.live,
+            active=n.active,
+            autostart=n.autostart,
+            persistent=n.persistent,
+            error=n.error,
+            problem=n.problem,
+            ports=dict(n.ports),
+        )
+
+    def definition_xml(self, name: str) -> str:
+        return format_network(self._get(name).definition, inactive=True)
+
+    def status_xml(self, name: str) -> str | None:
+        n = self._get(name)
+        return None if n.live is None else format_status(n.live, header=False).decode()
+
+    def _port(self, name: str, port: str) -> NetworkPort:
+        p = self._get(name).ports.get(port)
+        if p is None:
+            raise NetfsError(errno.ENOENT, f"network '{name}' has no port '{port}'")
+        return p
+
+    def port_xml(self, name: str, port: str) -> str:
+        return format_port(self._port(name, port))
+
+    def port_virtualport_xml(self, name: str, port: str) -> str | None:
+        return format_virtualport(self._port(name, port).virtualport, 0) or None
+
+    def portgroup_virtualport_xml(self, name: str, portgroup: str) -> str | None:
+        """The network's virtualport merged with the portgroup's: taken from the
+        live definition while active (what ports get), else the persistent one."""
+        n = self._get(name)
+        net = n.live or n.definition
+        if not any(pg.name == portgroup for pg in net.portgroups):
+            raise NetfsError(errno.ENOENT, f"network '{name}' has no portgroup '{portgroup}'")
+        return format_virtualport(portgroup_virtualport(net, portgroup), 0) or None
+
+    def set_error(self, name: str, message: str) -> None:
+        n = self._nets.get(name)
+        if n is not None:
+            n.error = message
+        log.warning("network %s: %s", name, message)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _lock(self, name: str) -> trio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = trio.Lock()
+        return lock
+
+    @asynccontextmanager
+    async def _transition(self, name: str) -> AsyncIterator[None]:
+        """Take the network's lock, then run shielded; record failures."""
+        with self._recording(name):
+            async with self._lock(name):
+                with trio.CancelScope(shield=True):
+                    yield
+
+    @contextmanager
+    def _recording(self, name: str | None) -> Iterator[None]:
+        try:
+            yield
+        except NetfsError as e:
+            if name is not None:
+                self.set_error(name, e.message)
+            raise
+        except OSError as e:
+            err = NetfsError(e.errno or errno.EIO, f"{e.strerror or e}: {e.filename or ''}")
+            if name is not None:
+                self.set_error(name, err.message)
+            raise err from e
+
+    def _set_live(self, n: _Net, live: NetworkDef | None) -> None:
+        old = _bridge_of(n.live)
+        if old is not None and self._bridges.get(old) == n.name:
+            del self._bridges[old]
+        n.live = live
+        br = _bridge_of(live)
+        if live is not None and br is not None and is_virtual(live.forward.mode):
+            self._bridges[br] = n.name
+
+    async def _link_names(self) -> set[str]:
+        return {link.name for link in await self.nl.links()}
+
+    async def _store(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args)
+
+    # ------------------------------------------------------------------ define
+
+    async def define(self, xml: bytes | str, *, name: str | None = None) -> str:
+        """Define (or redefine) a network strictly; returns its name.
+
+        ``name`` is the directory the definition was written to: the XML's
+        ``<name>`` must equal it (EINVAL), and a definition without ``<name>``
+        takes it. Emits ``defined`` (new) or ``updated`` (redefinition); a
+        redefinition of an active network becomes effective at its next start.
+        """
+        with self._recording(name if name in self._nets else None):
+            if name is not None:
+                check_name(name)
+                xml = _with_name(xml, name)
+            net = parse_network(xml)
+            if name is not None and net.name != name:
+                raise NetfsError(
+                    errno.EINVAL,
+                    f"network name '{net.name}' does not match directory name '{name}'",
+                )
+            check_name(net.name)
+            explicit_uuid = _has_uuid(xml)
+        async with self._transition(net.name):
+            links = await self._link_names()
+            # no checkpoint from here to the reservation below
+            old = self._nets.get(net.name)
+            if old is not None and old.uuid != net.uuid:
+                if explicit_uuid:
+                    raise NetfsError(
+                        errno.EEXIST,
+                        f"network '{net.name}' already exists with uuid {old.uuid}",
+                    )
+                net.uuid = old.uuid
+            for other in self._nets.values():
+                if other.name != net.name and other.uuid == net.uuid:
+                    raise NetfsError(
+                        errno.EEXIST,
+                        f"network '{other.name}' is already defined with uuid {net.uuid}",
+                    )
+            in_use = set()
+            for other in self._nets.values():
+                if other.name != net.name:
+                    in_use.update(b for b in (_bridge_of(other.definition), _bridge_of(other.live)) if b)
+            try:
+                validate_network(net, bridges_in_use=in_use, device_exists=links.__contains__)
+            except NetfsError as e:
+                if e.errno == errno.EINVAL and "already in use" in e.message:
+                    raise NetfsError(errno.EADDRINUSE, e.message) from None
+                raise
+            if old is None:
+                n = _Net(name=net.name, definition=net)
+                self._nets[net.name] = n  # reserve the name, bridge and uuid
+                try:
+                    await self._store(self.store.write_config, net)
+                except BaseException:
+                    del self._nets[net.name]
+                    raise
+                self._emit(net.name, "defined")
+            else:
+                await self._store(self.store.write_config, net)
+                old.definition = net
+                old.problem = None
+                old.persistent = True
+                self._emit(net.name, "updated")
+            return net.name
+
+    # ------------------------------------------------------------------ undefine
+
+    async def undefine(self, name: str, *, if_active: str = "refuse") -> None:
+        """Remove a network's definition (config file and autostart link).
+
+        ``if_active="refuse"``: EBUSY when it is active or has ports (rmdir).
+        ``if_active="transient"``: libvirt's way; an active network keeps
+        running as a transient one and vanishes when it stops.
+        """
+        if if_active not in ("refuse", "transient"):
+            raise ValueError(f"if_active must be 'refuse' or 'transient', not {if_active!r}")
+        async with self._transition(name):
+            n = self._get(name)
+            if not n.persistent:
+                raise NetfsError(errno.EINVAL, "can't undefine transient network")
+            if if_active == "refuse" and (n.active or n.ports):
+                raise NetfsError(errno.EBUSY, f"network '{name}' is active")
+            await self._store(self.store.delete_config, name)
+            n.autostart = False
+            if n.active:
+                n.persistent = False
+                self._emit(name, "updated")
+            else:
+                del self._nets[name]
+                self._emit(name, "undefined")
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self, name: str) -> None:
+        """Start a network; already active is a no-op success."""
+        async with self._transition(name):
+            n = self._get(name)
+            if not n.active:
+                await self._start_locked(n)
+
+    async def _start_locked(self, n: _Net) -> None:
+        if n.problem:
+            raise NetfsError(errno.EINVAL, n.problem)
+        live = copy.deepcopy(n.definition)
+        mode = live.forward.mode
+        if is_virtual(mode):
+            if not _bridge_of(live):
+                raise NetfsError(errno.EINVAL, f"network '{n.name}' has no bridge name defined")
+            if live.mac is None:
+                live.mac = random_mac()
+        await self._store(self.store.delete_ports, n.name)
+        sub = subdrivers.for_mode(mode)
+        await sub.start(live, self.nl)
+        try:
+            await self._store(self.store.write_status, live)
+        except BaseException:
+            try:
+                await sub.stop(live, self.nl)
+            except Exception:
+                log.exception("network %s: undoing a failed start", n.name)
+            raise
+        n.ports = {}
+        self._set_live(n, live)
+        self._emit(n.name, "started")
+
+    async def stop(self, name: str) -> None:
+        """Stop a network; already inactive is a no-op success. Frees its ports."""
+        async with self._transition(name):
+            n = self._get(name)
+            if n.live is None:
+                return
+            live = n.live
+            await self._store(self.store.delete_status, name)
+            try:
+                await subdrivers.for_mode(live.forward.mode).stop(live, self.nl)
+            except Exception as e:
+                msg = e.message if isinstance(e, NetfsError) else str(e)
+                self.set_error(name, msg)
+                log.exception("network %s: stopping", name)
+            await self._finish_stop(n)
+
+    async def _finish_stop(self, n: _Net) -> None:
+        """After the status file is gone and the kernel side is down."""
+        ports = list(n.ports)
+        await self._store(self.store.delete_ports, n.name, None)
+        n.ports = {}
+        for p in ports:
+            self._emit(n.name, "port-deleted", p)
+        self._set_live(n, None)
+        self._emit(n.name, "stopped")
+        if not n.persistent:
+            del self._nets[n.name]
+            self._emit(n.name, "undefined")
+
+    async def set_autostart(self, name: str, on: bool) -> None:
+        """Create or remove the autostart link; emits ``updated`` on a change."""
+        async with self._transition(name):
+            n = self._get(name)
+            if not n.persistent:
+                raise NetfsError(errno.EINVAL, "cannot set autostart for transient network")
+            if n.autostart == bool(on):
+                return
+            await self._store(self.store.set_autostart, name, bool(on))
+            n.autostart = bool(on)
+            self._emit(name, "updated")
+
+    # ------------------------------------------------------------------ ports
+
+    async def create_port(self, name: str, port: str, xml: bytes | str) -> NetworkPort:
+        """Allocate a port on an active network and record it."""
+        async with self._transition(name):
+            check_name(port, "port")
+            n = self._get(name)
+            if n.live is None:
+                raise NetfsError(errno.ENETDOWN, f"network '{name}' is not active")
+            p = parse_port(xml, strict=True, owner_name=port)
+            if port in n.ports:
+                raise NetfsError(errno.EEXIST, f"port '{port}' already exists in network '{name}'")
+            for q in n.ports.values():
+                if q.uuid == p.uuid:
+                    raise NetfsError(
+                        errno.EEXIST, f"Network port with UUID {p.uuid} already exists"
+                    )
+            usage: Counter[str] = Counter()
+            for q in n.ports.values():
+                dev = getattr(q.plug, "dev", None) if q.plug is not None else None
+                if dev:
+                    usage[dev] += 1
+            allocated = allocate_port(n.live, p, device_usage=dict(usage))
+            await self._store(self.store.write_port, name, port, allocated)
+            n.ports[port] = allocated
+            self._emit(name, "port-created", port)
+            return allocated
+
+    async def delete_port(self, name: str, port: str) -> None:
+        async with self._transition(name):
+            n = self._get(name)
+            if port not in n.ports:
+                raise NetfsError(errno.ENOENT, f"network '{name}' has no port '{port}'")
+            await self._store(self.store.delete_port, name, port)
+            del n.ports[port]
+            self._emit(name, "port-deleted", port)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def startup(self) -> None:
+        """Load the state leniently, reconcile with the kernel, autostart."""
+        await self._store(self.store.ensure_dirs)
+        await self._store(self.store.remove_stale_temp_files)
+        loaded = await self._store(self.store.load)
+        for path, problem in loaded.problems:
+            log.warning("%s: %s", path, problem)
+        bad_status = {
+            p.name[: -len(".xml")]: msg
+            for p, msg in loaded.problems
+            if p.parent == self.store.state_dir and p.name.endswith(".xml")
+        }
+        for name, cfg in loaded.configs.items():
+            self._nets[name] = _Net(
+                name=name,
+                definition=cfg.definition,
+                autostart=cfg.autostart,
+                problem=cfg.problem,
+                error=cfg.problem or bad_status.get(name, ""),
+            )
+        for name, st in loaded.statuses.items():
+            n = self._nets.get(name)
+            if n is None:
+                n = self._nets[name] = _Net(name=name, definition=st.live, persistent=False)
+            n.ports = st.ports
+            self._set_live(n, st.live)
+
+        limiter = trio.CapacityLimiter(_CHECK_LIMIT)
+        async with trio.open_nursery() as nursery:
+            for n in list(self._nets.values()):
+                if n.active:
+                    nursery.start_soon(self._recover_one, n, limiter)
+
+        await self._delete_orphan_bridges()
+        if not await self._store(self.store.autostarted):
+            await self._autostart()
+            await self._store(self.store.mark_autostarted)
+        self.ready.set()
+
+    async def _recover_one(self, n: _Net, limiter: trio.CapacityLimiter) -> None:
+        assert n.live is not None
+        live = n.live
+        sub = subdrivers.for_mode(live.forward.mode)
+        async with limiter, self._lock(n.name):
+            try:
+                running = await sub.is_running(live, self.nl)
+            except Exception:
+                log.exception("network %s: checking whether it runs", n.name)
+                running = False
+            if running:
+                try:
+                    await sub.repair(live, self.nl)
+                except Exception as e:
+                    msg = e.message if isinstance(e, NetfsError) else str(e)
+                    self.set_error(n.name, f"repair failed: {msg}")
+                return
+            log.warning("network %s: recorded active but not running: now inactive", n.name)
+            await self._store(self.store.delete_status, n.name)
+            await self._finish_stop(n)
+
+    async def _delete_orphan_bridges(self) -> None:
+        ours = {n.live.uuid for n in self._nets.values() if n.live is not None}
+        for link in await self.nl.links():
+            alias = getattr(link, "alias", None) or ""
+            if not alias.startswith(ALIAS_PREFIX):
+                continue
+            if alias[len(ALIAS_PREFIX) :] in ours:
+                continue
+            log.warning("deleting orphan bridge %s (%s)", link.name, alias)
+            try:
+                await self.nl.delete_link(link.name)
+            except NetfsError as e:
+                if e.errno != errno.ENODEV:
+                    log.warning("cannot delete orphan bridge %s: %s", link.name, e.message)
+
+    async def _autostart(self) -> None:
+        for name in sorted(self._nets):
+            n = self._nets.get(name)
+            if n is None or not n.autostart or n.active:
+                continue
+            try:
+                await self.start(name)
+            except NetfsError as e:
+                log.warning("autostart of network %s failed: %s", name, e.message)
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config directory, then autostart again.
+
+        New configs are added (``defined``), changed ones replace the
+        definition (``updated``); a persistent network whose file is gone is
+        removed if inactive (``undefined``) or becomes transient if active
+        (``updated``). A file that no longer parses leaves the network as it
+        is (lenient: never dropped because of a bad file).
+        """
+        configs, problems = await self._store(self.store.load_configs)
+        for path, problem in problems:
+            log.warning("%s: %s", path, problem)
+        bad = {p.name[: -len(".xml")] for p, _ in problems if p.parent == self.store.config_dir}
+        for name, cfg in configs.items():
+            async with self._lock(name):
+                n = self._nets.get(name)
+                if n is None:
+                    self._nets[name] = _Net(
+                        name=name,
+                        definition=cfg.definition,
+                        autostart=cfg.autostart,
+                        problem=cfg.problem,
+                        error=cfg.problem or "",
+                    )
+                    self._emit(name, "defined")
+                    continue
+                changed = (
+                    format_network(n.definition, inactive=True)
+                    != format_network(cfg.definition, inactive=True)
+                    or n.autostart != cfg.autostart
+                    or not n.persistent
+                    or n.problem != cfg.problem
+                )
+                if changed:
+                    n.definition = cfg.definition
+                    n.autostart = cfg.autostart
+                    n.problem = cfg.problem
+                    n.persistent = True
+                    if cfg.problem:
+                        n.error = cfg.problem
+                    self._emit(name, "updated")
+        for name in list(self._nets):
+            if name in configs or name in bad:
+                continue
+            async with self._lock(name):
+                n = self._nets.get(name)
+                if n is None or not n.persistent:
+                    continue
+                if await self._store(self.store.config_path(name).exists):
+                    continue
+                n.autostart = False
+                if n.active:
+                    n.persistent = False
+                    self._emit(name, "updated")
+                else:
+                    del self._nets[name]
+                    self._emit(name, "undefined")
+        await self._autostart()
+
+    # ------------------------------------------------------------------ monitor
+
+    async def run_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow link events; reconcile networks whose bridge vanished.
+
+        Runs until cancelled. Never raises because of what the monitor
+        yields: a failing monitor is logged, resynchronised and reopened.
+        """
+        started = False
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    async with self.nl.monitor() as events:
+                        if not started:
+                            started = True
+                            task_status.started()
+                        else:
+                            nursery.start_soon(self.resync)
+                        async for ev in events:
+                            try:
+                                self._on_link_event(ev, nursery)
+                            except Exception:
+                                log.exception("link event %r", ev)
+                except Exception:
+                    log.exception("link monitor failed; reopening")
+                    await trio.sleep(0.1)
+
+    def _on_link_event(self, ev: Any, nursery: trio.Nursery) -> None:
+        kind = getattr(ev, "kind", None)
+        if kind == "overrun":
+            nursery.start_soon(self.resync)
+            return
+        if kind != "del":
+            return
+        name = None
+        alias = getattr(ev, "alias", None) or ""
+        if alias.startswith(ALIAS_PREFIX):
+            uuid = alias[len(ALIAS_PREFIX) :]
+            for n in self._nets.values():
+                if n.live is not None and n.live.uuid == uuid:
+                    name = n.name
+                    break
+        if name is None and getattr(ev, "name", None):
+            name = self._bridges.get(ev.name)
+        if name is not None and name not in self._checking:
+            self._checking.add(name)
+            nursery.start_soon(self._check_running, name)
+
+    async def _check_running(self, name: str) -> None:
+        try:
+            async with self._transition(name):
+                self._checking.discard(name)
+                n = self._nets.get(name)
+                if n is None or n.live is None:
+                    return
+                live = n.live
+                sub = subdrivers.for_mode(live.forward.mode)
+                if await sub.is_running(live, self.nl):
+                    return
+                log.warning("network %s: its bridge vanished: now inactive", name)
+                await self._store(self.store.delete_status, name)
+                await self._finish_stop(n)
+        except Exception:
+            log.exception("network %s: reconciling", name)
+        finally:
+            self._checking.discard(name)
+
+    async def resync(self) -> None:
+        """Compare every active network with the kernel (after an overrun)."""
+        if self._resyncing:
+            self._resync_again = True
+            return
+        self._resyncing = True
+        try:
+            while True:
+                self._resync_again = False
+                async with trio.open_nursery() as nursery:
+                    for n in list(self._nets.values()):
+                        if n.active and n.name not in self._checking:
+                            self._checking.add(n.name)
+                            nursery.start_soon(self._check_running, n.name)
+                if not self._resync_again:
+                    break
+        finally:
+            self._resyncing = False

@@ -1,0 +1,424 @@
+"""The state store: the config directory and the state directory on disk.
+
+Layout (as libvirt's network driver keeps it)::
+
+    <config_dir>/NAME.xml                 persistent definition (inactive XML)
+    <config_dir>/autostart/NAME.xml       symlink to ../NAME.xml: autostart on
+    <state_dir>/NAME.xml                  status file of an active network
+    <state_dir>/NAME/ports/PORT.xml       allocated ports of an active network
+    <state_dir>/autostarted               marker: autostart ran since host boot
+
+Writes are atomic: a temporary file in the same directory is written,
+fsync'ed, renamed over the target, and the directory is fsync'ed. A crash
+leaves either the old or the new file, never a torn one; a stray temporary
+file (name starting with ``.netfs-tmp-``) is ignored by the loaders and
+removed by :meth:`StateStore.remove_stale_temp_files`.
+
+Loading is lenient and never deletes or rewrites anything: the loaders return
+what they could load plus a list of ``(path, problem)`` for the files they
+could not use. A definition that parses but that today's define-time
+validation would refuse is loaded with its problem recorded (only starting it
+is refused, by the core). A saved port is re-read with ``strict=False``, so a
+guest ``<ip>``/``<route>`` saved by an older version does not make it vanish.
+
+Every method here is synchronous and may block (fsync): the core calls them
+from a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from netfs.errors import NetfsError
+from netfs.model.network import NetworkDef, format_network, parse_network
+from netfs.model.port import NetworkPort, format_port, parse_port
+from netfs.model.validate import network_problems
+from netfs.model.xmlsafe import parse_document
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".netfs-tmp-"
+AUTOSTARTED = "autostarted"
+
+Problem = tuple[Path, str]
+
+
+def _header(name: str) -> bytes:
+    # Our own words: a warning that the file is generated, kept valid XML
+    # (a comment may not contain "--", and a network name may).
+    safe = name.replace("-", "\N{HYPHEN}") if "--" in name else name
+    return (
+        "<!--\n"
+        "netfs: generated file, rewritten whenever the network changes.\n"
+        "Change it through the netfs mount, e.g. by writing\n"
+        f"  <mount>/{safe}/definition.xml\n"
+        "-->\n"
+    ).encode()
+
+
+def check_name(name: str, what: str = "network") -> None:
+    """Refuse names that cannot be a file name in our directories (EINVAL)."""
+    if (
+        not name
+        or "/" in name
+        or "\0" in name
+        or name.startswith(".")
+        or name == AUTOSTARTED
+        or len(name.encode()) > 250
+    ):
+        raise NetfsError(errno.EINVAL, f"invalid {what} name '{name}'")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync dir."""
+    directory = path.parent
+    tmp = directory / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{id(data):x}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def atomic_symlink(path: Path, target: str) -> None:
+    """Point the symlink ``path`` at ``target`` atomically."""
+    directory = path.parent
+    tmp = directory / f"{TMP_PREFIX}{path.name}.{os.getpid()}.link"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def remove_file(path: Path) -> bool:
+    """Unlink ``path`` (missing is fine) and fsync its directory. True if removed."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def _as_oserror_problem(e: Exception) -> str:
+    if isinstance(e, NetfsError):
+        return e.message
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e) or type(e).__name__
+
+
+@dataclass
+class StoredConfig:
+    """A definition read from the config directory."""
+
+    definition: NetworkDef
+    autostart: bool
+    path: Path
+    problem: str | None = None  # why it will not start (today's validation)
+
+
+@dataclass
+class StoredStatus:
+    """A status file (an active network) and its saved ports."""
+
+    live: NetworkDef
+    path: Path
+    ports: dict[str, NetworkPort] = field(default_factory=dict)
+
+
+@dataclass
+class Loaded:
+    configs: dict[str, StoredConfig] = field(default_factory=dict)
+    statuses: dict[str, StoredStatus] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _xml_files(directory: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in entries:
+        if e.name.startswith(".") or not e.name.endswith(".xml") or len(e.name) <= 4:
+            continue
+        try:
+            if not e.is_file():
+                continue
+        except OSError:
+            continue
+        out.append(Path(e.path))
+    out.sort()
+    return out
+
+
+def _check_filename(path: Path, net: NetworkDef) -> None:
+    stem = path.name[: -len(".xml")]
+    if stem != net.name:
+        raise NetfsError(
+            errno.EINVAL,
+            f"Network config filename '{path}' does not match network name '{net.name}'",
+        )
+
+
+def format_status(live: NetworkDef, *, header: bool = True) -> bytes:
+    """The status document: ``<networkstatus>`` wrapping the live ``<network>``.
+
+    Structure as libvirt's (§3.4): the reserved QoS class ids ``0-2``, a floor
+    sum of 0 (netfs does no QoS accounting), then the live network.
+    """
+    inner = format_network(live)
+    body = "".join("  " + line + "\n" if line else "\n" for line in inner.splitlines())
+    return (
+        (_header(live.name) if header else b"")
+        + b"<networkstatus>\n  <class_id bitmap='0-2'/>\n  <floor sum='0'/>\n"
+        + body.encode()
+        + b"</networkstatus>\n"
+    )
+
+
+def parse_status(data: bytes) -> NetworkDef:
+    """Parse a status file: ``<networkstatus>`` or (older form) a bare ``<network>``."""
+    root = parse_document(data)
+    if root.tag == "network":
+        return parse_network(data)
+    if root.tag != "networkstatus":
+        raise NetfsError(errno.EINVAL, f"unexpected root element <{root.tag}> in status file")
+    inner = root.find("network")
+    if inner is None:
+        raise NetfsError(errno.EINVAL, "Could not find any 'network' element in status file")
+    return parse_network(etree.tostring(inner))
+
+
+class StateStore:
+    """Files of netfs: see the module docstring for the layout and the rules."""
+
+    def __init__(self, config_dir: Path, state_dir: Path) -> None:
+        self.config_dir = Path(config_dir)
+        self.state_dir = Path(state_dir)
+        self.autostart_dir = self.config_dir / "autostart"
+
+    # -- paths ---------------------------------------------------------------
+
+    def config_path(self, name: str) -> Path:
+        check_name(name)
+        return self.config_dir / f"{name}.xml"
+
+    def autostart_path(self, name: str) -> Path:
+        check_name(name)
+        return self.autostart_dir / f"{name}.xml"
+
+    def status_path(self, name: str) -> Path:
+        check_name(name)
+        return self.state_dir / f"{name}.xml"
+
+    def ports_dir(self, name: str) -> Path:
+        check_name(name)
+        return self.state_dir / name / "ports"
+
+    def port_path(self, name: str, port: str) -> Path:
+        check_name(port, "port")
+        return self.ports_dir(name) / f"{port}.xml"
+
+    # -- set-up --------------------------------------------------------------
+
+    def ensure_dirs(self) -> None:
+        for d in (self.config_dir, self.autostart_dir, self.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Remove temporary files a crash left behind (only our own prefix)."""
+        removed = []
+        dirs = [self.config_dir, self.autostart_dir, self.state_dir]
+        try:
+            dirs += [Path(e.path) / "ports" for e in os.scandir(self.state_dir) if e.is_dir()]
+        except FileNotFoundError:
+            pass
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for e in entries:
+                if e.name.startswith(TMP_PREFIX):
+                    try:
+                        os.unlink(e.path)
+                        removed.append(Path(e.path))
+                    except OSError:
+                        pass
+        return removed
+
+    # -- definitions -----------------------------------------------------------
+
+    def write_config(self, net: NetworkDef) -> None:
+        data = _header(net.name) + format_network(net, inactive=True).encode()
+        atomic_write(self.config_path(net.name), data)
+
+    def delete_config(self, name: str) -> None:
+        self.set_autostart(name, False)
+        remove_file(self.config_path(name))
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        link = self.autostart_path(name)
+        if on:
+            self.autostart_dir.mkdir(parents=True, exist_ok=True)
+            atomic_symlink(link, os.path.join("..", f"{name}.xml"))
+        else:
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                return
+            fsync_dir(self.autostart_dir)
+
+    def is_autostart(self, name: str) -> bool:
+        """True iff the autostart link exists and points at the config file."""
+        link = self.autostart_path(name)
+        try:
+            return link.resolve(strict=True) == self.config_path(name).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False
+
+    def load_config(self, path: Path) -> StoredConfig:
+        """Read one config file (raises NetfsError/OSError when unusable)."""
+        net = parse_network(path.read_bytes())
+        _check_filename(path, net)
+        problems = network_problems(net)
+        return StoredConfig(
+            definition=net,
+            autostart=self.is_autostart(net.name),
+            path=path,
+            problem=problems[0] if problems else None,
+        )
+
+    def load_configs(self) -> tuple[dict[str, StoredConfig], list[Problem]]:
+        configs: dict[str, StoredConfig] = {}
+        problems: list[Problem] = []
+        for path in _xml_files(self.config_dir):
+            try:
+                cfg = self.load_config(path)
+            except Exception as e:  # lenient: report and go on
+                problems.append((path, _as_oserror_problem(e)))
+                continue
+            configs[cfg.definition.name] = cfg
+            if cfg.problem:
+                problems.append((path, cfg.problem))
+        return configs, problems
+
+    # -- status ----------------------------------------------------------------
+
+    def write_status(self, live: NetworkDef) -> None:
+        atomic_write(self.status_path(live.name), format_status(live))
+
+    def delete_status(self, name: str) -> bool:
+        return remove_file(self.status_path(name))
+
+    def has_status(self, name: str) -> bool:
+        return self.status_path(name).exists()
+
+    def load_statuses(self) -> tuple[dict[str, StoredStatus], list[Problem]]:
+        statuses: dict[str, StoredStatus] = {}
+        problems: list[Problem] = []
+        for path in _xml_files(self.state_dir):
+            try:
+                live = parse_status(path.read_bytes())
+                _check_filename(path, live)
+            except Exception as e:
+                problems.append((path, _as_oserror_problem(e)))
+                continue
+            ports, port_problems = self.load_ports(live.name)
+            problems += port_problems
+            statuses[live.name] = StoredStatus(live=live, path=path, ports=ports)
+        return statuses, problems
+
+    def load(self) -> Loaded:
+        statuses, p1 = self.load_statuses()
+        configs, p2 = self.load_configs()
+        return Loaded(configs=configs, statuses=statuses, problems=p1 + p2)
+
+    # -- ports -----------------------------------------------------------------
+
+    def write_port(self, name: str, port_name: str, port: NetworkPort) -> None:
+        path = self.port_path(name, port_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, format_port(port).encode())
+
+    def delete_port(self, name: str, port_name: str) -> bool:
+        return remove_file(self.port_path(name, port_name))
+
+    def port_names(self, name: str) -> list[str]:
+        return [p.name[: -len(".xml")] for p in _xml_files(self.ports_dir(name))]
+
+    def delete_ports(self, name: str, port_names: Iterable[str] | None = None) -> list[str]:
+        """Delete the port files of a network (all of them by default)."""
+        names = self.port_names(name) if port_names is None else list(port_names)
+        removed = [p for p in names if self._unlink_quiet(self.port_path(name, p))]
+        if removed:
+            fsync_dir(self.ports_dir(name))
+        return removed
+
+    @staticmethod
+    def _unlink_quiet(path: Path) -> bool:
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def load_ports(self, name: str) -> tuple[dict[str, NetworkPort], list[Problem]]:
+        ports: dict[str, NetworkPort] = {}
+        problems: list[Problem] = []
+        for path in _xml_files(self.ports_dir(name)):
+            try:
+                port_name = path.name[: -len(".xml")]
+                check_name(port_name, "port")
+                ports[port_name] = parse_port(path.read_bytes(), strict=False)
+            except Exception as e:
+                problems.append((path, _as_oserror_problem(e)))
+        return ports, problems
+
+    # -- once per boot ---------------------------------------------------------
+
+    def autostarted(self) -> bool:
+        return (self.state_dir / AUTOSTARTED).exists()
+
+    def mark_autostarted(self) -> None:
+        atomic_write(self.state_dir / AUTOSTARTED, b"", mode=0o644)
