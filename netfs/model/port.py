@@ -1,0 +1,611 @@
+"""Network ports: libvirt's ``<networkport>`` (and a guest ``<interface
+type='network'>`` as another way to ask for one), its format, and the port
+allocation logic of libvirt's networkAllocatePort.
+
+Facts from src/conf/virnetworkportdef.c and src/network/bridge_driver.c.
+
+Differences from libvirt, on purpose:
+
+- A ``<networkport>`` without ``<uuid>`` gets a generated one.
+- A guest ``<interface>`` is accepted too: ``<source portgroup>`` gives the
+  group, a missing ``<mac>`` becomes a random 52:54:00 address, the owner
+  name comes from the caller, the owner uuid and port uuid are generated.
+- Guest-side ``<ip>``/``<route>`` (in an ``<interface>`` or in a
+  ``<networkport>``) are refused when ``strict`` (a definition being written),
+  since netfs cannot enforce addresses or routes inside a guest; when not
+  strict (a saved port being reloaded) they are kept and printed after
+  ``<plug>`` as ``<ip .../>`` and ``<route .../>`` children of
+  ``<networkport>``, so that a save/reload keeps them.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from netfs.errors import invalid
+from netfs.model import virtualport as _vp
+from netfs.model.netcommon import (
+    Bandwidth,
+    Vlan,
+    child,
+    format_bandwidth,
+    format_port_isolated,
+    format_vlan,
+    parse_bandwidth,
+    parse_mac,
+    parse_port_isolated,
+    parse_tristate_bool,
+    parse_uuid,
+    parse_vlan,
+    strtoul_uip,
+    tag_name,
+    xml_attr,
+)
+from netfs.model.virtualport import (
+    VirtualPort,
+    check_complete,
+    check_forward_mode,
+    format_virtualport,
+    merge3,
+    parse_virtualport,
+)
+from netfs.model.xmlsafe import Element, parse_document
+
+__all__ = [
+    "GuestItem",
+    "NetworkPort",
+    "PciAddress",
+    "Plug",
+    "allocate_port",
+    "format_port",
+    "generate_mac",
+    "parse_port",
+    "pci_key",
+    "portgroup_virtualport",
+]
+
+PLUG_TYPES = ("network", "bridge", "direct", "hostdev-pci")
+MACVLAN_MODES = ("vepa", "private", "bridge", "passthrough")  # libvirt's enum order
+MAC_TABLE_MANAGERS = ("kernel", "libvirt")
+DRIVER_NAMES = ("kvm", "vfio")
+
+GUEST_IP_MESSAGE = (
+    "Invalid attempt to set network interface guest-side IP route and/or address info, "
+    "not supported by netfs (guest-side addresses and routes cannot be enforced)"
+)
+
+
+def _random_mac() -> str:
+    rnd = _random.SystemRandom()
+    return "52:54:00:" + ":".join(f"{rnd.randrange(256):02x}" for _ in range(3))
+
+
+#: MAC generator for guest interfaces without ``<mac>``; replace it in tests.
+generate_mac: Callable[[], str] = _random_mac
+
+
+# ---------------------------------------------------------------------------
+# model
+
+
+@dataclass(frozen=True)
+class PciAddress:
+    domain: int = 0
+    bus: int = 0
+    slot: int = 0
+    function: int = 0
+
+
+def pci_key(addr: PciAddress) -> str:
+    """The key of a PCI device in ``device_usage``: ``dddd:bb:ss.f``."""
+    return f"{addr.domain:04x}:{addr.bus:02x}:{addr.slot:02x}.{addr.function:x}"
+
+
+@dataclass(frozen=True)
+class Plug:
+    """How the port is connected: ``type`` is network, bridge, direct or
+    hostdev-pci (libvirt's "none" is ``NetworkPort.plug = None``)."""
+
+    type: str
+    bridge: str | None = None  # network, bridge
+    mac_table_manager: str | None = None  # network, bridge: kernel | libvirt
+    dev: str | None = None  # direct
+    mode: str = "vepa"  # direct: vepa | private | bridge | passthrough
+    managed: bool | None = None  # hostdev-pci
+    driver: str | None = None  # hostdev-pci: kvm | vfio
+    address: PciAddress | None = None  # hostdev-pci
+
+
+@dataclass(frozen=True)
+class GuestItem:
+    """A kept guest-side ``<ip>`` or ``<route>`` (lenient loads only):
+    element name and attributes in document order."""
+
+    tag: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkPort:
+    uuid: str
+    owner_name: str
+    owner_uuid: str
+    mac: str
+    group: str | None = None
+    virtualport: VirtualPort | None = None
+    bandwidth: Bandwidth | None = None
+    vlan: Vlan | None = None
+    isolated: bool | None = None
+    trust_guest_rx_filters: bool | None = None
+    plug: Plug | None = None
+    ips: tuple[GuestItem, ...] = field(default=())
+    routes: tuple[GuestItem, ...] = field(default=())
+
+
+# ---------------------------------------------------------------------------
+# parse helpers
+
+
+def _xpath_string(elem: Element, path: str) -> str | None:
+    """libvirt's virXPathString: the XPath string value, None when empty."""
+    value = elem.xpath(f"string({path})")
+    if not isinstance(value, str) or value == "":
+        return None
+    return str(value)
+
+
+def _guest_items(elem: Element, strict: bool) -> tuple[tuple[GuestItem, ...], ...]:
+    ips: list[GuestItem] = []
+    routes: list[GuestItem] = []
+    for c in elem:
+        name = tag_name(c)
+        if name in ("ip", "route"):
+            if strict:
+                raise invalid(GUEST_IP_MESSAGE)
+            item = GuestItem(name, tuple((str(k), str(v)) for k, v in c.attrib.items()))
+            (ips if name == "ip" else routes).append(item)
+    return tuple(ips), tuple(routes)
+
+
+def _parse_pci_address(elem: Element) -> PciAddress:
+    vals: dict[str, int] = {}
+    for name in ("domain", "bus", "slot", "function"):
+        raw = elem.get(name)
+        if raw is None:
+            vals[name] = 0
+            continue
+        v = strtoul_uip(raw, 0)
+        if v is None:
+            raise invalid(
+                f"Invalid value for attribute '{name}' in element '{tag_name(elem)}': "
+                f"'{raw}'. Expected non-negative integer value"
+            )
+        vals[name] = v
+    mf = elem.get("multifunction")
+    if mf is not None and mf not in ("on", "off"):
+        raise invalid(
+            f"Invalid value for attribute 'multifunction' in element '{tag_name(elem)}': '{mf}'."
+        )
+    addr = PciAddress(**vals)
+    if addr != PciAddress():
+        if addr.bus > 0xFF:
+            raise invalid(f"Invalid PCI address bus='0x{addr.bus:x}', must be <= 0xff")
+        if addr.slot > 0x1F:
+            raise invalid(f"Invalid PCI address slot='0x{addr.slot:x}', must be <= 0x1f")
+        if addr.function > 7:
+            raise invalid(f"Invalid PCI address function=0x{addr.function:x}, must be <= 7")
+    return addr
+
+
+def _parse_plug(root: Element) -> Plug | None:
+    plug = child(root, "plug")
+    if plug is None:
+        return None
+    ptype = plug.get("type")
+    if ptype is None:
+        return None
+    if ptype not in PLUG_TYPES:
+        if ptype == "none":
+            return None
+        raise invalid(f"Invalid value for attribute 'type' in element 'plug': '{ptype}'.")
+    if ptype in ("network", "bridge"):
+        bridge = plug.get("bridge")
+        if bridge is None:
+            raise invalid("Missing network port bridge name")
+        mgr = plug.get("macTableManager")
+        if mgr is not None and mgr not in MAC_TABLE_MANAGERS:
+            raise invalid(f"Invalid macTableManager setting '{mgr}' in network port")
+        return Plug(type=ptype, bridge=bridge, mac_table_manager=mgr)
+    if ptype == "direct":
+        dev = plug.get("dev")
+        if dev is None:
+            raise invalid("Missing network port link device name")
+        mode = plug.get("mode")
+        if mode is not None and mode not in MACVLAN_MODES:
+            raise invalid(f"Invalid mode setting '{mode}' in network port")
+        return Plug(type="direct", dev=dev, mode=mode or "vepa")
+    # hostdev-pci
+    managed = parse_tristate_bool(plug, "managed")
+    driver = _xpath_string(root, "./plug/driver/@name")
+    if driver is not None and driver not in DRIVER_NAMES:
+        raise invalid("Missing network port driver name")
+    addr_el = child(plug, "address")
+    if addr_el is None:
+        raise invalid("Missing network port PCI address")
+    return Plug(
+        type="hostdev-pci", managed=managed, driver=driver, address=_parse_pci_address(addr_el)
+    )
+
+
+def _parse_networkport(root: Element, strict: bool) -> NetworkPort:
+    raw_uuid = _xpath_string(root, "./uuid")
+    if raw_uuid is None:
+        port_uuid = _vp.generate_uuid()
+    else:
+        parsed = parse_uuid(raw_uuid)
+        if parsed is None:
+            raise invalid(f"Unable to parse UUID '{raw_uuid}'")
+        port_uuid = parsed
+    owner_name = _xpath_string(root, "./owner/name")
+    if owner_name is None:
+        raise invalid("network port has no owner name")
+    raw_owner_uuid = _xpath_string(root, "./owner/uuid")
+    if raw_owner_uuid is None:
+        raise invalid("network port has no owner UUID")
+    owner_uuid = parse_uuid(raw_owner_uuid)
+    if owner_uuid is None:
+        raise invalid(f"Unable to parse UUID '{raw_owner_uuid}'")
+    group = _xpath_string(root, "./group")
+    vport = parse_virtualport(child(root, "virtualport"))
+    raw_mac = _xpath_string(root, "./mac/@address")
+    if raw_mac is None:
+        raise invalid("network port has no mac")
+    mac = parse_mac(raw_mac)
+    if mac is None:
+        raise invalid(f"Unable to parse MAC '{raw_mac}'")
+    bandwidth = parse_bandwidth(child(root, "bandwidth"), allow_floor=True, allow_class_id=True)
+    vlan = parse_vlan(child(root, "vlan"))
+    isolated = parse_port_isolated(root)
+    trust = parse_tristate_bool(child(root, "rxfilters"), "trustGuest")
+    plug = _parse_plug(root)
+    ips, routes = _guest_items(root, strict)
+    return NetworkPort(
+        uuid=port_uuid,
+        owner_name=owner_name,
+        owner_uuid=owner_uuid,
+        mac=mac,
+        group=group,
+        virtualport=vport,
+        bandwidth=bandwidth,
+        vlan=vlan,
+        isolated=isolated,
+        trust_guest_rx_filters=trust,
+        plug=plug,
+        ips=ips,
+        routes=routes,
+    )
+
+
+def _parse_interface(root: Element, strict: bool, owner_name: str | None) -> NetworkPort:
+    itype = root.get("type")
+    if itype != "network":
+        raise invalid(
+            f"unsupported interface type '{itype or ''}': only <interface type='network'> "
+            "can be connected to a network"
+        )
+    source = child(root, "source")
+    group = source.get("portgroup") if source is not None else None
+    mac_el = child(root, "mac")
+    raw_mac = mac_el.get("address") if mac_el is not None else None
+    if raw_mac is None:
+        mac = generate_mac()
+    else:
+        parsed_mac = parse_mac(raw_mac)
+        if parsed_mac is None:
+            raise invalid(f"unable to parse mac address '{raw_mac}'")
+        if int(parsed_mac[:2], 16) & 1:
+            raise invalid(f"expected unicast mac address, found multicast '{raw_mac}'")
+        mac = parsed_mac
+    vport = parse_virtualport(child(root, "virtualport"), generate=True)
+    bandwidth = parse_bandwidth(child(root, "bandwidth"), allow_floor=True)
+    vlan = parse_vlan(child(root, "vlan"))
+    isolated = parse_port_isolated(root)
+    trust = parse_tristate_bool(root, "trustGuestRxFilters")
+    ips, routes = _guest_items(root, strict)
+    if not owner_name:
+        raise invalid("network port has no owner name")
+    return NetworkPort(
+        uuid=_vp.generate_uuid(),
+        owner_name=owner_name,
+        owner_uuid=_vp.generate_uuid(),
+        mac=mac,
+        group=group or None,
+        virtualport=vport,
+        bandwidth=bandwidth,
+        vlan=vlan,
+        isolated=isolated,
+        trust_guest_rx_filters=trust,
+        ips=ips,
+        routes=routes,
+    )
+
+
+def parse_port(
+    data: bytes | str, *, strict: bool = True, owner_name: str | None = None
+) -> NetworkPort:
+    """Parse a ``<networkport>`` or a guest ``<interface type='network'>``.
+
+    ``strict`` (writes) refuses guest-side ``<ip>``/``<route>``; otherwise
+    (reloads) they are kept. ``owner_name`` names the owner of an
+    ``<interface>`` (a ``<networkport>`` carries its own).
+    """
+    root = parse_document(data)
+    name = tag_name(root)
+    if name == "networkport":
+        return _parse_networkport(root, strict)
+    if name == "interface":
+        return _parse_interface(root, strict, owner_name)
+    raise invalid("unknown root element for network port")
+
+
+# ---------------------------------------------------------------------------
+# format
+
+
+def _format_plug(plug: Plug | None) -> str:
+    if plug is None:
+        return ""
+    s = f"  <plug type='{plug.type}'"
+    if plug.type in ("network", "bridge"):
+        if plug.bridge is not None:
+            s += f" bridge='{xml_attr(plug.bridge)}'"
+        if plug.mac_table_manager in MAC_TABLE_MANAGERS:
+            s += f" macTableManager='{plug.mac_table_manager}'"
+        return s + "/>\n"
+    if plug.type == "direct":
+        if plug.dev is not None:
+            s += f" dev='{xml_attr(plug.dev)}'"
+        return s + f" mode='{plug.mode}'/>\n"
+    if plug.managed is not None:
+        s += f" managed='{'yes' if plug.managed else 'no'}'"
+    s += ">\n"
+    if plug.driver:
+        s += f"    <driver name='{plug.driver}'/>\n"
+    a = plug.address or PciAddress()
+    s += (
+        f"    <address domain='0x{a.domain:04x}' bus='0x{a.bus:02x}' "
+        f"slot='0x{a.slot:02x}' function='0x{a.function}'/>\n"
+    )
+    return s + "  </plug>\n"
+
+
+def _format_guest(items: tuple[GuestItem, ...]) -> str:
+    out = ""
+    for it in items:
+        attrs = "".join(f" {k}='{xml_attr(v)}'" for k, v in it.attrs)
+        out += f"  <{it.tag}{attrs}/>\n"
+    return out
+
+
+def format_port(port: NetworkPort) -> str:
+    """The port as ``virsh net-port-dumpxml`` prints it (plus kept guest
+    ``<ip>``/``<route>`` of a lenient load, after ``<plug>``)."""
+    s = "<networkport>\n"
+    s += f"  <uuid>{port.uuid}</uuid>\n"
+    s += "  <owner>\n"
+    s += f"    <name>{xml_attr(port.owner_name)}</name>\n"
+    s += f"    <uuid>{port.owner_uuid}</uuid>\n"
+    s += "  </owner>\n"
+    if port.group is not None:
+        s += f"  <group>{xml_attr(port.group)}</group>\n"
+    s += f"  <mac address='{port.mac}'/>\n"
+    s += format_virtualport(port.virtualport, 2)
+    s += format_bandwidth(port.bandwidth, 2)
+    s += format_vlan(port.vlan, 2)
+    s += format_port_isolated(port.isolated, 2)
+    if port.trust_guest_rx_filters is not None:
+        s += f"  <rxfilters trustGuest='{'yes' if port.trust_guest_rx_filters else 'no'}'/>\n"
+    s += _format_plug(port.plug)
+    s += _format_guest(port.ips)
+    s += _format_guest(port.routes)
+    return s + "</networkport>\n"
+
+
+# ---------------------------------------------------------------------------
+# allocation (networkAllocatePort)
+
+
+def _find_portgroup(net: Any, group: str | None) -> Any:
+    """libvirt's virPortGroupFindByName: the named group, or the default one
+    when no (or an empty) name is given; an unknown name gives None."""
+    for pg in getattr(net, "portgroups", None) or ():
+        if group:
+            if pg.name == group:
+                return pg
+        elif getattr(pg, "default", False):
+            return pg
+    return None
+
+
+def portgroup_virtualport(net: Any, pg_name: str) -> VirtualPort | None:
+    """What ``portgroups/PG/virtualport.xml`` shows: the network's profile
+    merged with the portgroup's (None when the portgroup is unknown or there
+    is no typed profile)."""
+    pg = next((p for p in getattr(net, "portgroups", None) or () if p.name == pg_name), None)
+    if pg is None:
+        return None
+    return merge3(None, net.virtualport, pg.virtualport)
+
+
+def _vlan_present(vlan: Vlan | None) -> bool:
+    return vlan is not None and len(vlan.tags) > 0
+
+
+def _forward_ifs(net: Any) -> list[Any]:
+    fwd = net.forward
+    for name in ("interfaces", "ifs", "pool"):
+        val = getattr(fwd, name, None)
+        if val is not None:
+            return list(val)
+    return []
+
+
+def _forward_pfs(net: Any) -> list[Any]:
+    fwd = net.forward
+    for name in ("pfs", "pf"):
+        val = getattr(fwd, name, None)
+        if val is not None:
+            return list(val) if isinstance(val, list | tuple) else [val]
+    return []
+
+
+def _if_dev(iface: Any) -> str | None:
+    if isinstance(iface, str):
+        return iface
+    dev = getattr(iface, "dev", None)
+    return str(dev) if dev is not None else None
+
+
+def _if_pci(iface: Any) -> PciAddress | None:
+    for name in ("address", "pci", "addr"):
+        a = getattr(iface, name, None)
+        if a is not None:
+            return PciAddress(
+                domain=int(getattr(a, "domain", 0) or 0),
+                bus=int(getattr(a, "bus", 0) or 0),
+                slot=int(getattr(a, "slot", 0) or 0),
+                function=int(getattr(a, "function", 0) or 0),
+            )
+    return None
+
+
+def _usage(device_usage: Mapping[str, int] | None, key: str, iface: Any) -> int:
+    if device_usage is not None:
+        return int(device_usage.get(key, 0))
+    return int(getattr(iface, "connections", 0) or 0)
+
+
+def _mac_table_manager(net: Any) -> str | None:
+    mgr = getattr(net.bridge, "mac_table_manager", None)
+    return mgr if mgr in MAC_TABLE_MANAGERS else None
+
+
+def _forward_driver(net: Any) -> str | None:
+    fwd = net.forward
+    for name in ("driver_name", "driver"):
+        val = getattr(fwd, name, None)
+        if val is not None:
+            val = getattr(val, "name", val)
+            return str(val) if val in DRIVER_NAMES else None
+    return None
+
+
+def allocate_port(
+    net: Any, port: NetworkPort, *, device_usage: Mapping[str, int] | None = None
+) -> NetworkPort:
+    """libvirt's networkAllocatePort, minus the "network is active" check and
+    the bookkeeping (connection counts, MAC map, hooks), which the caller owns.
+
+    ``device_usage`` maps pool devices to their current number of ports (a
+    netdev by name, a PCI device by :func:`pci_key`); absent devices count 0.
+    Returns a new port; ``port`` is not changed.
+    """
+    name = net.name
+    pg = _find_portgroup(net, port.group)
+
+    bandwidth = port.bandwidth
+    if bandwidth is None and pg is not None and pg.bandwidth is not None:
+        bandwidth = pg.bandwidth
+
+    vlan = port.vlan
+    if not _vlan_present(vlan):
+        if pg is not None and _vlan_present(pg.vlan):
+            vlan = pg.vlan
+        elif _vlan_present(getattr(net, "vlan", None)):
+            vlan = net.vlan
+
+    trust = port.trust_guest_rx_filters
+    if trust is None:
+        pg_trust = getattr(pg, "trust_guest_rx_filters", None) if pg is not None else None
+        if pg_trust is not None:
+            trust = pg_trust
+        elif getattr(net, "trust_guest_rx_filters", None) is not None:
+            trust = net.trust_guest_rx_filters
+
+    isolated = port.isolated
+    if isolated is None:
+        isolated = getattr(net, "isolated_port", None)
+
+    merged = merge3(port.virtualport, net.virtualport, pg.virtualport if pg is not None else None)
+    vport = merged if merged is not None else port.virtualport
+
+    mode = net.forward.mode
+    bridge_name = net.bridge.name if net.bridge is not None else None
+    check_forward_mode(vport, mode, bridge_named=bool(bridge_name), network_name=name)
+
+    plug: Plug
+    if mode in ("none", "nat", "route", "open"):
+        plug = Plug(type="network", bridge=bridge_name, mac_table_manager=_mac_table_manager(net))
+    elif mode == "bridge" and bridge_name:
+        plug = Plug(type="bridge", bridge=bridge_name, mac_table_manager=_mac_table_manager(net))
+    elif mode == "hostdev":
+        chosen_pci: PciAddress | None = None
+        for iface in _forward_ifs(net):
+            addr = _if_pci(iface)
+            if addr is None:
+                continue
+            if _usage(device_usage, pci_key(addr), iface) == 0:
+                chosen_pci = addr
+                break
+        if chosen_pci is None:
+            raise invalid(
+                f"network '{name}' requires exclusive access to interfaces, but none are available"
+            )
+        managed = getattr(net.forward, "managed", None)
+        plug = Plug(
+            type="hostdev-pci",
+            address=chosen_pci,
+            driver=_forward_driver(net),
+            managed=True if managed else None,
+        )
+    elif mode in MACVLAN_MODES:
+        ifs = _forward_ifs(net)
+        if not ifs and not _forward_pfs(net):
+            raise invalid(
+                f"network '{name}' uses a direct mode, but has no forward dev and no interface pool"
+            )
+        devs = [(d, iface) for iface in ifs if (d := _if_dev(iface)) is not None]
+        exclusive = mode == "passthrough" or (
+            mode == "private" and vport is not None and vport.type == "802.1Qbh"
+        )
+        chosen: str | None = None
+        if exclusive:
+            for d, iface in devs:
+                if _usage(device_usage, d, iface) == 0:
+                    chosen = d
+                    break
+        elif devs:
+            best = min(range(len(devs)), key=lambda i: _usage(device_usage, *devs[i]))
+            chosen = devs[best][0]
+        if chosen is None:
+            raise invalid(
+                f"network '{name}' requires exclusive access to interfaces, but none are available"
+            )
+        plug = Plug(type="direct", dev=chosen, mode=mode)
+    else:
+        raise invalid(f"unknown forwarding type '{mode}'")
+
+    vport = check_complete(vport, generate=True)
+
+    return replace(
+        port,
+        bandwidth=bandwidth,
+        vlan=vlan,
+        trust_guest_rx_filters=trust,
+        isolated=isolated,
+        virtualport=vport,
+        plug=plug,
+    )
