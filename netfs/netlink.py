@@ -1,0 +1,630 @@
+"""The netlink adapter: the only module of netfs that imports pyroute2.
+
+One :class:`Netlink` object serves one network namespace (``netns`` is a name
+under ``/run/netns`` as ``ip netns add`` makes it, or None for the namespace
+the daemon runs in). All requests run in ONE dedicated worker thread. That
+thread first enters the namespace with setns(2) on itself (setns of
+CLONE_NEWNET is per thread), then builds a synchronous ``pyroute2.IPRoute``
+that it alone owns, so no helper process is forked. Everything the thread
+opens afterwards (the IPRoute socket, the link-monitor socket, the ioctl
+socket behind ``if_nametoindex``, files under ``/proc/sys/net``) belongs to
+the target namespace. Work is handed to the thread through a queue; the
+waiting trio task is woken with ``TrioToken.run_sync_soon`` when it is done.
+A request, once submitted, is not cancellable: the caller sees a pending
+cancellation at its next checkpoint, so a kernel change is never half-known.
+
+Kernel errors become ``NetfsError(kernel errno, message)``.
+
+Usage::
+
+    async with Netlink("myns") as nl:
+        index = await nl.create_bridge("virbr0", mac=..., mtu=None, stp=True,
+                                       forward_delay=0, alias="netfs:<uuid>")
+
+API (all async):
+
+- ``create_bridge(name, *, mac, mtu, stp, forward_delay, alias, up=True) -> int``
+  One RTM_NEWLINK (NLM_F_CREATE|NLM_F_EXCL, kind bridge) carrying the name,
+  IFLA_ADDRESS, IFLA_BR_STP_STATE, IFLA_BR_FORWARD_DELAY (seconds x USER_HZ,
+  the kernel's clock_t unit) and IFF_UP. Measured on Linux 6.18: the kernel
+  ignores IFLA_IFALIAS on create, and an IFLA_MTU given on create is applied
+  without the bridge's "MTU set by user" flag (the bridge then follows its
+  ports' MTU, unlike libvirt's SIOCSIFMTU), so alias and MTU go in one
+  follow-up RTM_NEWLINK (setlink). A failure there deletes the new bridge.
+  Note: with STP on, the kernel raises a forward delay below 2 s to 2 s.
+  EEXIST -> ``NetfsError(EADDRINUSE, "error creating bridge interface NAME:
+  File exists")``. Returns the ifindex.
+- ``delete_link(name) -> bool``: RTM_DELLINK; False when it did not exist.
+- ``set_up(name)``: IFF_UP.
+- ``add_address(ifname, address, prefixlen)``: IPv4 with the broadcast
+  address (as ``ip addr add A/P broadcast +``); IPv6 with IFA_F_NODAD.
+- ``add_route(dst, prefixlen, *, gateway, metric, ifname)``.
+- ``link(name) -> LinkInfo | None``, ``links() -> list[LinkInfo]``.
+- ``addresses(ifname=None) -> list[AddrInfo]``.
+- ``routes(family) -> list[RouteInfo]``: the main table (what
+  /proc/net/route shows for IPv4).
+- ``set_ipv6_sysctls(ifname, *, disable)``: disable_ipv6 = 1/0, accept_ra = 0,
+  autoconf = 0, written by the worker thread (so they hit the namespace);
+  a missing sysctl is skipped quietly.
+- ``monitor(rcvbuf=...)``: an async context manager giving an async iterator
+  of :class:`LinkEvent` (``new``/``del``/``overrun``) from a NETLINK_ROUTE
+  socket subscribed to RTMGRP_LINK, opened by the worker thread inside the
+  namespace. A receive-buffer overflow (ENOBUFS) yields one ``overrun`` event
+  (the consumer resynchronises with ``links()``) and the monitor goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import outcome
+import trio
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from netfs.errors import NetfsError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+SO_RCVBUFFORCE = 33
+IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+USER_HZ = 100  # the unit of IFLA_BR_FORWARD_DELAY is clock_t
+RT_TABLE_MAIN = 254
+DEFAULT_MONITOR_RCVBUF = 8 * 1024 * 1024
+
+__all__ = [
+    "AddrInfo",
+    "LinkEvent",
+    "LinkInfo",
+    "LinkMonitor",
+    "Netlink",
+    "RouteInfo",
+]
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    index: int
+    name: str
+    kind: str | None  # IFLA_INFO_KIND ("bridge", "veth", ...), None for plain devices
+    mac: str | None
+    mtu: int
+    alias: str | None
+    up: bool  # IFF_UP (administratively up)
+    stp_state: int | None  # bridges only
+    forward_delay: float | None  # bridges only, in seconds
+
+
+@dataclass(frozen=True)
+class AddrInfo:
+    ifname: str
+    family: int  # socket.AF_INET / AF_INET6
+    address: str
+    prefixlen: int
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    dst: str  # network address ("0.0.0.0" / "::" for a default route)
+    prefixlen: int
+    ifname: str | None  # None for routes without an output device
+    gateway: str | None
+    metric: int | None = None
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    kind: str  # "new", "del" or "overrun" (events were lost: resync)
+    index: int
+    name: str
+    alias: str | None
+
+
+def _strerror(code: int) -> str:
+    try:
+        return os.strerror(code)
+    except ValueError:
+        return f"error {code}"
+
+
+def _kernel_error(e: NetlinkError | OSError, context: str) -> NetfsError:
+    code = abs(getattr(e, "code", 0) or e.errno or errno.EIO)
+    return NetfsError(code, f"{context}: {_strerror(code)}")
+
+
+def _link_info(msg: Any) -> LinkInfo:
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = None
+    stp_state = None
+    forward_delay = None
+    if linkinfo is not None:
+        kind = linkinfo.get_attr("IFLA_INFO_KIND")
+        data = linkinfo.get_attr("IFLA_INFO_DATA")
+        if kind == "bridge" and data is not None:
+            stp_state = data.get_attr("IFLA_BR_STP_STATE")
+            fd = data.get_attr("IFLA_BR_FORWARD_DELAY")
+            forward_delay = None if fd is None else fd / USER_HZ
+    mac = msg.get_attr("IFLA_ADDRESS")
+    return LinkInfo(
+        index=msg["index"],
+        name=msg.get_attr("IFLA_IFNAME") or "",
+        kind=kind,
+        mac=mac.lower() if isinstance(mac, str) else None,
+        mtu=msg.get_attr("IFLA_MTU") or 0,
+        alias=msg.get_attr("IFLA_IFALIAS"),
+        up=bool(msg["flags"] & IFF_UP),
+        stp_state=stp_state,
+        forward_delay=forward_delay,
+    )
+
+
+def _enter_netns(netns: str) -> None:
+    """setns(2) the calling thread into /run/netns/NETNS."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    path = netns if "/" in netns else f"/run/netns/{netns}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetfsError(
+            e.errno or errno.ENOENT, f"cannot open network namespace {netns}: {e.strerror}"
+        ) from None
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise NetfsError(code, f"cannot enter network namespace {netns}: {_strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]
+
+
+class Netlink:
+    """Netlink requests for one network namespace, from one worker thread."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ipr: Any = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._worker, name=f"netfs-netlink-{self.netns or 'host'}", daemon=True
+        )
+        self._thread.start()
+        await self._call(self._setup)
+
+    async def close(self) -> None:
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            await self._call(self._teardown)
+            self._queue.put(None)
+            thread = self._thread
+            await trio.to_thread.run_sync(thread.join)
+
+    async def __aenter__(self) -> Netlink:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _worker(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            fn, args, done = job
+            done(outcome.capture(fn, *args))
+
+    def _setup(self) -> None:
+        if self.netns is not None:
+            _enter_netns(self.netns)
+        self._ipr = IPRoute()
+
+    def _teardown(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) in the worker thread and return (or raise) its result."""
+        if self._thread is None or (self._closed and fn != self._teardown):
+            raise NetfsError(errno.EBADF, "netlink is not open")
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def done(result: outcome.Outcome[Any]) -> None:
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        self._queue.put((fn, args, done))
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            # the kernel request is under way: wait for its outcome
+            return trio.lowlevel.Abort.FAILED
+
+        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
+
+    # ------------------------------------------------------- worker-thread code
+
+    def _index(self, ifname: str) -> int:
+        # if_nametoindex opens its ioctl socket in this (setns'd) thread
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            raise NetfsError(errno.ENODEV, f"no such interface: {ifname}") from None
+
+    def _do_create_bridge(
+        self,
+        name: str,
+        mac: str | None,
+        mtu: int | None,
+        stp: bool,
+        forward_delay: int,
+        alias: str | None,
+        up: bool,
+    ) -> int:
+        ipr = self._ipr
+        spec: dict[str, Any] = {
+            "ifname": name,
+            "kind": "bridge",
+            "br_stp_state": 1 if stp else 0,
+            "br_forward_delay": int(forward_delay) * USER_HZ,
+        }
+        if mac:
+            spec["address"] = mac
+        if up:
+            spec["state"] = "up"
+        try:
+            ipr.link("add", **spec)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise NetfsError(
+                    errno.EADDRINUSE, f"error creating bridge interface {name}: File exists"
+                ) from None
+            raise _kernel_error(e, f"error creating bridge interface {name}") from None
+        try:
+            index = self._index(name)
+            follow: dict[str, Any] = {}
+            if mtu:
+                follow["mtu"] = int(mtu)
+            if alias:
+                follow["ifalias"] = alias
+            if follow:
+                try:
+                    ipr.link("set", index=index, **follow)
+                except NetlinkError as e:
+                    what = (
+                        f"cannot set MTU of {name} to {mtu}" if mtu else f"cannot configure {name}"
+                    )
+                    raise _kernel_error(e, what) from None
+        except BaseException:
+            with contextlib.suppress(NetlinkError):
+                ipr.link("del", ifname=name)
+            raise
+        return index
+
+    def _do_delete_link(self, name: str) -> bool:
+        try:
+            self._ipr.link("del", ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise _kernel_error(e, f"error destroying network device {name}") from None
+        return True
+
+    def _do_set_up(self, name: str) -> None:
+        try:
+            self._ipr.link("set", index=self._index(name), state="up")
+        except NetlinkError as e:
+            raise _kernel_error(e, f"failed to set interface {name} up") from None
+
+    def _do_add_address(self, ifname: str, address: str, prefixlen: int) -> None:
+        ip = ipaddress.ip_address(address)
+        spec: dict[str, Any] = {
+            "index": self._index(ifname),
+            "address": str(ip),
+            "prefixlen": int(prefixlen),
+        }
+        if ip.version == 4:
+            if prefixlen < 31:
+                net = ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
+                spec["broadcast"] = str(net.broadcast_address)
+        else:
+            spec["flags"] = IFA_F_NODAD
+        try:
+            self._ipr.addr("add", **spec)
+        except NetlinkError as e:
+            raise _kernel_error(
+                e, f"Failed to add IP address {address}/{prefixlen} to {ifname}"
+            ) from None
+
+    def _do_add_route(
+        self, dst: str, prefixlen: int, gateway: str | None, metric: int | None, ifname: str | None
+    ) -> None:
+        spec: dict[str, Any] = {"dst": dst, "dst_len": int(prefixlen)}
+        if ipaddress.ip_address(dst).version == 6:
+            spec["family"] = socket.AF_INET6
+        if gateway:
+            spec["gateway"] = gateway
+        if metric:
+            spec["priority"] = int(metric)
+        if ifname:
+            spec["oif"] = self._index(ifname)
+        try:
+            self._ipr.route("add", **spec)
+        except NetlinkError as e:
+            raise _kernel_error(
+                e, f"Failed to add route to {dst}/{prefixlen} via {gateway}"
+            ) from None
+
+    def _do_link(self, name: str) -> LinkInfo | None:
+        try:
+            msgs = self._ipr.link("get", ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise _kernel_error(e, f"cannot get interface {name}") from None
+        for msg in msgs:
+            return _link_info(msg)
+        return None
+
+    def _do_links(self) -> list[LinkInfo]:
+        try:
+            return [_link_info(m) for m in self._ipr.link("dump")]
+        except NetlinkError as e:
+            raise _kernel_error(e, "cannot list interfaces") from None
+
+    def _names(self) -> dict[int, str]:
+        names: dict[int, str] = {}
+        for m in self._ipr.link("dump"):
+            names[m["index"]] = m.get_attr("IFLA_IFNAME")
+        return names
+
+    def _do_addresses(self, ifname: str | None) -> list[AddrInfo]:
+        try:
+            names = self._names()
+            out = []
+            for m in self._ipr.addr("dump"):
+                name = names.get(m["index"], "")
+                if ifname is not None and name != ifname:
+                    continue
+                out.append(
+                    AddrInfo(
+                        ifname=name,
+                        family=m["family"],
+                        address=m.get_attr("IFA_ADDRESS") or m.get_attr("IFA_LOCAL"),
+                        prefixlen=m["prefixlen"],
+                    )
+                )
+            return out
+        except NetlinkError as e:
+            raise _kernel_error(e, "cannot list addresses") from None
+
+    def _do_routes(self, family: int) -> list[RouteInfo]:
+        try:
+            names = self._names()
+            out = []
+            for m in self._ipr.route("dump", family=family):
+                table = m.get_attr("RTA_TABLE") or m["table"]
+                if table != RT_TABLE_MAIN:
+                    continue
+                dst = m.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+                oif = m.get_attr("RTA_OIF")
+                out.append(
+                    RouteInfo(
+                        dst=dst,
+                        prefixlen=m["dst_len"],
+                        ifname=names.get(oif) if oif else None,
+                        gateway=m.get_attr("RTA_GATEWAY"),
+                        metric=m.get_attr("RTA_PRIORITY"),
+                    )
+                )
+            return out
+        except NetlinkError as e:
+            raise _kernel_error(e, "cannot list routes") from None
+
+    def _do_set_ipv6_sysctls(self, ifname: str, disable: bool) -> None:
+        base = f"/proc/sys/net/ipv6/conf/{ifname}"
+        for key, value in (
+            ("disable_ipv6", "1" if disable else "0"),
+            ("accept_ra", "0"),
+            ("autoconf", "0"),
+        ):
+            try:
+                with open(f"{base}/{key}", "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                log.debug("sysctl %s/%s missing: skipped", base, key)
+            except OSError as e:
+                raise NetfsError(
+                    e.errno or errno.EIO, f"cannot set {base}/{key} = {value}: {e.strerror}"
+                ) from None
+
+    def _do_read_sysctl(self, path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+
+    def _do_monitor_socket(self, rcvbuf: int) -> socket.socket:
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+        )
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((0, RTMGRP_LINK))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # ---------------------------------------------------------------- the API
+
+    async def create_bridge(
+        self,
+        name: str,
+        *,
+        mac: str | None,
+        mtu: int | None,
+        stp: bool,
+        forward_delay: int,
+        alias: str | None,
+        up: bool = True,
+    ) -> int:
+        return await self._call(
+            self._do_create_bridge, name, mac, mtu, stp, forward_delay, alias, up
+        )
+
+    async def delete_link(self, name: str) -> bool:
+        return await self._call(self._do_delete_link, name)
+
+    async def set_up(self, name: str) -> None:
+        await self._call(self._do_set_up, name)
+
+    async def add_address(self, ifname: str, address: str, prefixlen: int) -> None:
+        await self._call(self._do_add_address, ifname, address, prefixlen)
+
+    async def add_route(
+        self,
+        dst: str,
+        prefixlen: int,
+        *,
+        gateway: str | None = None,
+        metric: int | None = None,
+        ifname: str | None = None,
+    ) -> None:
+        await self._call(self._do_add_route, dst, prefixlen, gateway, metric, ifname)
+
+    async def link(self, name: str) -> LinkInfo | None:
+        return await self._call(self._do_link, name)
+
+    async def links(self) -> list[LinkInfo]:
+        return await self._call(self._do_links)
+
+    async def addresses(self, ifname: str | None = None) -> list[AddrInfo]:
+        return await self._call(self._do_addresses, ifname)
+
+    async def routes(self, family: int = socket.AF_INET) -> list[RouteInfo]:
+        return await self._call(self._do_routes, family)
+
+    async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
+        await self._call(self._do_set_ipv6_sysctls, ifname, disable)
+
+    async def read_sysctl(self, path: str) -> str | None:
+        """Read a /proc/sys file as seen from the namespace (None if missing)."""
+        return await self._call(self._do_read_sysctl, path)
+
+    async def ping(self) -> None:
+        """A no-op round trip through the worker thread (to measure overhead)."""
+        await self._call(lambda: None)
+
+    @contextlib.asynccontextmanager
+    async def monitor(self, *, rcvbuf: int = DEFAULT_MONITOR_RCVBUF) -> AsyncIterator[LinkMonitor]:
+        """Watch link events in the namespace: ``async with nl.monitor() as m:
+        async for ev in m: ...``."""
+        sock = await self._call(self._do_monitor_socket, rcvbuf)
+        mon = LinkMonitor(sock)
+        try:
+            yield mon
+        finally:
+            mon.close()
+
+
+class LinkMonitor:
+    """Async iterator of :class:`LinkEvent` from an RTMGRP_LINK socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._raw = sock  # non-blocking; used to drain the queue after an overrun
+        self._sock = trio.socket.from_stdlib_socket(sock)
+        self._marshal = MarshalRtnl()
+        self._pending: list[LinkEvent] = []
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __aiter__(self) -> LinkMonitor:
+        return self
+
+    async def __anext__(self) -> LinkEvent:
+        while not self._pending:
+            try:
+                data = await self._sock.recv(1 << 16)
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self._drain()
+                    return LinkEvent("overrun", 0, "", None)
+                raise
+            if not data:
+                raise StopAsyncIteration
+            self._pending.extend(self._decode(data))
+        return self._pending.pop(0)
+
+    def _drain(self) -> None:
+        """Discard what is queued after an overrun.
+
+        After reporting ENOBUFS the kernel marks the socket congested and
+        drops further events *silently* until the receive queue has been
+        emptied. Emptying it now means that everything after the consumer's
+        resync dump (which follows the ``overrun`` event) is delivered again.
+        """
+        self._pending.clear()
+        while True:
+            try:
+                self._raw.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+
+    def _decode(self, data: bytes) -> list[LinkEvent]:
+        out = []
+        for msg in self._marshal.parse(data):
+            mtype = msg["header"]["type"]
+            if mtype == RTM_NEWLINK:
+                kind = "new"
+            elif mtype == RTM_DELLINK:
+                kind = "del"
+            else:
+                continue
+            out.append(
+                LinkEvent(
+                    kind,
+                    msg["index"],
+                    msg.get_attr("IFLA_IFNAME") or "",
+                    msg.get_attr("IFLA_IFALIAS"),
+                )
+            )
+        return out
