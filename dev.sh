@@ -16,7 +16,7 @@ PY="$VENV/bin/python"
 # Debian packages: build and run (python3, libfuse3, iproute2), and what the
 # tests and benchmarks call (inotifywait, groff for the man page check, ps).
 DEB_PKGS="python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 \
-iproute2 inotify-tools groff-base procps kmod util-linux"
+iproute2 inotify-tools groff-base procps kmod util-linux ca-certificates"
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -47,11 +47,13 @@ setup_venv() {
     if [ ! -x "$PY" ]; then
         /usr/bin/python3 -m venv "$VENV"
     fi
+    # A PIP_CERT naming a file that is not there (a copied environment) would
+    # make every download fail: fall back to the system's CA bundle.
+    if [ -n "${PIP_CERT:-}" ] && [ ! -f "$PIP_CERT" ]; then unset PIP_CERT; fi
     stamp="$VENV/.netfs-installed"
     want=$(cat pyproject.toml | cksum)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "dev.sh: installing netfs and its test tools into .venv" >&2
-        "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
         "$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
         echo "$want" > "$stamp"
     fi
