@@ -76,6 +76,7 @@ from netfs.model.port import (
     allocate_port,
     format_port,
     parse_port,
+    pci_key,
     portgroup_virtualport,
 )
 from netfs.model.validate import random_mac, validate_network
@@ -151,11 +152,6 @@ def _bridge_of(net: NetworkDef | None) -> str | None:
     return net.bridge.name if net.bridge is not None else None
 
 
-def _has_uuid(xml: bytes | str) -> bool:
-    root = parse_document(xml)
-    return root.find("uuid") is not None
-
-
 def _with_name(xml: bytes | str, name: str) -> bytes | str:
     """Give a definition without ``<name>`` the directory's name."""
     from lxml import etree
@@ -167,6 +163,19 @@ def _with_name(xml: bytes | str, name: str) -> bytes | str:
     el.text = name
     root.insert(0, el)
     return etree.tostring(root)
+
+
+def _device_usage(ports: dict[str, NetworkPort]) -> dict[str, int]:
+    """How many ports use each pool device (netdev name, PCI key)."""
+    usage: Counter[str] = Counter()
+    for q in ports.values():
+        if q.plug is None:
+            continue
+        if q.plug.dev:
+            usage[q.plug.dev] += 1
+        elif q.plug.address is not None:
+            usage[pci_key(q.plug.address)] += 1
+    return dict(usage)
 
 
 class Driver:
@@ -184,6 +193,8 @@ class Driver:
         self._resyncing = False
         self._resync_again = False
         self.ready = trio.Event()
+        # receive buffer of the link monitor socket (tests make it small)
+        self.monitor_rcvbuf = 8 * 1024 * 1024
 
     # ------------------------------------------------------------------ events
 
@@ -337,7 +348,7 @@ class Driver:
                     f"network name '{net.name}' does not match directory name '{name}'",
                 )
             check_name(net.name)
-            explicit_uuid = _has_uuid(xml)
+            explicit_uuid = not net.uuid_generated
         async with self._transition(net.name):
             links = await self._link_names()
             # no checkpoint from here to the reservation below
@@ -355,10 +366,12 @@ class Driver:
                         errno.EEXIST,
                         f"network '{other.name}' is already defined with uuid {net.uuid}",
                     )
-            in_use = set()
+            in_use: set[str] = set()
             for other in self._nets.values():
                 if other.name != net.name:
-                    in_use.update(b for b in (_bridge_of(other.definition), _bridge_of(other.live)) if b)
+                    in_use.update(
+                        b for b in (_bridge_of(other.definition), _bridge_of(other.live)) if b
+                    )
             try:
                 validate_network(net, bridges_in_use=in_use, device_exists=links.__contains__)
             except NetfsError as e:
@@ -500,12 +513,7 @@ class Driver:
                     raise NetfsError(
                         errno.EEXIST, f"Network port with UUID {p.uuid} already exists"
                     )
-            usage: Counter[str] = Counter()
-            for q in n.ports.values():
-                dev = getattr(q.plug, "dev", None) if q.plug is not None else None
-                if dev:
-                    usage[dev] += 1
-            allocated = allocate_port(n.live, p, device_usage=dict(usage))
+            allocated = allocate_port(n.live, p, device_usage=_device_usage(n.ports))
             await self._store(self.store.write_port, name, port, allocated)
             n.ports[port] = allocated
             self._emit(name, "port-created", port)
@@ -680,7 +688,7 @@ class Driver:
         async with trio.open_nursery() as nursery:
             while True:
                 try:
-                    async with self.nl.monitor() as events:
+                    async with self.nl.monitor(rcvbuf=self.monitor_rcvbuf) as events:
                         if not started:
                             started = True
                             task_status.started()
@@ -693,7 +701,7 @@ class Driver:
                                 log.exception("link event %r", ev)
                 except Exception:
                     log.exception("link monitor failed; reopening")
-                    await trio.sleep(0.1)
+                await trio.sleep(0.1)  # do not spin if it keeps ending
 
     def _on_link_event(self, ev: Any, nursery: trio.Nursery) -> None:
         kind = getattr(ev, "kind", None)

@@ -219,10 +219,11 @@ def format_status(live: NetworkDef, *, header: bool = True) -> bytes:
 def parse_status(data: bytes) -> NetworkDef:
     """Parse a status file: ``<networkstatus>`` or (older form) a bare ``<network>``."""
     root = parse_document(data)
-    if root.tag == "network":
+    tag = etree.QName(root).localname
+    if tag == "network":
         return parse_network(data)
-    if root.tag != "networkstatus":
-        raise NetfsError(errno.EINVAL, f"unexpected root element <{root.tag}> in status file")
+    if tag != "networkstatus":
+        raise NetfsError(errno.EINVAL, f"unexpected root element <{tag}> in status file")
     inner = root.find("network")
     if inner is None:
         raise NetfsError(errno.EINVAL, "Could not find any 'network' element in status file")
@@ -321,12 +322,11 @@ class StateStore:
         """Read one config file (raises NetfsError/OSError when unusable)."""
         net = parse_network(path.read_bytes())
         _check_filename(path, net)
-        problems = network_problems(net)
         return StoredConfig(
             definition=net,
             autostart=self.is_autostart(net.name),
             path=path,
-            problem=problems[0] if problems else None,
+            problem=network_problems(net),
         )
 
     def load_configs(self) -> tuple[dict[str, StoredConfig], list[Problem]]:
@@ -410,7 +410,7 @@ class StateStore:
             try:
                 port_name = path.name[: -len(".xml")]
                 check_name(port_name, "port")
-                ports[port_name] = parse_port(path.read_bytes(), strict=False)
+                ports[port_name] = parse_port(path.read_bytes(), strict=False, owner_name=port_name)
             except Exception as e:
                 problems.append((path, _as_oserror_problem(e)))
         return ports, problems
