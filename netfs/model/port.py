@@ -21,7 +21,7 @@ Differences from libvirt, on purpose:
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +44,7 @@ from netfs.model.netcommon import (
     tag_name,
     xml_attr,
 )
+from netfs.model.network import ForwardIf, NetworkDef, is_virtual
 from netfs.model.virtualport import (
     VirtualPort,
     check_complete,
@@ -70,7 +71,7 @@ __all__ = [
 PLUG_TYPES = ("network", "bridge", "direct", "hostdev-pci")
 MACVLAN_MODES = ("vepa", "private", "bridge", "passthrough")  # libvirt's enum order
 MAC_TABLE_MANAGERS = ("kernel", "libvirt")
-DRIVER_NAMES = ("kvm", "vfio")
+DRIVER_NAMES = ("kvm", "vfio", "xen")
 
 GUEST_IP_MESSAGE = (
     "Invalid attempt to set network interface guest-side IP route and/or address info, "
@@ -418,23 +419,11 @@ def format_port(port: NetworkPort) -> str:
 # allocation (networkAllocatePort)
 
 
-def _find_portgroup(net: Any, group: str | None) -> Any:
-    """libvirt's virPortGroupFindByName: the named group, or the default one
-    when no (or an empty) name is given; an unknown name gives None."""
-    for pg in getattr(net, "portgroups", None) or ():
-        if group:
-            if pg.name == group:
-                return pg
-        elif getattr(pg, "default", False):
-            return pg
-    return None
-
-
-def portgroup_virtualport(net: Any, pg_name: str) -> VirtualPort | None:
+def portgroup_virtualport(net: NetworkDef, pg_name: str) -> VirtualPort | None:
     """What ``portgroups/PG/virtualport.xml`` shows: the network's profile
     merged with the portgroup's (None when the portgroup is unknown or there
     is no typed profile)."""
-    pg = next((p for p in getattr(net, "portgroups", None) or () if p.name == pg_name), None)
+    pg = next((p for p in net.portgroups if p.name == pg_name), None)
     if pg is None:
         return None
     return merge3(None, net.virtualport, pg.virtualport)
@@ -444,77 +433,84 @@ def _vlan_present(vlan: Vlan | None) -> bool:
     return vlan is not None and len(vlan.tags) > 0
 
 
-def _forward_ifs(net: Any) -> list[Any]:
-    fwd = net.forward
-    for name in ("interfaces", "ifs", "pool"):
-        val = getattr(fwd, name, None)
-        if val is not None:
-            return list(val)
-    return []
+def _pci(a: Any) -> PciAddress:
+    return PciAddress(domain=a.domain, bus=a.bus, slot=a.slot, function=a.function)
 
 
-def _forward_pfs(net: Any) -> list[Any]:
-    fwd = net.forward
-    for name in ("pfs", "pf"):
-        val = getattr(fwd, name, None)
-        if val is not None:
-            return list(val) if isinstance(val, list | tuple) else [val]
-    return []
-
-
-def _if_dev(iface: Any) -> str | None:
-    if isinstance(iface, str):
-        return iface
-    dev = getattr(iface, "dev", None)
-    return str(dev) if dev is not None else None
-
-
-def _if_pci(iface: Any) -> PciAddress | None:
-    for name in ("address", "pci", "addr"):
-        a = getattr(iface, name, None)
-        if a is not None:
-            return PciAddress(
-                domain=int(getattr(a, "domain", 0) or 0),
-                bus=int(getattr(a, "bus", 0) or 0),
-                slot=int(getattr(a, "slot", 0) or 0),
-                function=int(getattr(a, "function", 0) or 0),
-            )
-    return None
-
-
-def _usage(device_usage: Mapping[str, int] | None, key: str, iface: Any) -> int:
+def _usage(device_usage: Mapping[str, int] | None, key: str, iface: ForwardIf) -> int:
     if device_usage is not None:
         return int(device_usage.get(key, 0))
-    return int(getattr(iface, "connections", 0) or 0)
+    return iface.connections
 
 
-def _mac_table_manager(net: Any) -> str | None:
-    mgr = getattr(net.bridge, "mac_table_manager", None)
-    return mgr if mgr in MAC_TABLE_MANAGERS else None
+FIRST_CLASS_ID = 3  # 0 (root), 1 (1:1) and 2 (1:2) are the network's own
 
 
-def _forward_driver(net: Any) -> str | None:
-    fwd = net.forward
-    for name in ("driver_name", "driver"):
-        val = getattr(fwd, name, None)
-        if val is not None:
-            val = getattr(val, "name", val)
-            return str(val) if val in DRIVER_NAMES else None
-    return None
+def _plug_bandwidth(
+    net: NetworkDef,
+    mac: str,
+    bw: Bandwidth | None,
+    floor_sum: int,
+    class_ids_in_use: Collection[int],
+) -> int | None:
+    """networkCheckBandwidth + the class id pick of networkPlugBandwidth: the
+    class id to record, or None when no QoS class is needed."""
+    has_floor = bw is not None and bw.has_floor()
+    if has_floor and not is_virtual(net.forward.mode):
+        raise invalid(
+            f"Invalid use of 'floor' on interface with MAC address {mac} - 'floor' is only "
+            "supported for interface type 'network' with forward type 'nat', 'route', "
+            "'open' or none"
+        )
+    net_in = net.bandwidth.inbound if net.bandwidth is not None else None
+    if has_floor and net_in is None:
+        raise invalid(
+            f"Invalid use of 'floor' on interface with MAC address {mac} - "
+            f"network '{net.name}' has no inbound QoS set"
+        )
+    if net_in is None or not has_floor or bw is None or bw.inbound is None:
+        return None
+    total = floor_sum + bw.inbound.floor
+    bridge = net.bridge.name or ""
+    if net_in.peak:
+        if total > net_in.peak:
+            raise invalid(
+                f"Cannot plug '{mac}' interface into '{bridge}' because new combined inbound "
+                f"floor={total} would overcommit peak={net_in.peak} on network '{net.name}'"
+            )
+    elif total > net_in.average:
+        raise invalid(
+            f"Cannot plug '{mac}' interface into '{bridge}' because new combined inbound "
+            f"floor={total} would overcommit average={net_in.average} on network '{net.name}'"
+        )
+    used = set(class_ids_in_use)
+    cid = FIRST_CLASS_ID
+    while cid in used:
+        cid += 1
+    return cid
 
 
 def allocate_port(
-    net: Any, port: NetworkPort, *, device_usage: Mapping[str, int] | None = None
+    net: NetworkDef,
+    port: NetworkPort,
+    *,
+    device_usage: Mapping[str, int] | None = None,
+    floor_sum: int = 0,
+    class_ids_in_use: Collection[int] = (),
 ) -> NetworkPort:
     """libvirt's networkAllocatePort, minus the "network is active" check and
     the bookkeeping (connection counts, MAC map, hooks), which the caller owns.
 
     ``device_usage`` maps pool devices to their current number of ports (a
     netdev by name, a PCI device by :func:`pci_key`); absent devices count 0.
-    Returns a new port; ``port`` is not changed.
+    ``floor_sum`` is the sum of the inbound floors of the network's other
+    ports and ``class_ids_in_use`` their QoS class ids (for libvirt's floor
+    accounting; a port with a floor on a network with inbound QoS gets the
+    first free class id from 3 up). Returns a new port; ``port`` is not
+    changed.
     """
     name = net.name
-    pg = _find_portgroup(net, port.group)
+    pg = net.portgroup(port.group or None)
 
     bandwidth = port.bandwidth
     if bandwidth is None and pg is not None and pg.bandwidth is not None:
@@ -524,39 +520,41 @@ def allocate_port(
     if not _vlan_present(vlan):
         if pg is not None and _vlan_present(pg.vlan):
             vlan = pg.vlan
-        elif _vlan_present(getattr(net, "vlan", None)):
+        elif _vlan_present(net.vlan):
             vlan = net.vlan
 
     trust = port.trust_guest_rx_filters
     if trust is None:
-        pg_trust = getattr(pg, "trust_guest_rx_filters", None) if pg is not None else None
-        if pg_trust is not None:
-            trust = pg_trust
-        elif getattr(net, "trust_guest_rx_filters", None) is not None:
+        if pg is not None and pg.trust_guest_rx_filters is not None:
+            trust = pg.trust_guest_rx_filters
+        elif net.trust_guest_rx_filters is not None:
             trust = net.trust_guest_rx_filters
 
     isolated = port.isolated
     if isolated is None:
-        isolated = getattr(net, "isolated_port", None)
+        isolated = net.isolated_port
 
     merged = merge3(port.virtualport, net.virtualport, pg.virtualport if pg is not None else None)
     vport = merged if merged is not None else port.virtualport
 
     mode = net.forward.mode
-    bridge_name = net.bridge.name if net.bridge is not None else None
+    bridge_name = net.bridge.name
+    mgr = (
+        net.bridge.mac_table_manager if net.bridge.mac_table_manager in MAC_TABLE_MANAGERS else None
+    )
     check_forward_mode(vport, mode, bridge_named=bool(bridge_name), network_name=name)
 
     plug: Plug
     if mode in ("none", "nat", "route", "open"):
-        plug = Plug(type="network", bridge=bridge_name, mac_table_manager=_mac_table_manager(net))
+        plug = Plug(type="network", bridge=bridge_name, mac_table_manager=mgr)
     elif mode == "bridge" and bridge_name:
-        plug = Plug(type="bridge", bridge=bridge_name, mac_table_manager=_mac_table_manager(net))
+        plug = Plug(type="bridge", bridge=bridge_name, mac_table_manager=mgr)
     elif mode == "hostdev":
         chosen_pci: PciAddress | None = None
-        for iface in _forward_ifs(net):
-            addr = _if_pci(iface)
-            if addr is None:
+        for iface in net.forward.ifs:
+            if iface.pci is None:
                 continue
+            addr = _pci(iface.pci)
             if _usage(device_usage, pci_key(addr), iface) == 0:
                 chosen_pci = addr
                 break
@@ -564,20 +562,21 @@ def allocate_port(
             raise invalid(
                 f"network '{name}' requires exclusive access to interfaces, but none are available"
             )
-        managed = getattr(net.forward, "managed", None)
+        driver = net.forward.driver_name
         plug = Plug(
             type="hostdev-pci",
             address=chosen_pci,
-            driver=_forward_driver(net),
-            managed=True if managed else None,
+            driver=driver if driver in DRIVER_NAMES else None,
+            # libvirt stores the bool in a yes/absent tristate: never 'no'
+            managed=True if net.forward.managed else None,
         )
     elif mode in MACVLAN_MODES:
-        ifs = _forward_ifs(net)
-        if not ifs and not _forward_pfs(net):
+        ifs = net.forward.ifs
+        if not ifs and not net.forward.pfs:
             raise invalid(
                 f"network '{name}' uses a direct mode, but has no forward dev and no interface pool"
             )
-        devs = [(d, iface) for iface in ifs if (d := _if_dev(iface)) is not None]
+        devs = [(iface.dev, iface) for iface in ifs if iface.dev is not None]
         exclusive = mode == "passthrough" or (
             mode == "private" and vport is not None and vport.type == "802.1Qbh"
         )
@@ -597,6 +596,10 @@ def allocate_port(
         plug = Plug(type="direct", dev=chosen, mode=mode)
     else:
         raise invalid(f"unknown forwarding type '{mode}'")
+
+    class_id = _plug_bandwidth(net, port.mac, bandwidth, floor_sum, class_ids_in_use)
+    if class_id is not None and bandwidth is not None:
+        bandwidth = replace(bandwidth, class_id=class_id)
 
     vport = check_complete(vport, generate=True)
 
