@@ -64,12 +64,95 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="XML file, or - for stdin")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "mount",
+        help="run the daemon: mount the network tree at MOUNTPOINT",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_mount_options(p)
+    p.set_defaults(func=cmd_mount)
     return parser
 
 
+def _add_mount_options(p: argparse.ArgumentParser) -> None:
+    from netfs.daemon import DEFAULT_CONFIG_DIR, DEFAULT_STATE_DIR
+
+    p.add_argument(
+        "--config-dir",
+        default=None,
+        help=f"where definitions are saved (default {DEFAULT_CONFIG_DIR})",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help=f"where the state of active networks is kept (default {DEFAULT_STATE_DIR})",
+    )
+    p.add_argument("--netns", default=None, help="manage the bridges of this network namespace")
+    p.add_argument("--group", default=None, help="members of this group may write too")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        metavar="OPTS",
+        help="comma-separated mount options: config_dir=, state_dir=, netns=, group=, "
+        "and FUSE options",
+    )
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from netfs.daemon import MountConfig, apply_options, run
+
+    cfg = MountConfig(mountpoint=args.mountpoint)
+    apply_options(cfg, args.options)
+    # explicit flags win over -o
+    for key in ("config_dir", "state_dir", "netns", "group"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(cfg, key, value)
+    cfg.foreground = bool(args.foreground)
+    return run(cfg)
+
+
+def _mount_helper_parser() -> argparse.ArgumentParser:
+    """mount.fuse's calling form: `netfs SOURCE MOUNTPOINT -o OPTS`."""
+    p = argparse.ArgumentParser(prog="netfs", description="mount helper form")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_mount_options(p)
+    for flag in ("-s", "-n", "-v", "-r", "-w"):
+        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-t", dest="fstype", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_mount)
+    return p
+
+
+def _is_mount_helper_form(argv: Sequence[str]) -> bool:
+    commands = {"validate", "mount", "-h", "--help"}
+    if not argv or argv[0] in commands or argv[0].startswith("-"):
+        return False
+    positionals = [
+        a
+        for i, a in enumerate(argv)
+        if not a.startswith("-")
+        and (
+            i == 0
+            or argv[i - 1] not in ("-o", "-t", "--config-dir", "--state-dir", "--netns", "--group")
+        )
+    ]
+    return len(positionals) == 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if _is_mount_helper_form(args_list):
+        args = _mount_helper_parser().parse_args(args_list)
+        if args.r:
+            args.options = (args.options or []) + ["ro"]
+        return int(args.func(args))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     return int(args.func(args))
 
 

@@ -1,0 +1,260 @@
+"""The daemon behind `netfs mount`: mount, detach, serve, stop cleanly.
+
+Order of things: build the driver (no threads yet), mount (pyfuse3.init, no
+threads either), fork unless in the foreground (mount(8) waits for its
+helper, so the parent stays until the child says it is ready, then exits 0,
+or prints the child's error and exits 1), then in the child: open netlink
+(its worker thread starts here, after the fork), start the driver (recovery,
+autostart), run the link monitor, the FUSE main loop and the notifier in one
+nursery. SIGTERM and SIGINT unmount and exit 0; SIGHUP re-reads the config
+directory without unmounting. Logs go to stderr, one line per record, with
+``<N>`` syslog priority prefixes when stderr is the journal.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from netfs import fs
+from netfs.errors import NetfsError
+
+log = logging.getLogger("netfs")
+
+DEFAULT_CONFIG_DIR = "/etc/netfs/networks"
+DEFAULT_STATE_DIR = "/run/netfs/networks"
+
+# -o options that only mean something to mount(8), fstab or systemd
+IGNORED_OPTIONS = frozenset(
+    {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "_netdev", "nofail"}
+)
+IGNORED_PREFIXES = ("x-", "comment=")
+OWN_OPTIONS = ("config_dir", "state_dir", "netns", "group")
+
+
+@dataclass
+class MountConfig:
+    mountpoint: str
+    config_dir: str = DEFAULT_CONFIG_DIR
+    state_dir: str = DEFAULT_STATE_DIR
+    netns: str | None = None
+    group: str | None = None
+    foreground: bool = False
+    fuse_options: list[str] = field(default_factory=list)
+
+
+def apply_options(cfg: MountConfig, option_lists: list[str] | None) -> None:
+    """Consume our own -o options (and mount(8)'s), keep the rest for libfuse."""
+    for opts in option_lists or []:
+        for opt in opts.split(","):
+            opt = opt.strip()
+            if not opt:
+                continue
+            key, eq, value = opt.partition("=")
+            if eq and key in OWN_OPTIONS:
+                setattr(cfg, key, value or None)
+            elif opt == "group" or opt in IGNORED_OPTIONS or opt.startswith(IGNORED_PREFIXES):
+                continue
+            elif opt in ("allow_other", "default_permissions"):
+                continue  # always on
+            else:
+                cfg.fuse_options.append(opt)
+
+
+class _Formatter(logging.Formatter):
+    PRIORITY = {
+        logging.CRITICAL: 2,
+        logging.ERROR: 3,
+        logging.WARNING: 4,
+        logging.INFO: 6,
+        logging.DEBUG: 7,
+    }
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        msg = msg.replace("\n", " ")
+        if self.journal:
+            return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
+        return f"netfs[{os.getpid()}]: {record.levelname.lower()}: {msg}"
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = os.environ.get("NETFS_LOG", "INFO").upper()
+    root.setLevel(getattr(logging, level, logging.INFO))
+    logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+
+def _gid(group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise NetfsError(errno.EINVAL, f"unknown group '{group}'") from None
+
+
+async def _handle_signals(
+    driver: Any,
+    ops: fs.NetfsOperations,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for sig in signals:
+            if sig == signal.SIGHUP:
+                log.info("SIGHUP: re-reading the configuration directory")
+                try:
+                    await driver.reload()
+                except NetfsError as e:
+                    log.error("reload: %s", e.message)
+                ops.request_reconcile_all()
+            else:
+                log.info("%s: unmounting", signal.Signals(sig).name)
+                fs.terminate(ops)
+                return
+
+
+async def _serve(
+    cfg: MountConfig, nl: Any, driver: Any, ops: fs.NetfsOperations, ready: Any
+) -> None:
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_handle_signals, driver, ops)
+            await nl.open()
+            await driver.startup()
+            await nursery.start(driver.run_monitor)
+
+            async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await fs.serve(ops, task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            await nursery.start(serve)
+            log.info(
+                "serving %s (networks: %d, netns: %s)",
+                cfg.mountpoint,
+                len(driver.names()),
+                cfg.netns or "own",
+            )
+            ready(None)
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                await nl.close()
+            except Exception as e:  # closing must not hide the real error
+                log.debug("netlink close: %s", e)
+
+
+def _report(fd: int | None, message: str | None) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"ok\n" if message is None else f"error {message}\n".encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run(cfg: MountConfig) -> int:
+    """`netfs mount`: returns the exit status."""
+    setup_logging()
+    from netfs.core import Driver
+    from netfs.netlink import Netlink
+
+    try:
+        gid = _gid(cfg.group)
+    except NetfsError as e:
+        print(f"netfs: {e.message}", file=sys.stderr)
+        return 1
+    mountpoint = os.path.abspath(cfg.mountpoint)
+    fs.cleanup_stale(mountpoint)
+    if not os.path.isdir(mountpoint):
+        print(f"netfs: {mountpoint}: not a directory", file=sys.stderr)
+        return 1
+    nl = Netlink(cfg.netns)
+    driver = Driver(Path(cfg.config_dir), Path(cfg.state_dir), nl)
+    ops = fs.NetfsOperations(driver, mountpoint, gid=gid)
+    try:
+        fs.mount(mountpoint, ops, cfg.fuse_options)
+    except (RuntimeError, OSError) as e:
+        print(f"netfs: cannot mount {mountpoint}: {e}", file=sys.stderr)
+        return 1
+
+    ready_fd: int | None = None
+    if not cfg.foreground:
+        r, w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            os.close(w)
+            with os.fdopen(r, "rb") as f:
+                answer = f.read().decode(errors="replace").strip()
+            if answer == "ok":
+                os._exit(0)
+            if answer.startswith("error "):
+                print(f"netfs: {answer[6:]}", file=sys.stderr)
+            else:
+                print("netfs: the daemon exited before it was ready", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(1)
+        os.close(r)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        ready_fd = w
+
+    state = {"ready": False}
+
+    def ready(message: str | None) -> None:
+        state["ready"] = message is None
+        _report(ready_fd, message)
+
+    status = 0
+    try:
+        trio.run(_serve, cfg, nl, driver, ops, ready)
+    except NetfsError as e:
+        log.error("%s", e.message)
+        if not state["ready"]:
+            _report(ready_fd, e.message)
+        status = 1
+    except BaseException as e:  # report, unmount, then fail
+        if isinstance(e, KeyboardInterrupt):
+            status = 0
+        else:
+            log.exception("daemon failed")
+            if not state["ready"]:
+                _report(ready_fd, str(e) or type(e).__name__)
+            status = 1
+    finally:
+        try:
+            fs.close(unmount=True)
+        except Exception as e:
+            log.debug("close: %s", e)
+    if status == 0:
+        log.info("unmounted %s", mountpoint)
+    return status

@@ -1,0 +1,1259 @@
+"""The filesystem adapter: the tree of filesystem.md over the driver core.
+
+The only module that imports pyfuse3. It maps paths to :class:`netfs.core.Driver`
+calls and :class:`NetfsError` to errno; it owns nothing but presentation state:
+open-file buffers, directories made by ``mkdir`` but not yet defined
+("pending"), editors' scratch files, and what inotify watchers have been told.
+
+Notifications. FUSE has no way to raise inotify events, so the daemon makes
+them itself: a notifier task, fed by the core's events and by the handlers,
+performs its own open/write/close, mkdir, rmdir, create and unlink *through
+the mount* from worker threads. The handlers recognise those requests (the
+request's pid is the worker's thread id) and treat them as no-ops, apart from
+recording what has been published. Two views of the tree follow:
+
+* everyone else sees the truth: a network the core has is listed at once, a
+  network the core dropped is gone at once, ``status.xml`` exists exactly
+  while the network is active;
+* the daemon's own worker sees what has been *published* (announced to
+  watchers): a new network stays absent for it until its own mkdir, a removed
+  one stays present until its own rmdir. That makes the kernel send MKDIR,
+  RMDIR, CREATE and UNLINK, which is what raises IN_CREATE/IN_DELETE.
+
+A handler never waits for the notifier (touching an inode from inside a
+handler for the same inode deadlocks in the kernel); it only queues work.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+import os
+import select
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
+
+from netfs.errors import NetfsError
+
+log = logging.getLogger("netfs.fs")
+
+Path = tuple[str, ...]
+
+TIMEOUT = 1.0  # entry and attribute timeouts, seconds
+MAX_TASKS = 1000  # pyfuse3 worker tasks (each blocked `events` reader holds one)
+
+# network directory
+F_DEFINITION = "definition.xml"
+F_ACTIVE = "active"
+F_AUTOSTART = "autostart"
+F_STATUS = "status.xml"
+F_UUID = "uuid"
+F_ERROR = "error"
+D_PORTGROUPS = "portgroups"
+D_PORTS = "ports"
+NET_ENTRIES = (
+    F_DEFINITION,
+    F_ACTIVE,
+    F_AUTOSTART,
+    F_STATUS,
+    F_UUID,
+    F_ERROR,
+    D_PORTGROUPS,
+    D_PORTS,
+)
+# port directory
+F_PORT = "port.xml"
+F_VIRTUALPORT = "virtualport.xml"
+PORT_ENTRIES = (F_PORT, F_VIRTUALPORT)
+# portgroup directory
+F_DEFAULT = "default"
+PG_ENTRIES = (F_DEFAULT, F_VIRTUALPORT)
+
+WRITABLE_FILES = frozenset({F_DEFINITION, F_ACTIVE, F_AUTOSTART, F_PORT})
+ATTR_FILES = (F_ACTIVE, F_AUTOSTART)
+POLL_FILES = (F_ACTIVE, F_AUTOSTART, F_ERROR)
+# files whose changes the notifier announces (IN_MODIFY, IN_CLOSE_WRITE)
+WATCHED_FILES = (F_DEFINITION, F_ACTIVE, F_AUTOSTART, F_STATUS, F_UUID, F_ERROR)
+
+DEFAULT_POLLMASK = select.POLLIN | select.POLLRDNORM
+CHANGED_POLLMASK = select.POLLPRI | select.POLLERR
+
+
+def _err(code: int) -> pyfuse3.FUSEError:
+    # errno values >= 512 make the kernel reject the reply and hang the caller
+    return pyfuse3.FUSEError(code if 0 < code < 512 else errno.EIO)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """NetfsError -> errno; anything unexpected is logged and becomes EIO
+    (an exception other than FUSEError would stop pyfuse3's main loop)."""
+
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except NetfsError as e:
+            raise _err(e.errno) from None
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise _err(errno.EIO) from None
+
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+def _line(value: bool) -> bytes:
+    return b"1\n" if value else b"0\n"
+
+
+@dataclass
+class _Scratch:
+    """An editor's temporary file (sed -i, vim swap files), kept in memory."""
+
+    ino: int
+    data: bytearray
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass
+class _Handle:
+    path: Path
+    ino: int
+    kind: str  # self, read, attr, doc, scratch, events
+    data: bytes = b""  # read: content snapshot (refreshed at offset 0)
+    last_read: bytes | None = None  # poll: value this handle has seen
+    buf: bytearray = field(default_factory=bytearray)  # doc: content written since open
+    dirty: bool = False  # doc: written or truncated since the last act
+    scratch: _Scratch | None = None
+    channel: Any = None  # events: the core subscription
+    leftover: bytes = b""  # events: undelivered part of a batch
+    pid: int = 0  # events: the opener (to notice it has been killed)
+
+
+@dataclass
+class _Options:
+    uid: int = 0
+    gid: int = 0
+    group_writable: bool = False
+
+
+class NetfsOperations(pyfuse3.Operations):
+    """pyfuse3 operations over a :class:`netfs.core.Driver`."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, driver: Any, mountpoint: str, *, gid: int | None = None) -> None:
+        super().__init__()
+        self.driver = driver
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.opts = _Options(
+            uid=0, gid=gid if gid is not None else 0, group_writable=gid is not None
+        )
+        self._inos = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self._ino_by_path: dict[Path, int] = {(): pyfuse3.ROOT_INODE}
+        self._path_by_ino: dict[int, Path] = {pyfuse3.ROOT_INODE: ()}
+        self._fhs = itertools.count(1)
+        self._handles: dict[int, _Handle] = {}
+        self._dir_handles: dict[int, list[tuple[str, Path]]] = {}
+        # presentation state
+        self._pending: set[str] = set()  # mkdir'd networks without a definition
+        self._pending_error: dict[str, str] = {}
+        self._pending_ports: set[tuple[str, str]] = set()
+        self._scratch: dict[Path, _Scratch] = {}
+        self._scratch_by_ino: dict[int, _Scratch] = {}
+        # what watchers have been told (the daemon's own view)
+        self._pub_nets: set[str] = set()
+        self._pub_status: set[str] = set()
+        self._pub_ports: set[tuple[str, str]] = set()
+        self._snap: dict[str, dict[str, bytes | None]] = {}
+        # the daemon's own worker threads doing self-touches
+        self._self_tids: set[int] = set()
+        # poll() waiters: path -> {fh: PollHandle}
+        self._pollers: dict[Path, dict[int, Any]] = {}
+        self._event_pollers: dict[int, Any] = {}
+        self._mtimes: dict[Path, int] = {}
+        self._blocked_reads: set[trio.CancelScope] = set()
+        self._todo_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
+        self._todo_recv: trio.MemoryReceiveChannel[tuple[str, Any]] | None = None
+        self._start_ns = time.time_ns()
+        self.closing = False
+
+    # ================================================================ paths
+
+    def _ino(self, path: Path) -> int:
+        ino = self._ino_by_path.get(path)
+        if ino is None:
+            ino = next(self._inos)
+            self._ino_by_path[path] = ino
+            self._path_by_ino[ino] = path
+        return ino
+
+    def _path(self, ino: int) -> Path:
+        path = self._path_by_ino.get(ino)
+        if path is None:
+            raise _err(errno.ENOENT)
+        return path
+
+    def _is_self(self, ctx: Any) -> bool:
+        return ctx is not None and ctx.pid in self._self_tids
+
+    def _state(self, name: str) -> Any | None:
+        try:
+            return self.driver.get(name)
+        except NetfsError:
+            return None
+
+    def _net_visible(self, name: str, own: bool) -> bool:
+        if own:
+            return name in self._pub_nets
+        return name in self._pending or self._state(name) is not None
+
+    def _port_names(self, name: str, st: Any, own: bool) -> set[str]:
+        pend = {p for n, p in self._pending_ports if n == name}
+        if own:
+            return pend | {p for n, p in self._pub_ports if n == name}
+        return pend | (set(st.ports) if st is not None else set())
+
+    def _portgroup_names(self, st: Any) -> list[str]:
+        net = st.live or st.definition
+        return [pg.name for pg in net.portgroups]
+
+    def _exists(self, path: Path, own: bool = False) -> bool:
+        """Is `path` in the tree (as everyone sees it, or as the daemon's own
+        worker sees it when `own`)?"""
+        n = len(path)
+        if n == 0:
+            return True
+        if path in self._scratch:
+            return True
+        if path == ("events",):
+            return True
+        name = path[0]
+        if not self._net_visible(name, own):
+            return False
+        st = self._state(name)
+        if n == 1:
+            return True
+        sub = path[1]
+        if n == 2:
+            if sub in (F_DEFINITION, F_ERROR):
+                return True
+            if st is None:
+                return False
+            if sub == F_STATUS:
+                return name in self._pub_status if own else bool(st.active)
+            return sub in (F_ACTIVE, F_AUTOSTART, F_UUID, D_PORTGROUPS, D_PORTS)
+        if st is None and sub != D_PORTS:
+            return False
+        if sub == D_PORTGROUPS:
+            if path[2] not in self._portgroup_names(st):
+                return False
+            if n == 3:
+                return True
+            if n == 4 and path[3] == F_DEFAULT:
+                return True
+            if n == 4 and path[3] == F_VIRTUALPORT:
+                return self._content(path) is not None
+            return False
+        if sub == D_PORTS:
+            port = path[2]
+            if port not in self._port_names(name, st, own):
+                return False
+            if n == 3:
+                return True
+            if n == 4 and path[3] == F_PORT:
+                return True
+            if n == 4 and path[3] == F_VIRTUALPORT:
+                return (name, port) not in self._pending_ports and self._content(path) is not None
+            return False
+        return False
+
+    def _is_dir(self, path: Path) -> bool:
+        n = len(path)
+        if n == 0:
+            return True
+        if path in self._scratch or path == ("events",):
+            return False
+        if n == 1:
+            return True
+        if n == 2:
+            return path[1] in (D_PORTGROUPS, D_PORTS)
+        return n == 3 and path[1] in (D_PORTGROUPS, D_PORTS)
+
+    def _scratch_dir(self, path: Path) -> bool:
+        """Directories where editors may make scratch files."""
+        return len(path) == 1 or (len(path) == 3 and path[1] == D_PORTS)
+
+    def _reserved(self, dirpath: Path, name: str) -> bool:
+        if len(dirpath) == 1:
+            return name in NET_ENTRIES
+        if len(dirpath) == 3:
+            return name in PORT_ENTRIES
+        return True
+
+    def _writable(self, path: Path) -> bool:
+        if path in self._scratch:
+            return True
+        if self._is_dir(path):
+            return len(path) != 2 or path[1] == D_PORTS
+        return len(path) >= 2 and path[-1] in WRITABLE_FILES and path[1] != D_PORTGROUPS
+
+    # ================================================================ content
+
+    def _content(self, path: Path) -> bytes | None:
+        """The bytes a read of `path` shows now (None: it has none)."""
+        d = self.driver
+        if len(path) == 2:
+            name, f = path
+            if f == F_ERROR:
+                if name in self._pending:
+                    msg = self._pending_error.get(name, "")
+                else:
+                    st = self._state(name)
+                    msg = st.error if st is not None else ""
+                return (msg.rstrip("\n") + "\n").encode() if msg else b""
+            if f == F_DEFINITION:
+                if name in self._pending:
+                    return b""
+                return str(d.definition_xml(name)).encode()
+            st = self._state(name)
+            if st is None:
+                return None
+            if f == F_ACTIVE:
+                return _line(st.active)
+            if f == F_AUTOSTART:
+                return _line(st.autostart)
+            if f == F_UUID:
+                return f"{st.uuid}\n".encode()
+            if f == F_STATUS:
+                text = d.status_xml(name)
+                return None if text is None else str(text).encode()
+            return None
+        if len(path) == 4 and path[1] == D_PORTGROUPS:
+            name, _, pg, f = path
+            if f == F_DEFAULT:
+                st = self._state(name)
+                if st is None:
+                    return None
+                net = st.live or st.definition
+                return _line(any(g.name == pg and g.default for g in net.portgroups))
+            if f == F_VIRTUALPORT:
+                text = d.portgroup_virtualport_xml(name, pg)
+                return None if text is None else str(text).encode()
+            return None
+        if len(path) == 4 and path[1] == D_PORTS:
+            name, _, port, f = path
+            if (name, port) in self._pending_ports:
+                return b"" if f == F_PORT else None
+            if f == F_PORT:
+                return str(d.port_xml(name, port)).encode()
+            if f == F_VIRTUALPORT:
+                text = d.port_virtualport_xml(name, port)
+                return None if text is None else str(text).encode()
+        return None
+
+    def _safe_content(self, path: Path) -> bytes | None:
+        try:
+            return self._content(path)
+        except NetfsError:
+            return None
+
+    # ================================================================ attributes
+
+    def _attr(self, ino: int, path: Path) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = InodeT(ino)
+        a.generation = 0
+        a.entry_timeout = TIMEOUT
+        a.attr_timeout = TIMEOUT
+        a.st_blksize = 4096
+        sc = self._scratch_by_ino.get(ino)
+        if sc is not None:
+            a.st_mode = ModeT(stat.S_IFREG | (sc.mode & 0o7777))
+            a.st_nlink = 1 if path in self._scratch else 0
+            a.st_uid, a.st_gid = sc.uid, sc.gid
+            a.st_size = len(sc.data)
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = sc.atime_ns, sc.mtime_ns, sc.ctime_ns
+            a.st_blocks = (a.st_size + 511) // 512
+            return a
+        gw = self.opts.group_writable
+        writable = self._writable(path)
+        if self._is_dir(path):
+            mode = stat.S_IFDIR | (0o775 if writable and gw else 0o755)
+            a.st_nlink = 2
+            a.st_size = 0
+        else:
+            if path == ("events",):
+                mode = stat.S_IFREG | 0o444
+                a.st_size = 0
+            else:
+                if writable:
+                    mode = stat.S_IFREG | (0o664 if gw else 0o644)
+                else:
+                    mode = stat.S_IFREG | 0o444
+                content = self._safe_content(path)
+                a.st_size = len(content) if content is not None else 0
+            a.st_nlink = 1
+        a.st_mode = ModeT(mode)
+        a.st_uid = self.opts.uid
+        a.st_gid = self.opts.gid if (writable and gw) else 0
+        t = self._mtimes.get(path, self._start_ns)
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
+        a.st_blocks = (a.st_size + 511) // 512
+        return a
+
+    def _entry(self, path: Path) -> pyfuse3.EntryAttributes:
+        sc = self._scratch.get(path)
+        ino = sc.ino if sc is not None else self._ino(path)
+        return self._attr(ino, path)
+
+    # ================================================================ errors
+
+    def _record(self, name: str, message: str) -> None:
+        """A failure found above the core: it becomes the network's error."""
+        if name in self._pending:
+            self._pending_error[name] = message
+            log.warning("network %s: %s", name, message)
+        else:
+            self.driver.set_error(name, message)
+        self._queue("reconcile", name)
+
+    # ================================================================ lookups
+
+    @_handler
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        ppath = self._path(parent_inode)
+        n = _name(name)
+        if n == ".":
+            return self._entry(ppath)
+        if n == "..":
+            return self._entry(ppath[:-1])
+        path = ppath + (n,)
+        if not self._is_dir(ppath) or not self._exists(path, self._is_self(ctx)):
+            raise _err(errno.ENOENT)
+        return self._entry(path)
+
+    @_handler
+    async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attr(inode, self._path(inode))
+
+    @_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        s.f_files = len(self._ino_by_path)
+        return s
+
+    # ================================================================ directories
+
+    def _list(self, path: Path) -> list[str]:
+        n = len(path)
+        if n == 0:
+            return ["events"] + sorted(set(self.driver.names()) | self._pending)
+        name = path[0]
+        st = self._state(name)
+        scratch = sorted(p[-1] for p in self._scratch if p[:-1] == path)
+        if n == 1:
+            if st is None:
+                return [F_DEFINITION, F_ERROR] + scratch
+            entries = [F_DEFINITION, F_ACTIVE, F_AUTOSTART]
+            if st.active:
+                entries.append(F_STATUS)
+            return entries + [F_UUID, F_ERROR, D_PORTGROUPS, D_PORTS] + scratch
+        if n == 2 and path[1] == D_PORTGROUPS:
+            return self._portgroup_names(st) if st is not None else []
+        if n == 2 and path[1] == D_PORTS:
+            return sorted(self._port_names(name, st, False))
+        if n == 3 and path[1] == D_PORTGROUPS:
+            return [f for f in PG_ENTRIES if self._exists(path + (f,))]
+        if n == 3 and path[1] == D_PORTS:
+            return [f for f in PORT_ENTRIES if self._exists(path + (f,))] + scratch
+        return []
+
+    @_handler
+    async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
+        path = self._path(inode)
+        if not self._is_dir(path) or not self._exists(path, self._is_self(ctx)):
+            raise _err(errno.ENOENT)
+        fh = next(self._fhs)
+        self._dir_handles[fh] = [(e, path + (e,)) for e in self._list(path)]
+        return FileHandleT(fh)
+
+    @_handler
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dir_handles.get(fh, [])
+        for i in range(start_id, len(entries)):
+            name, path = entries[i]
+            try:
+                attr = self._entry(path)
+            except (NetfsError, pyfuse3.FUSEError):
+                continue
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
+                break
+
+    @_handler
+    async def releasedir(self, fh: FileHandleT) -> None:
+        self._dir_handles.pop(fh, None)
+
+    @_handler
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        return None
+
+    @_handler
+    async def mkdir(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        ppath = self._path(parent_inode)
+        n = _name(name)
+        path = ppath + (n,)
+        if self._is_self(ctx):
+            if len(ppath) == 0:
+                self._pub_nets.add(n)
+            elif len(ppath) == 2 and ppath[1] == D_PORTS:
+                self._pub_ports.add((ppath[0], n))
+            return self._entry(path)
+        net = ppath[0] if ppath else ""
+        if len(ppath) == 0:
+            what = "network"
+        elif len(ppath) == 2 and ppath[1] == D_PORTS and self._state(ppath[0]) is not None:
+            what = "port"
+        else:
+            raise _err(errno.EPERM)
+        if self._exists(path):
+            raise _err(errno.EEXIST)
+        if not n or n.startswith(".") or "/" in n or len(n.encode()) > 250:
+            msg = f"invalid {what} name '{n}'"
+            if what == "port":
+                self._record(net, msg)
+            else:
+                log.warning("%s", msg)
+            raise _err(errno.EINVAL)
+        if what == "network":
+            self._pending.add(n)
+            self._pending_error.pop(n, None)
+            self._pub_nets.add(n)
+            self._snap[n] = self._snapshot(n)
+        else:
+            self._pending_ports.add((net, n))
+            self._pub_ports.add((net, n))
+        return self._entry(path)
+
+    def _drop_scratch_under(self, prefix: Path) -> None:
+        for p in [p for p in self._scratch if p[: len(prefix)] == prefix]:
+            del self._scratch[p]
+
+    def _forget_net(self, name: str) -> None:
+        self._pub_nets.discard(name)
+        self._pub_status.discard(name)
+        self._pub_ports = {(n, p) for n, p in self._pub_ports if n != name}
+        self._pending_ports = {(n, p) for n, p in self._pending_ports if n != name}
+        self._snap.pop(name, None)
+        self._drop_scratch_under((name,))
+        for f in POLL_FILES:
+            self._wake_pollers((name, f))
+
+    @_handler
+    async def rmdir(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        ppath = self._path(parent_inode)
+        n = _name(name)
+        path = ppath + (n,)
+        if self._is_self(ctx):
+            if len(ppath) == 0:
+                self._forget_net(n)
+            elif len(ppath) == 2 and ppath[1] == D_PORTS:
+                self._pub_ports.discard((ppath[0], n))
+            return
+        if len(ppath) == 0:
+            if n in self._pending:
+                self._pending.discard(n)
+                self._pending_error.pop(n, None)
+                self._forget_net(n)
+                return
+            if self._state(n) is None:
+                raise _err(errno.ENOENT)
+            await self.driver.undefine(n, if_active="refuse")
+            self._forget_net(n)
+            return
+        if len(ppath) == 2 and ppath[1] == D_PORTS:
+            key = (ppath[0], n)
+            if key in self._pending_ports:
+                self._pending_ports.discard(key)
+                self._pub_ports.discard(key)
+                self._drop_scratch_under(path)
+                return
+            if not self._exists(path):
+                raise _err(errno.ENOENT)
+            try:
+                await self.driver.delete_port(ppath[0], n)
+            finally:
+                self._queue("reconcile", ppath[0])
+            self._pub_ports.discard(key)
+            self._drop_scratch_under(path)
+            return
+        if self._exists(path):
+            raise _err(errno.EPERM)
+        raise _err(errno.ENOENT)
+
+    # ================================================================ scratch files
+
+    def _new_scratch(self, path: Path, mode: int, ctx: pyfuse3.RequestContext) -> _Scratch:
+        now = time.time_ns()
+        sc = _Scratch(next(self._inos), bytearray(), mode & 0o7777, ctx.uid, ctx.gid, now, now, now)
+        self._scratch[path] = sc
+        self._scratch_by_ino[sc.ino] = sc
+        self._path_by_ino[sc.ino] = path
+        return sc
+
+    @_handler
+    async def create(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        mode: ModeT,
+        flags: FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        ppath = self._path(parent_inode)
+        n = _name(name)
+        path = ppath + (n,)
+        if self._is_self(ctx):
+            if len(ppath) == 1 and n == F_STATUS:
+                self._pub_status.add(ppath[0])
+            return self._open_handle(_Handle(path, self._ino(path), "self")), self._entry(path)
+        if not self._is_dir(ppath) or not self._exists(ppath):
+            raise _err(errno.ENOENT)
+        if not self._scratch_dir(ppath):
+            raise _err(errno.EPERM)
+        if self._reserved(ppath, n):
+            raise _err(errno.EACCES)
+        sc = self._new_scratch(path, mode, ctx)
+        h = _Handle(path, sc.ino, "scratch", scratch=sc)
+        return self._open_handle(h), self._attr(sc.ino, path)
+
+    @_handler
+    async def unlink(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        ppath = self._path(parent_inode)
+        path = ppath + (_name(name),)
+        if self._is_self(ctx):
+            if len(path) == 2 and path[1] == F_STATUS:
+                self._pub_status.discard(path[0])
+            return
+        sc = self._scratch.pop(path, None)
+        if sc is not None:
+            sc.ctime_ns = time.time_ns()
+            return
+        if self._exists(path):
+            raise _err(errno.EPERM)
+        raise _err(errno.ENOENT)
+
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: FileNameT,
+        parent_inode_new: InodeT,
+        name_new: FileNameT,
+        flags: FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        src = self._path(parent_inode_old) + (_name(name_old),)
+        dpath = self._path(parent_inode_new)
+        dst = dpath + (_name(name_new),)
+        sc = self._scratch.get(src)
+        if sc is None:
+            raise _err(errno.EPERM if self._exists(src) else errno.ENOENT)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _err(errno.EINVAL)
+        if not self._scratch_dir(dpath) or not self._exists(dpath):
+            raise _err(errno.EPERM)
+        if src == dst:
+            return
+        target = dst[-1]
+        if self._reserved(dpath, target):
+            if len(dst) == 2 and target == F_DEFINITION:
+                await self._act_definition(dst[0], bytes(sc.data))
+            elif len(dst) == 4 and target == F_PORT:
+                await self._act_port(dst[0], dst[2], bytes(sc.data))
+            else:
+                raise _err(errno.EPERM)
+            # the kernel now believes the renamed inode is that file
+            del self._scratch[src]
+            self._scratch_by_ino.pop(sc.ino, None)
+            self._path_by_ino[sc.ino] = dst
+            return
+        if flags & pyfuse3.RENAME_NOREPLACE and dst in self._scratch:
+            raise _err(errno.EEXIST)
+        del self._scratch[src]
+        self._scratch[dst] = sc
+        self._path_by_ino[sc.ino] = dst
+        sc.ctime_ns = time.time_ns()
+
+    @_handler
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        path = self._path(inode)
+        sc = self._scratch_by_ino.get(inode)
+        now = time.time_ns()
+        if sc is not None:
+            if fields.update_size:
+                _resize(sc.data, attr.st_size)
+                sc.mtime_ns = now
+            if fields.update_mode:
+                sc.mode = attr.st_mode & 0o7777
+            if fields.update_uid:
+                sc.uid = attr.st_uid
+            if fields.update_gid:
+                sc.gid = attr.st_gid
+            if fields.update_atime:
+                sc.atime_ns = attr.st_atime_ns
+            if fields.update_mtime:
+                sc.mtime_ns = attr.st_mtime_ns
+            sc.ctime_ns = now
+            return self._attr(inode, path)
+        if self._is_self(ctx):
+            return self._attr(inode, path)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise _err(errno.EPERM)
+        if fields.update_size:
+            if not self._writable(path) or self._is_dir(path):
+                raise _err(errno.EACCES)
+            h = self._handles.get(fh) if fh is not None else None
+            if h is not None and h.kind == "doc":
+                _resize(h.buf, attr.st_size)
+                h.dirty = True
+        return self._attr(inode, path)
+
+    # ================================================================ files
+
+    def _open_handle(self, h: _Handle, *, nonseekable: bool = False) -> pyfuse3.FileInfo:
+        fh = next(self._fhs)
+        self._handles[fh] = h
+        fi = pyfuse3.FileInfo(fh=FileHandleT(fh), direct_io=True, keep_cache=False)
+        fi.nonseekable = nonseekable
+        return fi
+
+    @_handler
+    async def open(
+        self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        path = self._path(inode)
+        if self._is_self(ctx):
+            return self._open_handle(_Handle(path, inode, "self"))
+        write = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        sc = self._scratch_by_ino.get(inode)
+        if sc is not None:
+            if flags & os.O_TRUNC:
+                sc.data.clear()
+                sc.mtime_ns = time.time_ns()
+            return self._open_handle(_Handle(path, inode, "scratch", scratch=sc))
+        if path == ("events",):
+            if write:
+                raise _err(errno.EACCES)
+            h = _Handle(path, inode, "events", channel=self.driver.subscribe(), pid=ctx.pid)
+            return self._open_handle(h, nonseekable=True)
+        if self._is_dir(path):
+            raise _err(errno.EISDIR)
+        if not self._exists(path):
+            raise _err(errno.ENOENT)
+        if write and not self._writable(path):
+            raise _err(errno.EACCES)
+        content = self._content(path)
+        if content is None:
+            raise _err(errno.ENOENT)
+        if write and path[-1] in (F_DEFINITION, F_PORT):
+            h = _Handle(path, inode, "doc", data=content, last_read=content)
+        elif path[-1] in ATTR_FILES and len(path) == 2:
+            h = _Handle(path, inode, "attr", data=content, last_read=content)
+        else:
+            h = _Handle(path, inode, "read", data=content, last_read=content)
+        return self._open_handle(h)
+
+    @_handler
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        h = self._handle(fh)
+        if h.kind == "events":
+            return await self._read_events(h, size)
+        if h.kind == "scratch":
+            assert h.scratch is not None
+            return bytes(h.scratch.data[off : off + size])
+        if h.kind == "self":
+            return b""
+        if off == 0:
+            content = self._content(h.path)
+            if content is None:
+                raise _err(errno.ENOENT)
+            h.data = content
+            h.last_read = content
+        return h.data[off : off + size]
+
+    @_handler
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        h = self._handle(fh)
+        if h.kind == "self":
+            return len(buf)
+        if h.kind == "scratch":
+            assert h.scratch is not None
+            _put(h.scratch.data, off, buf)
+            h.scratch.mtime_ns = time.time_ns()
+            return len(buf)
+        if h.kind == "doc":
+            _put(h.buf, off, buf)
+            h.dirty = True
+            return len(buf)
+        if h.kind == "attr":
+            await self._act_attr(h.path, buf)
+            return len(buf)
+        raise _err(errno.EACCES)
+
+    async def _commit(self, h: _Handle) -> None:
+        """Act on a document handle's content, once per batch of writes."""
+        if h.kind != "doc" or not h.dirty:
+            return
+        h.dirty = False
+        data = bytes(h.buf)
+        if not data.strip(b"\0 \t\r\n"):
+            return  # nothing written (bash's early flush, `: > file`)
+        if len(h.path) == 2:
+            await self._act_definition(h.path[0], data)
+        else:
+            await self._act_port(h.path[0], h.path[2], data)
+
+    @_handler
+    async def flush(self, fh: FileHandleT) -> None:
+        await self._commit(self._handle(fh))
+
+    @_handler
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        await self._commit(self._handle(fh))
+
+    @_handler
+    async def release(self, fh: FileHandleT) -> None:
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        if h.kind == "events":
+            self._event_pollers.pop(fh, None)
+            self.driver.unsubscribe(h.channel)
+            return
+        for waiters in self._pollers.values():
+            waiters.pop(fh, None)
+        try:
+            await self._commit(h)
+        except NetfsError as e:
+            log.warning("%s: %s", "/".join(h.path), e.message)
+
+    def _handle(self, fh: int) -> _Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise _err(errno.EBADF)
+        return h
+
+    # ================================================================ acting
+
+    async def _act_attr(self, path: Path, buf: bytes) -> None:
+        name, f = path
+        value = {b"0": False, b"0\n": False, b"1": True, b"1\n": True}.get(bytes(buf))
+        if value is None:
+            shown = bytes(buf[:40]).decode(errors="replace").rstrip("\n")
+            self._record(name, f"invalid value for {f}: '{shown}' (write 0 or 1)")
+            raise _err(errno.EINVAL)
+        try:
+            if f == F_ACTIVE:
+                if value:
+                    await self.driver.start(name)
+                else:
+                    await self.driver.stop(name)
+            else:
+                await self.driver.set_autostart(name, value)
+        finally:
+            self._touched(path)
+            self._queue("reconcile", name)
+
+    async def _act_definition(self, name: str, data: bytes) -> None:
+        pending = name in self._pending
+        try:
+            await self.driver.define(data, name=name)
+        except NetfsError as e:
+            if pending:
+                self._pending_error[name] = e.message
+                log.warning("network %s: %s", name, e.message)
+            raise
+        finally:
+            self._queue("reconcile", name)
+        if pending:
+            self._pending.discard(name)
+            self._pending_error.pop(name, None)
+        self._touched((name, F_DEFINITION))
+
+    async def _act_port(self, name: str, port: str, data: bytes) -> None:
+        try:
+            await self.driver.create_port(name, port, data)
+        finally:
+            self._queue("reconcile", name)
+        self._pending_ports.discard((name, port))
+
+    def _touched(self, path: Path) -> None:
+        self._mtimes[path] = time.time_ns()
+
+    # ================================================================ events file
+
+    def _caller_gone(self, pid: int) -> bool:
+        """Has the reader been killed? (A FUSE read is not interruptible once
+        it reached us and pyfuse3 does not pass interrupts on, so a blocked
+        reader with a fatal signal pending waits for our answer.)"""
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                text = f.read()
+        except OSError:
+            return True
+        masks: dict[str, int] = {}
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn"):
+                masks[key] = int(value.strip(), 16)
+            elif key == "State" and value.strip().startswith(("Z", "X")):
+                return True
+        pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
+        return bool(pending & ~masks.get("SigBlk", 0) & ~masks.get("SigIgn", 0))
+
+    async def _read_events(self, h: _Handle, size: int) -> bytes:
+        if not h.leftover:
+            ch = h.channel
+            with trio.CancelScope() as cs:
+                self._blocked_reads.add(cs)
+                try:
+                    while True:
+                        with trio.move_on_after(0.5):
+                            ev = await ch.receive()
+                            break
+                        if self._caller_gone(h.pid) or self.closing:
+                            raise _err(errno.EINTR)
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return b""
+                finally:
+                    self._blocked_reads.discard(cs)
+            if cs.cancelled_caught:
+                raise _err(errno.EINTR)
+            lines = [ev.line()]
+            while len(lines) < 1000:
+                try:
+                    lines.append(ch.receive_nowait().line())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            h.leftover = "".join(x if x.endswith("\n") else x + "\n" for x in lines).encode()
+        out, h.leftover = h.leftover[:size], h.leftover[size:]
+        return out
+
+    # ================================================================ poll
+
+    @_handler
+    async def poll(
+        self,
+        inode: InodeT,
+        fh: FileHandleT,
+        poll_handle: pyfuse3.PollHandle | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> int:
+        h = self._handle(fh)
+        if h.kind == "events":
+            ready = bool(h.leftover) or h.channel.statistics().current_buffer_used > 0
+            if ready:
+                return DEFAULT_POLLMASK
+            if poll_handle is not None:
+                self._event_pollers[fh] = poll_handle
+            return 0
+        mask = DEFAULT_POLLMASK
+        if h.kind in ("attr", "read") and len(h.path) == 2 and h.path[1] in POLL_FILES:
+            current = self._safe_content(h.path)
+            if current != h.last_read:
+                return mask | CHANGED_POLLMASK
+            if poll_handle is not None:
+                self._pollers.setdefault(h.path, {})[fh] = poll_handle
+        return mask
+
+    def _wake_pollers(self, path: Path) -> None:
+        for ph in self._pollers.pop(path, {}).values():
+            try:
+                ph.notify()
+            except Exception as e:  # a dead handle must not stop the notifier
+                log.debug("poll notify failed: %s", e)
+
+    def _wake_event_pollers(self) -> None:
+        waiters, self._event_pollers = self._event_pollers, {}
+        for ph in waiters.values():
+            try:
+                ph.notify()
+            except Exception as e:
+                log.debug("poll notify failed: %s", e)
+
+    # ================================================================ notifier
+
+    def _queue(self, kind: str, arg: Any = None) -> None:
+        if self._todo_send is not None:
+            try:
+                self._todo_send.send_nowait((kind, arg))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def request_reconcile_all(self) -> None:
+        """Compare every network with what watchers were told (after SIGHUP)."""
+        self._queue("all")
+
+    def _snapshot(self, name: str) -> dict[str, bytes | None]:
+        return {f: self._safe_content((name, f)) for f in WATCHED_FILES}
+
+    def publish_initial(self) -> None:
+        """Everything the core has at start-up counts as already announced."""
+        for name in self.driver.names():
+            self._pub_nets.add(name)
+            st = self._state(name)
+            if st is None:
+                continue
+            if st.active:
+                self._pub_status.add(name)
+            for p in st.ports:
+                self._pub_ports.add((name, p))
+            self._snap[name] = self._snapshot(name)
+
+    async def run_notifier(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Turn core events and handler requests into the daemon's own
+        operations through the mount (inotify), poll wake-ups and nothing else."""
+        send, recv = trio.open_memory_channel[tuple[str, Any]](math.inf)
+        self._todo_send, self._todo_recv = send, recv
+        core = self.driver.subscribe()
+        self.publish_initial()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, core, send)
+                task_status.started()
+                async for kind, arg in recv:
+                    try:
+                        if kind == "event":
+                            self._wake_event_pollers()
+                            await self._reconcile(arg.network)
+                        elif kind == "reconcile":
+                            await self._reconcile(arg)
+                        elif kind == "all":
+                            for name in sorted(
+                                set(self.driver.names()) | self._pub_nets | self._pending
+                            ):
+                                await self._reconcile(name)
+                    except Exception:
+                        log.exception("notifier: %s %s", kind, arg)
+        finally:
+            self.driver.unsubscribe(core)
+            self._todo_send = None
+
+    async def _pump(
+        self,
+        core: trio.MemoryReceiveChannel[Any],
+        send: trio.MemorySendChannel[tuple[str, Any]],
+    ) -> None:
+        async for ev in core:
+            send.send_nowait(("event", ev))
+
+    def _own_op(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Runs in a worker thread: one of the daemon's own operations through
+        the mount. Handlers recognise it by this thread's id."""
+        tid = threading.get_native_id()
+        self._self_tids.add(tid)
+        try:
+            fn(*args)
+        except OSError as e:
+            log.debug("own %s%s: %s", fn.__name__, args, e)
+        finally:
+            self._self_tids.discard(tid)
+
+    async def _own(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.closing:
+            return
+        await trio.to_thread.run_sync(self._own_op, fn, *args, abandon_on_cancel=True)
+
+    def _real(self, *parts: str) -> str:
+        return os.path.join(self.mountpoint, *parts)
+
+    def _do_mkdir(self, parent: Path, name: str) -> None:
+        self._invalidate(parent, name)
+        os.mkdir(self._real(*parent, name))
+
+    def _do_create(self, parent: Path, name: str) -> None:
+        self._invalidate(parent, name)
+        fd = os.open(self._real(*parent, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.close(fd)
+
+    def _do_touch(self, path: Path) -> None:
+        fd = os.open(self._real(*path), os.O_WRONLY)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+
+    def _invalidate(self, parent: Path, name: str) -> None:
+        """Drop a positive dentry a reader cached, so the kernel asks us
+        (and our own view says absent) instead of failing with EEXIST."""
+        ino = self._ino_by_path.get(parent)
+        if ino is None:
+            return
+        try:
+            pyfuse3.invalidate_entry(InodeT(ino), os.fsencode(name))
+        except OSError:
+            pass
+
+    async def _reconcile(self, name: str) -> None:
+        st = self._state(name)
+        if st is None and name not in self._pending:
+            if name in self._pub_nets:
+                await self._own(os.rmdir, self._real(name))
+                self._forget_net(name)  # also if the rmdir failed
+            return
+        if name not in self._pub_nets:
+            await self._own(self._do_mkdir, (), name)
+            self._pub_nets.add(name)
+            self._snap[name] = self._snapshot(name)
+        if st is not None:
+            if st.active and name not in self._pub_status:
+                await self._own(self._do_create, (name,), F_STATUS)
+                self._pub_status.add(name)
+            elif not st.active and name in self._pub_status:
+                await self._own(os.unlink, self._real(name, F_STATUS))
+                self._pub_status.discard(name)
+            for p in sorted(set(st.ports) - {q for n, q in self._pub_ports if n == name}):
+                await self._own(self._do_mkdir, (name, D_PORTS), p)
+                self._pub_ports.add((name, p))
+            for n, p in sorted(self._pub_ports):
+                if n == name and p not in st.ports and (n, p) not in self._pending_ports:
+                    await self._own(os.rmdir, self._real(name, D_PORTS, p))
+                    self._pub_ports.discard((n, p))
+        new = self._snapshot(name)
+        old = self._snap.get(name)
+        self._snap[name] = new
+        if old is None:
+            return
+        for f in WATCHED_FILES:
+            if old.get(f) == new.get(f) or new.get(f) is None:
+                continue
+            self._touched((name, f))
+            if f in POLL_FILES:
+                self._wake_pollers((name, f))
+            await self._own(self._do_touch, (name, f))
+
+    def cancel_blocked_reads(self) -> None:
+        self.closing = True
+        for cs in list(self._blocked_reads):
+            cs.cancel()
+
+
+def _put(buf: bytearray, off: int, data: bytes) -> None:
+    if off > len(buf):
+        buf.extend(b"\0" * (off - len(buf)))
+    buf[off : off + len(data)] = data
+
+
+def _resize(buf: bytearray, size: int) -> None:
+    if size < len(buf):
+        del buf[size:]
+    else:
+        buf.extend(b"\0" * (size - len(buf)))
+
+
+# ==================================================================== lifecycle
+
+BASE_OPTIONS = frozenset({"default_permissions", "allow_other", "fsname=netfs", "subtype=netfs"})
+
+
+def is_stale(mountpoint: str) -> bool:
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+def cleanup_stale(mountpoint: str) -> bool:
+    """Lazily unmount a mount left dead by a killed daemon ("Transport
+    endpoint is not connected"). Returns True when it did."""
+    if not is_stale(mountpoint):
+        return False
+    log.warning("%s: stale mount left by a previous daemon, detaching it", mountpoint)
+    for cmd in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
+        try:
+            subprocess.run(cmd, check=False, capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if not is_stale(mountpoint):
+            return True
+    return not is_stale(mountpoint)
+
+
+def mount(mountpoint: str, ops: NetfsOperations, options: Iterable[str] = ()) -> None:
+    """Mount (synchronously; no thread is started, so the caller may fork)."""
+    cleanup_stale(mountpoint)
+    opts = set(BASE_OPTIONS) | set(options)
+    pyfuse3.init(ops, mountpoint, opts)
+
+
+async def serve(ops: NetfsOperations, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the FUSE main loop and the notifier until the file system is
+    unmounted or :func:`terminate` is called."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.run_notifier)
+
+        async def main() -> None:
+            try:
+                await pyfuse3.main(max_tasks=MAX_TASKS)
+            finally:
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(main)
+        task_status.started()
+
+
+def terminate(ops: NetfsOperations | None = None) -> None:
+    """End the main loop (from the trio thread); serve() then returns."""
+    if ops is not None:
+        ops.cancel_blocked_reads()
+    pyfuse3.terminate()
+
+
+def close(unmount: bool = True) -> None:
+    pyfuse3.close(unmount=unmount)
