@@ -1,0 +1,394 @@
+"""What `sh dev.sh run` runs: netfs mounted over a private network namespace.
+
+    python -m netfs.demo [--no-wait]
+
+Makes a network namespace of its own, temporary config and state
+directories and a temporary mount point, puts examples/testA.xml in the
+config directory, starts `netfs mount MNT --netns NS -f`, and shows the
+filesystem at work: starting a network makes its bridge, portgroup and port
+virtualports are merged, inotifywait sees a network stop (its bridge deleted
+from outside) and start, and `events` tells the story. Then it waits until
+Ctrl-C or SIGTERM (or exits at once with --no-wait), stops the daemon,
+unmounts, and removes the namespace and the temporary directories.
+
+Nothing touches the host's own network namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TOP = EXAMPLES.parent
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT: leave, cleaning up."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+_print_lock = threading.Lock()
+
+
+def say(text: str = "") -> None:
+    with _print_lock:
+        print(text, flush=True)
+
+
+def is_mounted(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == str(path) for line in f)
+    except OSError:
+        return False
+
+
+class _Background:
+    """A process whose output lines are collected (and optionally echoed)."""
+
+    def __init__(
+        self, argv: list[str], cwd: Path, *, echo_prefix: str | None = None, stderr: bool = False
+    ) -> None:
+        self.lines: list[str] = []
+        self.err_lines: list[str] = []
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr else subprocess.DEVNULL,
+            text=True,
+        )
+        self._echo = echo_prefix
+        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines))]
+        if stderr:
+            self._threads.append(
+                threading.Thread(target=self._pump, args=(self.proc.stderr, self.err_lines))
+            )
+        for t in self._threads:
+            t.daemon = True
+            t.start()
+
+    def _pump(self, stream: IO[str] | None, into: list[str]) -> None:
+        if stream is None:
+            return
+        for line in stream:
+            line = line.rstrip("\n")
+            into.append(line)
+            if self._echo is not None and into is self.lines:
+                say(f"{self._echo}{line}")
+
+    def wait_for(self, text: str, timeout: float, *, err: bool = False) -> bool:
+        lines = self.err_lines if err else self.lines
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in lines):
+                return True
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        return any(text in line for line in lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for t in self._threads:
+            t.join(timeout=2)
+
+
+class Demo:
+    def __init__(self) -> None:
+        self.netns = f"netfsdemo{os.getpid()}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="netfs-demo-"))
+        self.conf = self.tmp / "config"
+        self.state = self.tmp / "state"
+        self.mnt = self.tmp / "mnt"
+        self.log = self.tmp / "daemon.log"
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.background: list[_Background] = []
+        self.netns_made = False
+        self.failures: list[str] = []
+        self.env = dict(os.environ, EX=str(EXAMPLES), NS=self.netns)
+
+    # -- running commands, transcript style ------------------------------
+
+    def sh(
+        self, cmd: str, *, expect_fail: bool = False, quiet: bool = False, check: bool = True
+    ) -> str:
+        """Run `cmd` with bash in the mount point, print it and its output."""
+        if not quiet:
+            say(f"$ {cmd}")
+        out = subprocess.run(
+            ["bash", "-c", cmd],
+            cwd=self.mnt,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        text = out.stdout + out.stderr
+        if not quiet:
+            with _print_lock:
+                sys.stdout.write(text)
+                if out.returncode != 0:
+                    sys.stdout.write(f"[exit status {out.returncode}]\n")
+                sys.stdout.flush()
+        if check and (out.returncode != 0) != expect_fail:
+            self.failures.append(cmd)
+        return out.stdout
+
+    def note(self, text: str) -> None:
+        say()
+        say(f"# {text}")
+
+    def wait_until(self, cmd: str, want: str, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sh(cmd, quiet=True).strip() == want:
+                return True
+            time.sleep(0.02)
+        return False
+
+    # -- setup and teardown ----------------------------------------------
+
+    def setup(self) -> None:
+        for d in (self.conf, self.state, self.mnt):
+            d.mkdir()
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        self.netns_made = True
+        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
+        shutil.copy(EXAMPLES / "testA.xml", self.conf / "testA.xml")
+        argv = [
+            sys.executable,
+            "-m",
+            "netfs.cli",
+            "mount",
+            str(self.mnt),
+            "--netns",
+            self.netns,
+            "--config-dir",
+            str(self.conf),
+            "--state-dir",
+            str(self.state),
+            "-f",
+        ]
+        say("netfs demo")
+        say(f"  namespace:   {self.netns}")
+        say(f"  mount point: {self.mnt}")
+        say(f"  config dir:  {self.conf}")
+        say(f"  state dir:   {self.state}")
+        say(f"  daemon log:  {self.log}")
+        say()
+        say("$ " + " ".join(["netfs mount", str(self.mnt), "--netns", self.netns, "..."]))
+        with open(self.log, "wb") as log:
+            self.daemon = subprocess.Popen(
+                argv, cwd=TOP, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited with status {self.daemon.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the mount did not appear within 30 s")
+            time.sleep(0.05)
+
+    def _ready(self) -> bool:
+        if not is_mounted(self.mnt):
+            return False
+        try:
+            return "testA" in os.listdir(self.mnt)
+        except OSError:
+            return False
+
+    def teardown(self) -> None:
+        for bg in self.background:
+            bg.stop()
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        if is_mounted(self.mnt):
+            subprocess.run(["umount", "-l", str(self.mnt)], check=False)
+        if self.netns_made:
+            subprocess.run(["ip", "netns", "del", self.netns], check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def show_daemon_log(self) -> None:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return
+        if text.strip():
+            say("--- daemon log ---")
+            say(text.rstrip())
+            say("------------------")
+
+    # -- the demo itself -----------------------------------------------------
+
+    def run(self) -> None:
+        self.background.append(_Background(["cat", "events"], self.mnt))
+        say(f"$ cd {self.mnt}")
+        say(f"$ EX={EXAMPLES} NS={self.netns}")
+
+        self.note("testA was put in the config directory before the daemon started")
+        self.sh("ls")
+        self.sh("ls testA testA/portgroups")
+        self.sh("cat testA/definition.xml")
+        self.sh("cat testA/active testA/uuid")
+
+        self.note("start it: the bridge appears in the namespace")
+        self.sh("echo 1 > testA/active")
+        self.sh("cat testA/active")
+        self.sh('ip -n "$NS" -br link show type bridge')
+        self.sh('ip -n "$NS" -br addr show dev testA0')
+        self.sh("ls testA")
+
+        self.note("a bad value is refused by the write itself")
+        self.sh("echo 2 > testA/active", expect_fail=True)
+
+        self.note(
+            "portgroup sales of testA has a virtualport with no type, and testA has none:\n"
+            "# libvirt's merge gives no profile, so there is no virtualport.xml"
+        )
+        self.sh("ls testA/portgroups/sales")
+        self.sh("cat testA/portgroups/sales/default")
+        self.sh("cat testA/portgroups/sales/virtualport.xml", check=False)
+
+        self.note(
+            "ports with a virtualport need a network that allows one: an Open vSwitch\n"
+            "# host bridge network, defined through the mount"
+        )
+        self.sh("mkdir ovsnet && cp $EX/ovsnet.xml ovsnet/definition.xml")
+        self.sh("echo 1 > ovsnet/active")
+        self.note(
+            "portgroup sales of ovsnet: the network's virtualport merged with the portgroup's"
+        )
+        self.sh("cat ovsnet/portgroups/sales/virtualport.xml")
+        self.sh("mkdir ovsnet/ports/vm1 && cat $EX/vm1-interface.xml > ovsnet/ports/vm1/port.xml")
+        self.note("interface + portgroup + network, merged (the port is the most specific)")
+        self.sh("cat ovsnet/ports/vm1/virtualport.xml")
+        self.sh("cat ovsnet/ports/vm1/port.xml")
+
+        self.note(
+            "inotifywait on testA/active while the bridge is deleted from outside\n"
+            "# (the daemon notices and stops the network) and it is started again"
+        )
+        say("$ inotifywait -m -e modify,close_write testA/active &")
+        watch = _Background(
+            ["inotifywait", "-m", "-e", "modify,close_write", "testA/active"],
+            self.mnt,
+            echo_prefix="[inotifywait] ",
+            stderr=True,
+        )
+        self.background.append(watch)
+        if not watch.wait_for("Watches established", 10, err=True):
+            say("(inotifywait did not start)")
+            self.failures.append("inotifywait")
+        self.sh('ip -n "$NS" link del testA0')
+        if not self.wait_until("cat testA/active", "0"):
+            self.failures.append("testA did not become inactive")
+        self.sh("cat testA/active")
+        self.sh("echo 1 > testA/active")
+        self.sh("cat testA/active")
+        self.sh('ip -n "$NS" -br link show type bridge')
+        time.sleep(0.3)
+        watch.stop()
+
+        self.note("events: `cat events` was opened when the demo began; it blocks for more")
+        time.sleep(0.2)
+        say("$ cat events")
+        events = self.background[0]
+        for line in events.lines:
+            say(line)
+        if not any(line.endswith(" testA started") for line in events.lines):
+            self.failures.append("no 'testA started' event")
+        events.stop()
+
+    def explore(self, wait: bool) -> None:
+        say()
+        say("netfs is mounted; explore it from another shell:")
+        say(f"  ls -l {self.mnt}/testA")
+        say(f"  cat {self.mnt}/events")
+        say(f"  echo 0 > {self.mnt}/testA/active")
+        say(f"  ip netns exec {self.netns} ip -br link")
+        say(f"  ip netns exec {self.netns} bash     # a shell inside the namespace")
+        say(f"  man {TOP / 'man' / 'netfs.8'}")
+        if not wait:
+            return
+        say("Press Ctrl-C to stop the daemon, unmount and remove everything.")
+        assert self.daemon is not None
+        while self.daemon.poll() is None:
+            time.sleep(0.5)
+        say(f"the daemon exited (status {self.daemon.returncode})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m netfs.demo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="run the demo, clean up and exit at once"
+    )
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("netfs demo: run as root (FUSE mount and network namespace)", file=sys.stderr)
+        return 1
+    for tool in ("ip", "inotifywait", "bash"):
+        if shutil.which(tool) is None:
+            print(f"netfs demo: {tool} not found", file=sys.stderr)
+            return 1
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    demo = Demo()
+    status = 0
+    try:
+        demo.setup()
+        demo.run()
+        if demo.failures:
+            say()
+            say("these steps did not do what was expected: " + "; ".join(demo.failures))
+            demo.show_daemon_log()
+            status = 1
+        demo.explore(wait=not args.no_wait)
+    except _Stop:
+        say()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        say(f"netfs demo: {e}")
+        demo.show_daemon_log()
+        status = 1
+    finally:
+        # A second Ctrl-C must not interrupt the cleanup.
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        say("cleaning up: stopping the daemon, unmounting, removing the namespace")
+        demo.teardown()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
