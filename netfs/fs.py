@@ -1170,7 +1170,7 @@ class NetfsOperations(pyfuse3.Operations):
         if old is None:
             return
         for f in WATCHED_FILES:
-            if old.get(f) == new.get(f) or new.get(f) is None:
+            if old.get(f) == new.get(f) or new.get(f) is None or old.get(f) is None:
                 continue
             self._touched((name, f))
             if f in POLL_FILES:

@@ -1,0 +1,320 @@
+"""Helpers for the end-to-end filesystem tests: a real daemon on a real mount.
+
+`mounted` runs `python -m netfs.cli mount MNT --netns NS ... -f` as a
+subprocess in a namespace made by conftest's `netns` fixture, waits for the
+mount, and always stops the daemon and unmounts, also when the test fails.
+Test files import the fixtures from here (`from tests.fs_support import ...`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+LIVENESS = 30.0  # seconds: a bound on waiting, never an assertion on speed
+
+OVS_TESTA = """<network>
+  <name>testA</name>
+  <forward mode='bridge'/>
+  <bridge name='ovsbr0'/>
+  <virtualport type='openvswitch'/>
+  <portgroup name='engineering' default='yes'/>
+  <portgroup name='sales'>
+    <virtualport>
+      <parameters profileid='sales'/>
+    </virtualport>
+  </portgroup>
+</network>
+"""
+
+QBG_TESTA = """<network>
+  <name>testA</name>
+  <forward mode='private'>
+    <interface dev='eth1'/>
+  </forward>
+  <virtualport type='802.1Qbg'>
+    <parameters typeid='1193047' typeidversion='2'/>
+  </virtualport>
+  <portgroup name='sales'>
+    <virtualport>
+      <parameters managerid='55'/>
+    </virtualport>
+  </portgroup>
+</network>
+"""
+
+VIRTUAL = """<network>
+  <name>{name}</name>
+  <bridge name='{bridge}'/>
+  <ip address='{address}' netmask='255.255.255.0'/>
+</network>
+"""
+
+
+def virtual_xml(name: str, bridge: str, address: str = "192.168.150.1") -> str:
+    return VIRTUAL.format(name=name, bridge=bridge, address=address)
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def force_unmount(path: Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def wait_for(predicate: object, what: str, timeout: float = LIVENESS) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def bash(
+    script: str, *, user: str | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run a bash script (as `user` via setpriv when given)."""
+    cmd = ["bash", "-c", script]
+    if user == "nobody":
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=LIVENESS)
+
+
+@dataclass
+class Daemon:
+    mnt: Path
+    config_dir: Path
+    state_dir: Path
+    netns: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        return [
+            PYTHON,
+            "-m",
+            "netfs.cli",
+            "mount",
+            str(self.mnt),
+            "--netns",
+            self.netns,
+            "--config-dir",
+            str(self.config_dir),
+            "--state-dir",
+            str(self.state_dir),
+            "-f",
+            *self.extra,
+        ]
+
+    def start(self) -> None:
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                self.argv(), cwd=ROOT, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL
+            )
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Mounted and answering (the main loop runs once `events` is listed)."""
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.logtext()}")
+            if not is_mounted(self.mnt):
+                return False
+            try:
+                return "events" in os.listdir(self.mnt)
+            except OSError:
+                return False
+
+        wait_for(ready, "the mount")
+
+    def logtext(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the daemon and wait for it; returns its exit status."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=LIVENESS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=LIVENESS)
+        return proc.returncode
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=LIVENESS)
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        force_unmount(self.mnt)
+
+
+@pytest.fixture
+def daemon_factory(netns: str, tmp_path: Path) -> Iterator[object]:
+    """Makes daemons (not started) sharing one namespace and one set of dirs."""
+    made: list[Daemon] = []
+    # the mount point must be reachable by other users (tmp_path is 0700)
+    base = Path(tempfile.mkdtemp(prefix="netfs-test-"))
+    base.chmod(0o755)
+    mnt = base / "mnt"
+    mnt.mkdir()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "state").mkdir()
+
+    def make(extra: list[str] | None = None) -> Daemon:
+        d = Daemon(
+            mnt=mnt,
+            config_dir=tmp_path / "config",
+            state_dir=tmp_path / "state",
+            netns=netns,
+            log=tmp_path / "daemon.log",
+            extra=list(extra or []),
+        )
+        made.append(d)
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in made:
+            d.cleanup()
+        force_unmount(mnt)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def mounted(daemon_factory: object) -> Iterator[Daemon]:
+    """A running daemon (foreground subprocess) on a fresh mount point."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    d.start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+class Watch:
+    """`inotifywait -m` on some paths, as a subprocess; lines read on demand."""
+
+    def __init__(self, *paths: Path, events: str | None = None) -> None:
+        cmd = ["inotifywait", "-m", "--format", "%w%f %e"]
+        if events:
+            cmd += ["-e", events]
+        self.proc = subprocess.Popen(
+            cmd + [str(p) for p in paths],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.lines: list[str] = []
+        # inotifywait prints "Watches established." on stderr when ready
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + LIVENESS
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line or "Watches established" in line:
+                break
+
+    def wait(self, path: Path | str, event: str, timeout: float = LIVENESS) -> str:
+        """Wait for a line about `path` that carries `event`."""
+        want = str(path)
+        for line in self.lines:
+            if line.rsplit(" ", 1)[0] == want and event in line.rsplit(" ", 1)[1].split(","):
+                return line
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if not r:
+                continue
+            line = self.proc.stdout.readline().rstrip("\n")
+            if not line:
+                break
+            self.lines.append(line)
+            name, _, events = line.rpartition(" ")
+            if name == want and event in events.split(","):
+                return line
+        raise AssertionError(f"no {event} on {want}; saw: {self.lines}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=LIVENESS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class EventReader:
+    """`cat MNT/events` as a subprocess."""
+
+    def __init__(self, mnt: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["cat", str(mnt / "events")], stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.lines: list[str] = []
+
+    def wait(self, network: str, word: str, port: str | None = None) -> str:
+        want = [network, word] + ([port] if port else [])
+        for line in self.lines:
+            if line.split()[1:] == want:
+                return line
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + LIVENESS
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if not r:
+                continue
+            line = self.proc.stdout.readline().rstrip("\n")
+            if not line:
+                break
+            self.lines.append(line)
+            if line.split()[1:] == want:
+                return line
+        raise AssertionError(f"no event {want}; saw: {self.lines}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=LIVENESS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def define(mnt: Path, name: str, xml: str) -> None:
+    r = bash(f"mkdir {mnt}/{name} && cat > {mnt}/{name}/definition.xml <<'EOF'\n{xml}EOF")
+    assert r.returncode == 0, r.stderr

@@ -1,0 +1,202 @@
+"""End to end: the tree, its modes and reads, mkdir/rmdir, permissions."""
+# ruff: noqa: F811  (fixtures imported from fs_support are pytest arguments)
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from fs_support import (
+    OVS_TESTA,
+    Daemon,
+    bash,
+    daemon_factory,  # noqa: F401  (fixture)
+    define,
+    mounted,  # noqa: F401  (fixture)
+    virtual_xml,
+)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
+
+
+def mode(p: Path) -> str:
+    return stat.filemode(os.stat(p).st_mode)
+
+
+def test_tree_modes_and_reads(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    assert os.listdir(mnt) == ["events"]
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    assert sorted(os.listdir(net)) == sorted(
+        ["definition.xml", "active", "autostart", "uuid", "error", "portgroups", "ports"]
+    )
+    assert mode(mnt) == "drwxr-xr-x"
+    assert mode(net) == "drwxr-xr-x"
+    assert mode(net / "ports") == "drwxr-xr-x"
+    for f in ("definition.xml", "active", "autostart"):
+        assert mode(net / f) == "-rw-r--r--", f
+    for f in ("uuid", "error"):
+        assert mode(net / f) == "-r--r--r--", f
+    assert mode(mnt / "events") == "-r--r--r--"
+    st = os.stat(net / "definition.xml")
+    assert st.st_uid == 0 and st.st_gid == 0
+    text = (net / "definition.xml").read_text()
+    assert "<name>testA</name>" in text and text.endswith("</network>\n")
+    # real sizes
+    assert st.st_size == len(text.encode())
+    assert (net / "active").read_text() == "0\n"
+    assert (net / "autostart").read_text() == "0\n"
+    uuid = (net / "uuid").read_text()
+    assert len(uuid.strip()) == 36 and uuid.endswith("\n")
+    assert f"<uuid>{uuid.strip()}</uuid>" in text
+    assert (net / "error").read_text() == ""
+    # status.xml only while active
+    assert not (net / "status.xml").exists()
+    r = bash(f"echo 1 > {net}/active && cat {net}/status.xml")
+    assert r.returncode == 0, r.stderr
+    assert "<name>testA</name>" in r.stdout
+    assert mode(net / "status.xml") == "-r--r--r--"
+    assert "status.xml" in os.listdir(net)
+    r = bash(f"echo 0 > {net}/active; cat {net}/status.xml")
+    assert r.returncode == 1 and "No such file or directory" in r.stderr
+    assert "status.xml" not in os.listdir(net)
+
+
+def test_portgroups(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", OVS_TESTA)
+    pg = mnt / "testA" / "portgroups"
+    assert sorted(os.listdir(pg)) == ["engineering", "sales"]
+    assert (pg / "engineering" / "default").read_text() == "1\n"
+    assert (pg / "sales" / "default").read_text() == "0\n"
+    assert mode(pg / "sales" / "default") == "-r--r--r--"
+    vp = (pg / "sales" / "virtualport.xml").read_text()
+    assert "type='openvswitch'" in vp and "profileid='sales'" in vp
+    assert mode(pg / "sales" / "virtualport.xml") == "-r--r--r--"
+    # the network's virtualport alone still merges into engineering
+    assert "type='openvswitch'" in (pg / "engineering" / "virtualport.xml").read_text()
+    r = bash(f"mkdir {pg}/new")
+    assert r.returncode == 1 and "Operation not permitted" in r.stderr
+
+
+def test_mkdir_pending_and_rmdir(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    r = bash(f"mkdir {mnt}/pend && ls {mnt}/pend && cat {mnt}/pend/definition.xml")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["definition.xml", "error"]
+    assert "pend" in os.listdir(mnt)
+    # not saved until a definition is written
+    assert list(mounted.config_dir.glob("*.xml")) == []
+    r = bash(f"mkdir {mnt}/pend")
+    assert r.returncode == 1 and "File exists" in r.stderr
+    r = bash(f"rmdir {mnt}/pend")
+    assert r.returncode == 0, r.stderr
+    assert "pend" not in os.listdir(mnt)
+    # a definition without <name> takes the directory's name
+    r = bash(
+        f"mkdir {mnt}/anon && echo \"<network><bridge name='nfsbr3'/></network>\" "
+        f"> {mnt}/anon/definition.xml && cat {mnt}/anon/definition.xml"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "<name>anon</name>" in r.stdout
+    assert (mounted.config_dir / "anon.xml").exists()
+    r = bash(f"rmdir {mnt}/anon")
+    assert r.returncode == 0, r.stderr
+    assert not (mounted.config_dir / "anon.xml").exists()
+    assert "anon" not in os.listdir(mnt)
+
+
+def test_errnos_of_the_tree(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    # ENOENT
+    r = bash(f"cat {mnt}/nosuch/active")
+    assert r.returncode == 1 and "No such file or directory" in r.stderr
+    r = bash(f"rmdir {mnt}/nosuch")
+    assert r.returncode == 1 and "No such file or directory" in r.stderr
+    # EEXIST
+    r = bash(f"mkdir {net}")
+    assert r.returncode == 1 and "File exists" in r.stderr
+    # EINVAL: a name netfs refuses
+    r = bash(f"mkdir {mnt}/.hidden")
+    assert r.returncode == 1 and "Invalid argument" in r.stderr
+    # EACCES: read-only files, even for root
+    for f in ("uuid", "error"):
+        r = bash(f"echo x > {net}/{f}")
+        assert r.returncode == 1 and "Permission denied" in r.stderr, f
+    r = bash(f"echo x > {mnt}/events")
+    assert r.returncode == 1 and "Permission denied" in r.stderr
+    # EBUSY: rmdir of an active network
+    r = bash(f"echo 1 > {net}/active && rmdir {net}")
+    assert r.returncode == 1 and "Device or resource busy" in r.stderr
+    assert (net / "active").read_text() == "1\n"
+    r = bash(f"echo 0 > {net}/active && rmdir {net}")
+    assert r.returncode == 0, r.stderr
+    # EPERM: what the tree does not allow
+    define(mnt, "testB", virtual_xml("testB", "nfsbr1"))
+    r = bash(f"rm {mnt}/testB/uuid")
+    assert r.returncode == 1 and "Operation not permitted" in r.stderr
+    r = bash(f"mkdir {mnt}/testB/sub")
+    assert r.returncode == 1 and "Operation not permitted" in r.stderr
+
+
+def test_non_root_reads_but_cannot_write(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    r = bash(f"cat {net}/active {net}/uuid {net}/definition.xml; ls {mnt}", user="nobody")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("0\n")
+    for script in (
+        f"echo 1 > {net}/active",
+        f"echo 1 > {net}/autostart",
+        f"cat {net}/definition.xml > {net}/definition.xml",
+        f"mkdir {mnt}/other",
+        f"mkdir {net}/ports/p1",
+        f"rmdir {net}",
+        f"touch {net}/scratch",
+    ):
+        r = bash(script, user="nobody")
+        assert r.returncode != 0, script
+        assert "Permission denied" in r.stderr, (script, r.stderr)
+    assert (net / "active").read_text() == "0\n"
+    assert "other" not in os.listdir(mnt)
+
+
+def test_group_option(daemon_factory: object) -> None:
+    d: Daemon = daemon_factory(["--group", "65534"])  # type: ignore[operator]
+    d.start()
+    mnt = d.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    assert mode(mnt) == "drwxrwxr-x"
+    assert mode(net / "active") == "-rw-rw-r--"
+    assert mode(net / "uuid") == "-r--r--r--"
+    assert os.stat(net / "active").st_gid == 65534
+    # a member of the group may write; anyone else may not
+    member = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    import subprocess
+
+    r = subprocess.run(
+        member + ["bash", "-c", f"echo 1 > {net}/autostart"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert (net / "autostart").read_text() == "1\n"
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            "bash",
+            "-c",
+            f"echo 0 > {net}/autostart",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "Permission denied" in r.stderr
