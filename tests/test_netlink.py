@@ -133,6 +133,8 @@ async def test_addresses_and_routes(nl: Netlink, netns: str) -> None:
     assert (socket.AF_INET, "192.168.77.1", 24) in mine
     assert (socket.AF_INET6, "fd00:77::1", 64) in mine
     assert all(a.ifname == "nbr6" for a in await nl.addresses("nbr6"))
+    assert {a.ifname for a in await nl.addresses()} == {"lo", "nbr6"}
+    assert await nl.addresses("nosuchdev") == []
 
     await nl.add_route("10.77.0.0", 16, gateway="192.168.77.2", metric=7, ifname="nbr6")
     await nl.add_route("fd00:78::", 64, gateway="fd00:77::2", metric=None, ifname="nbr6")
