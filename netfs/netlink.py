@@ -215,7 +215,15 @@ class Netlink:
             target=self._worker, name=f"netfs-netlink-{self.netns or 'host'}", daemon=True
         )
         self._thread.start()
-        await self._call(self._setup)
+        try:
+            await self._call(self._setup)
+        except BaseException:
+            # the namespace could not be entered (or IPRoute failed): end the thread
+            self._queue.put(None)
+            thread, self._thread = self._thread, None
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join)
+            raise
 
     async def close(self) -> None:
         if self._thread is None or self._closed:
@@ -240,7 +248,11 @@ class Netlink:
             if job is None:
                 return
             fn, args, done = job
-            done(outcome.capture(fn, *args))
+            result = outcome.capture(fn, *args)
+            try:
+                done(result)
+            except trio.RunFinishedError:  # the caller's trio run is gone
+                log.warning("netlink result dropped: trio run finished")
 
     def _setup(self) -> None:
         if self.netns is not None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trio
 
 from netfs.errors import NetfsError
 from netfs.model.network import NetworkDef, parse_network
@@ -289,3 +290,20 @@ async def test_direct_and_hostdev(nl: Netlink, netns: str) -> None:
         await drv.repair(net, nl)
         await drv.stop(net, nl)
     assert [link["ifname"] for link in json.loads(ip("-j", "link", netns=netns).stdout)] == ["lo"]
+
+
+async def test_cancelled_start_leaves_nothing(nl: Netlink, netns: str) -> None:
+    gate = trio.Event()
+
+    async def hang(net: NetworkDef, nl: Netlink) -> None:
+        gate.set()
+        await trio.sleep_forever()
+
+    drv = VirtualDriver()
+    drv.insert_step(Step("dnsmasq", hang), after="routes")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drv.start, net_xml(**FULL), nl)
+        await gate.wait()
+        assert link_json(netns, "vbr0") is not None
+        nursery.cancel_scope.cancel()
+    assert link_json(netns, "vbr0") is None

@@ -43,6 +43,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
+
 from netfs.errors import NetfsError
 
 if TYPE_CHECKING:
@@ -217,11 +219,13 @@ class VirtualDriver:
                 await step.start(net, nl)
                 done.append(step)
         except BaseException:
-            await self._undo(net, nl, done)
-            try:
-                await nl.delete_link(name)
-            except NetfsError as e:
-                log.warning("network %s: cannot delete bridge %s: %s", net.name, name, e)
+            # also on cancellation: never leave a half-made network behind
+            with trio.CancelScope(shield=True):
+                await self._undo(net, nl, done)
+                try:
+                    await nl.delete_link(name)
+                except NetfsError as e:
+                    log.warning("network %s: cannot delete bridge %s: %s", net.name, name, e)
             raise
 
     async def _undo(self, net: NetworkDef, nl: Netlink, done: list[Step]) -> None:
