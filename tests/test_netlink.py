@@ -226,7 +226,7 @@ async def test_monitor_sees_outside_changes(nl: Netlink, netns: str) -> None:
         assert ev.kind == "new" and ev.index == index
         ip("link", "del", "mbr0", netns=netns)
         ev = await next_event(mon, lambda e: e.kind == "del")
-        assert (ev.name, ev.index) == ("mbr0", index)
+        assert (ev.name, ev.index, ev.alias) == ("mbr0", index, "netfs:abc")
 
 
 async def test_monitor_overrun_then_keeps_working(nl: Netlink, netns: str) -> None:
