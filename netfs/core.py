@@ -195,6 +195,7 @@ class Driver:
         self.ready = trio.Event()
         # receive buffer of the link monitor socket (tests make it small)
         self.monitor_rcvbuf = 8 * 1024 * 1024
+        self.overruns = 0  # link-monitor overflows seen (each one resyncs)
 
     # ------------------------------------------------------------------ events
 
@@ -435,25 +436,30 @@ class Driver:
             raise NetfsError(errno.EINVAL, n.problem)
         live = copy.deepcopy(n.definition)
         mode = live.forward.mode
-        if is_virtual(mode):
-            if not _bridge_of(live):
-                raise NetfsError(errno.EINVAL, f"network '{n.name}' has no bridge name defined")
-            if live.mac is None:
-                live.mac = random_mac()
-        await self._store(self.store.delete_ports, n.name)
-        sub = subdrivers.for_mode(mode)
-        await sub.start(live, self.nl)
+        if is_virtual(mode) and live.mac is None:
+            live.mac = random_mac()  # a lenient-loaded definition without one
+        await self._store(self._prepare_start, n.name, live)
+        sub = subdrivers.for_mode(mode, live)
         try:
-            await self._store(self.store.write_status, live)
-        except BaseException:
+            await sub.start(live, self.nl)
             try:
-                await sub.stop(live, self.nl)
-            except Exception:
-                log.exception("network %s: undoing a failed start", n.name)
-            raise
+                await self._store(self.store.write_status, live)
+            except BaseException:
+                try:
+                    await sub.stop(live, self.nl)
+                except Exception:
+                    log.exception("network %s: undoing a failed start", n.name)
+                raise
+        finally:
+            await self._store(self.store.delete_intent, n.name)
         n.ports = {}
         self._set_live(n, live)
         self._emit(n.name, "started")
+
+    def _prepare_start(self, name: str, live: NetworkDef) -> None:
+        self.store.delete_ports(name)
+        if is_virtual(live.forward.mode):
+            self.store.write_intent(name, live.uuid, _bridge_of(live))
 
     async def stop(self, name: str) -> None:
         """Stop a network; already inactive is a no-op success. Frees its ports."""
@@ -464,7 +470,7 @@ class Driver:
             live = n.live
             await self._store(self.store.delete_status, name)
             try:
-                await subdrivers.for_mode(live.forward.mode).stop(live, self.nl)
+                await subdrivers.for_mode(live.forward.mode, live).stop(live, self.nl)
             except Exception as e:
                 msg = e.message if isinstance(e, NetfsError) else str(e)
                 self.set_error(name, msg)
@@ -572,7 +578,7 @@ class Driver:
     async def _recover_one(self, n: _Net, limiter: trio.CapacityLimiter) -> None:
         assert n.live is not None
         live = n.live
-        sub = subdrivers.for_mode(live.forward.mode)
+        sub = subdrivers.for_mode(live.forward.mode, live)
         async with limiter, self._lock(n.name):
             try:
                 running = await sub.is_running(live, self.nl)
@@ -591,19 +597,31 @@ class Driver:
             await self._finish_stop(n)
 
     async def _delete_orphan_bridges(self) -> None:
+        """Delete bridges a crash left behind: tagged ``netfs:<uuid>`` with no
+        active network of that uuid, or (untagged, or tagged with the uuid)
+        named in a start intent of a network that did not become active --
+        the daemon died between creating the bridge and tagging it."""
         ours = {n.live.uuid for n in self._nets.values() if n.live is not None}
+        intents = await self._store(self.store.load_intents)
+        pending = {
+            bridge: uuid
+            for name, (uuid, bridge) in intents.items()
+            if bridge and not (name in self._nets and self._nets[name].active)
+        }
         for link in await self.nl.links():
-            alias = getattr(link, "alias", None) or ""
-            if not alias.startswith(ALIAS_PREFIX):
+            alias = link.alias or ""
+            if alias.startswith(ALIAS_PREFIX):
+                if alias[len(ALIAS_PREFIX) :] in ours:
+                    continue
+            elif not (link.name in pending and link.kind == "bridge" and not alias):
                 continue
-            if alias[len(ALIAS_PREFIX) :] in ours:
-                continue
-            log.warning("deleting orphan bridge %s (%s)", link.name, alias)
+            log.warning("deleting orphan bridge %s (%s)", link.name, alias or "untagged")
             try:
                 await self.nl.delete_link(link.name)
             except NetfsError as e:
-                if e.errno != errno.ENODEV:
-                    log.warning("cannot delete orphan bridge %s: %s", link.name, e.message)
+                log.warning("cannot delete orphan bridge %s: %s", link.name, e.message)
+        for name in intents:
+            await self._store(self.store.delete_intent, name)
 
     async def _autostart(self) -> None:
         for name in sorted(self._nets):
@@ -706,6 +724,8 @@ class Driver:
     def _on_link_event(self, ev: Any, nursery: trio.Nursery) -> None:
         kind = getattr(ev, "kind", None)
         if kind == "overrun":
+            self.overruns += 1
+            log.warning("link monitor overrun: resynchronising")
             nursery.start_soon(self.resync)
             return
         if kind != "del":
@@ -732,7 +752,7 @@ class Driver:
                 if n is None or n.live is None:
                     return
                 live = n.live
-                sub = subdrivers.for_mode(live.forward.mode)
+                sub = subdrivers.for_mode(live.forward.mode, live)
                 if await sub.is_running(live, self.nl):
                     return
                 log.warning("network %s: its bridge vanished: now inactive", name)

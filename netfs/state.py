@@ -415,6 +415,47 @@ class StateStore:
                 problems.append((path, _as_oserror_problem(e)))
         return ports, problems
 
+    # -- start intents ---------------------------------------------------------
+
+    def intent_path(self, name: str) -> Path:
+        return self.state_dir / name / "starting"
+
+    def write_intent(self, name: str, uuid: str, bridge: str | None) -> None:
+        """Record "about to create BRIDGE for network NAME (uuid)".
+
+        The kernel ignores IFLA_IFALIAS when a bridge is created, so our tag
+        arrives in a second request: a crash in between leaves an untagged
+        bridge that only this record can identify as ours. Not fsync'ed: it
+        guards against a crash of the daemon; a crash of the host takes the
+        bridges (and the state directory, a tmpfs) with it.
+        """
+        path = self.intent_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{uuid} {bridge or ''}\n")
+
+    def delete_intent(self, name: str) -> None:
+        try:
+            os.unlink(self.intent_path(name))
+        except FileNotFoundError:
+            pass
+
+    def load_intents(self) -> dict[str, tuple[str, str | None]]:
+        """Networks whose start was under way: name -> (uuid, bridge name)."""
+        out: dict[str, tuple[str, str | None]] = {}
+        try:
+            entries = [e for e in os.scandir(self.state_dir) if e.is_dir()]
+        except FileNotFoundError:
+            return out
+        for e in entries:
+            try:
+                text = (Path(e.path) / "starting").read_text()
+            except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+                continue
+            parts = text.split()
+            if parts:
+                out[e.name] = (parts[0], parts[1] if len(parts) > 1 else None)
+        return out
+
     # -- once per boot ---------------------------------------------------------
 
     def autostarted(self) -> bool:

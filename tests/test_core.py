@@ -1,0 +1,655 @@
+"""The driver core against the kernel, in namespaces made by the `netns` fixture.
+
+Kernel state is read back with `ip -n NS -d -j link show`, `ip -n NS -j addr`
+and `ip -n NS -j route`; every test runs in its own namespace and temp dirs.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from conftest import ip
+
+from netfs.core import Driver, Event
+from netfs.errors import NetfsError
+from netfs.netlink import Netlink
+
+pytestmark = pytest.mark.kernel
+
+U = "6f1d9e5a-2b3c-4d5e-8f90-0a1b2c3d4e{:02x}"
+LIVENESS = 10  # seconds: a generous bound, only so that a bug cannot hang the run
+
+
+def net_xml(
+    name: str,
+    *,
+    n: int = 1,
+    bridge: str | None = None,
+    mode: str | None = None,
+    mac: str | None = None,
+    extra: str = "",
+    ip4: str | None = None,
+    uuid: bool = True,
+) -> str:
+    fwd = f"<forward mode='{mode}'/>" if mode else ""
+    br = f"<bridge name='{bridge}'/>" if bridge else ""
+    mac_el = f"<mac address='{mac}'/>" if mac else ""
+    ip_el = f"<ip address='{ip4}' prefix='24'/>" if ip4 else ""
+    uu = f"<uuid>{U.format(n)}</uuid>" if uuid else ""
+    return f"<network><name>{name}</name>{uu}{fwd}{br}{mac_el}{ip_el}{extra}</network>"
+
+
+def foreign(ns: str, name: str, *, up: bool = False) -> None:
+    """A link that is not ours (a veth pair: NAME and NAMEp; no dummy module here)."""
+    ip("link", "add", name, "type", "veth", "peer", "name", f"{name}p", netns=ns)
+    if up:
+        ip("link", "set", name, "up", netns=ns)
+        ip("link", "set", f"{name}p", "up", netns=ns)
+
+
+def links(ns: str) -> dict[str, dict[str, Any]]:
+    out = json.loads(ip("-d", "-j", "link", "show", netns=ns).stdout or "[]")
+    return {link["ifname"]: link for link in out}
+
+
+def bridges(ns: str) -> dict[str, dict[str, Any]]:
+    return {
+        k: v for k, v in links(ns).items() if v.get("linkinfo", {}).get("info_kind") == "bridge"
+    }
+
+
+def addrs(ns: str, dev: str) -> set[str]:
+    out = json.loads(ip("-j", "addr", "show", "dev", dev, netns=ns).stdout or "[]")
+    return {f"{a['local']}/{a['prefixlen']}" for i in out for a in i.get("addr_info", [])}
+
+
+def routes(ns: str, family: str = "-4") -> list[dict[str, Any]]:
+    return json.loads(ip(family, "-j", "route", netns=ns).stdout or "[]")
+
+
+@pytest.fixture
+async def nl(netns: str) -> AsyncIterator[Netlink]:
+    n = Netlink(netns)
+    await n.open()
+    try:
+        yield n
+    finally:
+        await n.close()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "etc", tmp_path / "run"
+
+
+@pytest.fixture
+async def driver(dirs: tuple[Path, Path], nl: Netlink) -> Driver:
+    d = Driver(dirs[0], dirs[1], nl)
+    await d.startup()
+    return d
+
+
+class Events:
+    """Collects a driver's events in the background."""
+
+    def __init__(self, driver: Driver, nursery: trio.Nursery) -> None:
+        self.items: list[Event] = []
+        self.changed = trio.Event()
+        self._ch = driver.subscribe()
+        nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        async for ev in self._ch:
+            self.items.append(ev)
+            self.changed.set()
+            self.changed = trio.Event()
+
+    def words(self, network: str | None = None) -> list[str]:
+        return [
+            e.kind if e.port is None else f"{e.kind} {e.port}"
+            for e in self.items
+            if network is None or e.network == network
+        ]
+
+    async def wait_for(self, network: str, kind: str) -> None:
+        with trio.fail_after(LIVENESS):
+            while not any(e.network == network and e.kind == kind for e in self.items):
+                await self.changed.wait()
+
+
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked(0.01)
+
+
+# --------------------------------------------------------------------------- start/stop
+
+
+async def test_start_stop_exact_kernel_state(
+    driver: Driver, netns: str, nursery: trio.Nursery
+) -> None:
+    ev = Events(driver, nursery)
+    xml = (
+        "<network><name>iso</name>"
+        f"<uuid>{U.format(1)}</uuid>"
+        "<bridge name='nfsbr1' stp='on' delay='0'/>"
+        "<mtu size='1400'/>"
+        "<mac address='52:54:00:AB:CD:01'/>"
+        "<ip address='10.77.1.1' netmask='255.255.255.0'/>"
+        "<ip family='ipv6' address='fd00:77::1' prefix='64'/>"
+        "<route address='10.88.0.0' prefix='16' gateway='10.77.1.254'/>"
+        "</network>"
+    )
+    assert await driver.define(xml) == "iso"
+    assert bridges(netns) == {}
+    await driver.start("iso")
+    st = driver.get("iso")
+    assert st.active and st.live is not None
+    br = bridges(netns)
+    assert list(br) == ["nfsbr1"]
+    link = br["nfsbr1"]
+    assert link["address"] == "52:54:00:ab:cd:01"
+    assert link["mtu"] == 1400
+    assert link["ifalias"] == f"netfs:{U.format(1)}"
+    assert link["linkinfo"]["info_data"]["stp_state"] == 1
+    assert "UP" in link["flags"]
+    assert addrs(netns, "nfsbr1") >= {"10.77.1.1/24", "fd00:77::1/64"}
+    r = [x for x in routes(netns) if x["dst"] == "10.88.0.0/16"]
+    assert r and r[0]["gateway"] == "10.77.1.254" and r[0]["dev"] == "nfsbr1"
+    status = driver.store.status_path("iso")
+    assert status.exists()
+    assert driver.status_xml("iso") is not None
+    assert "<networkstatus>" in (driver.status_xml("iso") or "")
+
+    await driver.stop("iso")
+    assert not driver.get("iso").active
+    assert bridges(netns) == {}
+    assert set(links(netns)) == {"lo"}
+    assert [x for x in routes(netns) if x["dst"] == "10.88.0.0/16"] == []
+    assert not status.exists()
+    assert driver.status_xml("iso") is None
+    await settle()
+    assert ev.words("iso") == ["defined", "started", "stopped"]
+
+
+async def test_noop_transitions(driver: Driver, netns: str, nursery: trio.Nursery) -> None:
+    ev = Events(driver, nursery)
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.stop("a")  # inactive: no-op
+    await driver.start("a")
+    await driver.start("a")  # active: no-op
+    assert list(bridges(netns)) == ["nfsa0"]
+    await driver.stop("a")
+    await driver.stop("a")
+    await settle()
+    assert ev.words("a") == ["defined", "started", "stopped"]
+
+
+async def test_generated_bridge_name_and_mac(driver: Driver, netns: str) -> None:
+    foreign(netns, "virbr0")  # a host device: skipped
+    await driver.define(net_xml("g1", n=1))
+    await driver.define(net_xml("g2", n=2))
+    d1, d2 = driver.get("g1").definition, driver.get("g2").definition
+    assert (d1.bridge.name, d2.bridge.name) == ("virbr1", "virbr2")
+    assert d1.mac and d1.mac.startswith("52:54:00:")
+    await driver.start("g1")
+    assert bridges(netns)["virbr1"]["address"] == d1.mac
+    await driver.stop("g1")
+
+
+# --------------------------------------------------------------------------- define
+
+
+async def test_define_rules_and_texts(driver: Driver, netns: str) -> None:
+    await driver.define(net_xml("a", n=1, bridge="nfsa0"))
+    # directory name vs <name>
+    with pytest.raises(NetfsError) as e:
+        await driver.define(net_xml("b", n=2, bridge="nfsb0"), name="c")
+    assert e.value.errno == errno.EINVAL
+    # a definition without <name> takes the directory's
+    nameless = f"<network><uuid>{U.format(3)}</uuid><bridge name='nfsc0'/></network>"
+    assert await driver.define(nameless, name="c") == "c"
+    # same uuid, other name
+    with pytest.raises(NetfsError) as e:
+        await driver.define(net_xml("d", n=1, bridge="nfsd0"))
+    assert e.value.errno == errno.EEXIST
+    assert e.value.message == f"network 'a' is already defined with uuid {U.format(1)}"
+    # same name, other uuid
+    with pytest.raises(NetfsError) as e:
+        await driver.define(net_xml("a", n=9, bridge="nfsa0"))
+    assert e.value.errno == errno.EEXIST
+    assert e.value.message == f"network 'a' already exists with uuid {U.format(1)}"
+    # bridge name of another network
+    with pytest.raises(NetfsError) as e:
+        await driver.define(net_xml("e", n=5, bridge="nfsa0"))
+    assert e.value.errno == errno.EADDRINUSE
+    assert e.value.message == "bridge name 'nfsa0' already in use."
+    # malformed
+    with pytest.raises(NetfsError) as e:
+        await driver.define("<network><name>x</name>")
+    assert e.value.errno == errno.EINVAL
+    assert driver.names() == ["a", "c"]
+    # a redefinition without <uuid> keeps the network's uuid
+    await driver.define(net_xml("a", bridge="nfsa0", uuid=False, ip4="10.5.5.1"))
+    assert driver.get("a").uuid == U.format(1)
+    # a failed redefinition records the error, keeps the definition
+    with pytest.raises(NetfsError):
+        await driver.define(net_xml("a", n=1, bridge="nfsc0"))
+    assert driver.get("a").error == "bridge name 'nfsc0' already in use."
+    assert driver.get("a").definition.bridge.name == "nfsa0"
+
+
+async def test_redefine_active_is_pending_until_stop(driver: Driver, netns: str) -> None:
+    await driver.define(net_xml("a", bridge="nfsa0", ip4="10.60.0.1"))
+    await driver.start("a")
+    await driver.define(net_xml("a", bridge="nfsa0", ip4="10.61.0.1"))
+    st = driver.get("a")
+    assert st.live is not None and st.live.ips[0].address == "10.60.0.1"
+    assert st.definition.ips[0].address == "10.61.0.1"
+    assert "10.60.0.1" in (driver.status_xml("a") or "")
+    assert "10.61.0.1" in driver.definition_xml("a")
+    assert addrs(netns, "nfsa0") == {"10.60.0.1/24"}
+    await driver.stop("a")
+    await driver.start("a")
+    assert addrs(netns, "nfsa0") == {"10.61.0.1/24"}
+    await driver.stop("a")
+
+
+async def test_undefine_policies(driver: Driver, netns: str, nursery: trio.Nursery) -> None:
+    ev = Events(driver, nursery)
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.set_autostart("a", True)
+    await driver.start("a")
+    with pytest.raises(NetfsError) as e:
+        await driver.undefine("a")
+    assert e.value.errno == errno.EBUSY
+    await driver.undefine("a", if_active="transient")
+    st = driver.get("a")
+    assert st.active and not st.persistent and not st.autostart
+    assert not driver.store.config_path("a").exists()
+    assert not driver.store.autostart_path("a").is_symlink()
+    with pytest.raises(NetfsError) as e:
+        await driver.set_autostart("a", True)
+    assert e.value.message == "cannot set autostart for transient network"
+    await driver.stop("a")
+    assert driver.names() == []
+    assert bridges(netns) == {}
+    await driver.define(net_xml("b", n=2, bridge="nfsb0"))
+    await driver.undefine("b")
+    assert driver.names() == []
+    await settle()
+    assert ev.words("a") == ["defined", "updated", "started", "updated", "stopped", "undefined"]
+    assert ev.words("b") == ["defined", "undefined"]
+
+
+async def test_autostart_link(driver: Driver) -> None:
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.set_autostart("a", True)
+    assert driver.store.is_autostart("a") and driver.get("a").autostart
+    await driver.set_autostart("a", False)
+    assert not driver.store.autostart_path("a").is_symlink()
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+async def test_foreign_link_refused(driver: Driver, netns: str) -> None:
+    foreign(netns, "nfsa0")
+    await driver.define(net_xml("a", bridge="nfsa0", ip4="10.62.0.1"))
+    with pytest.raises(NetfsError) as e:
+        await driver.start("a")
+    assert e.value.errno == errno.EADDRINUSE
+    assert e.value.message == "error creating bridge interface nfsa0: File exists"
+    assert driver.get("a").error == e.value.message
+    assert not driver.get("a").active
+    assert not driver.store.status_path("a").exists()
+    assert links(netns)["nfsa0"]["linkinfo"]["info_kind"] == "veth"  # not ours: untouched
+
+
+async def test_route_collision_refused(driver: Driver, netns: str) -> None:
+    foreign(netns, "dum0", up=True)
+    ip("addr", "add", "10.63.0.5/24", "dev", "dum0", netns=netns)
+    await driver.define(net_xml("a", bridge="nfsa0", ip4="10.63.0.1"))
+    with pytest.raises(NetfsError) as e:
+        await driver.start("a")
+    assert e.value.errno == errno.EADDRINUSE
+    assert e.value.message == "Network is already in use by interface dum0"
+    assert bridges(netns) == {}
+    assert not driver.get("a").active
+
+
+async def test_problem_definition_loads_but_does_not_start(
+    dirs: tuple[Path, Path], nl: Netlink
+) -> None:
+    etc, run = dirs
+    etc.mkdir(parents=True)
+    bad = etc / "twodef.xml"
+    bad.write_text(
+        "<network><name>twodef</name>"
+        f"<uuid>{U.format(7)}</uuid><bridge name='nfst0'/>"
+        "<portgroup name='a' default='yes'/><portgroup name='b' default='yes'/></network>"
+    )
+    before = bad.read_bytes()
+    d = Driver(etc, run, nl)
+    await d.startup()
+    st = d.get("twodef")
+    assert st.problem and "default" in st.problem
+    assert st.error == st.problem
+    with pytest.raises(NetfsError) as e:
+        await d.start("twodef")
+    assert e.value.errno == errno.EINVAL and e.value.message == st.problem
+    assert bad.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+async def test_recovery_rows(dirs: tuple[Path, Path], nl: Netlink, netns: str) -> None:
+    etc, run = dirs
+    d = Driver(etc, run, nl)
+    await d.startup()
+    await d.define(net_xml("alive", n=1, bridge="nfsal0", ip4="10.64.0.1"))
+    await d.define(net_xml("gone", n=2, bridge="nfsgo0", ip4="10.65.0.1"))
+    await d.define(net_xml("trans", n=3, bridge="nfstr0"))
+    await d.define(net_xml("transgone", n=4, bridge="nfstg0"))
+    await d.define(net_xml("orphan", n=5, bridge="nfsor0"))
+    for name in ("alive", "gone", "trans", "transgone", "orphan"):
+        await d.start(name)
+    await d.undefine("trans", if_active="transient")
+    await d.undefine("transgone", if_active="transient")
+    # behind the daemon's back, while it is "down":
+    ip("link", "del", "nfsgo0", netns=netns)  # gone: bridge vanished
+    ip("link", "del", "nfstg0", netns=netns)
+    ip("addr", "flush", "dev", "nfsal0", netns=netns)  # alive: lost its address
+    d.store.delete_status("orphan")  # a crash between bridge create and status write
+    ip("link", "add", "foreign0", "type", "bridge", netns=netns)  # not ours: untouched
+
+    d2 = Driver(etc, run, nl)
+    ch = d2.subscribe()
+    await d2.startup()
+    assert d2.names() == ["alive", "gone", "orphan", "trans"]
+    assert d2.get("alive").active
+    assert addrs(netns, "nfsal0") == {"10.64.0.1/24"}  # repaired
+    assert not d2.get("gone").active
+    assert not d2.store.status_path("gone").exists()
+    st = d2.get("trans")
+    assert st.active and not st.persistent
+    assert not d2.get("orphan").active
+    assert sorted(bridges(netns)) == ["foreign0", "nfsal0", "nfstr0"]
+    assert not d2.store.status_path("transgone").exists()
+    got = []
+    while True:
+        try:
+            got.append(ch.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert sorted((e.network, e.kind) for e in got) == [
+        ("gone", "stopped"),
+        ("transgone", "stopped"),
+        ("transgone", "undefined"),
+    ]
+    for name in d2.names():
+        await d2.stop(name)
+    assert sorted(bridges(netns)) == ["foreign0"]
+
+
+async def test_autostart_once_per_boot_and_failures_isolated(
+    dirs: tuple[Path, Path], nl: Netlink, netns: str
+) -> None:
+    etc, run = dirs
+    d = Driver(etc, run, nl)
+    await d.startup()  # first start: nothing to autostart, marker written
+    assert d.store.autostarted()
+    for i, name in enumerate(("a1", "a2", "a3")):
+        await d.define(net_xml(name, n=i, bridge=f"nfs{name}"))
+        await d.set_autostart(name, True)
+    foreign(netns, "nfsa2")  # a2 cannot start
+
+    d2 = Driver(etc, run, nl)
+    await d2.startup()  # same boot: no autostart
+    assert not any(d2.get(n).active for n in d2.names())
+
+    (run / "autostarted").unlink()  # "reboot"
+    d3 = Driver(etc, run, nl)
+    await d3.startup()
+    assert d3.get("a1").active and d3.get("a3").active
+    assert not d3.get("a2").active
+    assert d3.get("a2").error == "error creating bridge interface nfsa2: File exists"
+    assert d3.store.autostarted()
+    for n in ("a1", "a3"):
+        await d3.stop(n)
+
+
+async def test_reload_rereads_configs(driver: Driver, nursery: trio.Nursery) -> None:
+    ev = Events(driver, nursery)
+    await driver.define(net_xml("a", n=1, bridge="nfsa0"))
+    await driver.define(net_xml("b", n=2, bridge="nfsb0"))
+    etc = driver.store.config_dir
+    (etc / "c.xml").write_text(net_xml("c", n=3, bridge="nfsc0"))
+    (etc / "b.xml").unlink()
+    (etc / "a.xml").write_text(net_xml("a", n=1, bridge="nfsa9"))
+    await driver.reload()
+    assert driver.names() == ["a", "c"]
+    assert driver.get("a").definition.bridge.name == "nfsa9"
+    await settle()
+    assert [w for w in ev.words() if w != "defined"] == ["updated", "undefined"]
+
+
+# --------------------------------------------------------------------------- live
+
+
+async def test_bridge_deleted_behind_our_back(
+    driver: Driver, netns: str, nursery: trio.Nursery
+) -> None:
+    ev = Events(driver, nursery)
+    await nursery.start(driver.run_monitor)
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.define(net_xml("b", n=2, bridge="nfsb0"))
+    await driver.start("a")
+    await driver.start("b")
+    ip("link", "del", "nfsa0", netns=netns)
+    await ev.wait_for("a", "stopped")
+    assert not driver.get("a").active
+    assert not driver.store.status_path("a").exists()
+    assert driver.get("b").active
+    # our own stop is not mistaken for a vanished bridge
+    await driver.stop("b")
+    await settle()
+    assert ev.words("b") == ["defined", "started", "stopped"]
+
+
+async def test_enobufs_storm_survived(driver: Driver, netns: str, nursery: trio.Nursery) -> None:
+    driver.monitor_rcvbuf = 4096  # the kernel's minimum-ish: overflows at once
+    ev = Events(driver, nursery)
+    await nursery.start(driver.run_monitor)
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.define(net_xml("b", n=2, bridge="nfsb0"))
+    await driver.start("a")
+    await driver.start("b")
+    # a storm while the event loop is blocked (so the socket overflows), and
+    # the deletion of a's bridge lost somewhere in it
+    batch = "".join(f"link add st{i} type veth peer name st{i}p\n" for i in range(40))
+    batch += "link del nfsa0\n"
+    batch += "".join(f"link del st{i}\n" for i in range(40))
+    subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, text=True, check=True)
+    await ev.wait_for("a", "stopped")
+    assert driver.overruns >= 1
+    assert not driver.get("a").active
+    # the monitor is still alive afterwards
+    ip("link", "del", "nfsb0", netns=netns)
+    await ev.wait_for("b", "stopped")
+    assert not driver.get("b").active
+
+
+async def test_concurrent_toggling(driver: Driver, netns: str) -> None:
+    names = [f"c{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        await driver.define(net_xml(name, n=i, bridge=f"nfs{name}", ip4=f"10.70.{i}.1"))
+    rnd = random.Random(7)
+    errors: list[BaseException] = []
+
+    async def toggler(k: int) -> None:
+        for _ in range(12):
+            name = rnd.choice(names[:2]) if k % 2 else names[k % len(names)]
+            try:
+                if rnd.random() < 0.5:
+                    await driver.start(name)
+                else:
+                    await driver.stop(name)
+            except BaseException as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+                raise
+
+    async with trio.open_nursery() as n:
+        for k in range(12):
+            n.start_soon(toggler, k)
+    assert errors == []
+    br = bridges(netns)
+    for name in names:
+        active = driver.get(name).active
+        assert (f"nfs{name}" in br) == active
+        assert driver.store.status_path(name).exists() == active
+    assert len(br) == sum(driver.get(n).active for n in names)
+    for name in names:
+        await driver.stop(name)
+    assert bridges(netns) == {}
+
+
+# --------------------------------------------------------------------------- ports
+
+TESTA_OVS = """<network>
+  <name>testA</name>
+  <uuid>{uuid}</uuid>
+  <forward mode='bridge'/>
+  <bridge name='ovsbr0'/>
+  <virtualport type='openvswitch'/>
+  <portgroup name='engineering' default='yes'/>
+  <portgroup name='sales'>
+    <virtualport>
+      <parameters profileid='sales'/>
+    </virtualport>
+  </portgroup>
+</network>
+"""
+
+TESTA_QBG = """<network>
+  <name>testA</name>
+  <uuid>{uuid}</uuid>
+  <forward mode='vepa'>
+    <interface dev='eth0'/>
+  </forward>
+  <virtualport type='802.1Qbg'>
+    <parameters typeid='1193047' typeidversion='2'/>
+  </virtualport>
+  <portgroup name='engineering' default='yes'/>
+  <portgroup name='sales'>
+    <virtualport>
+      <parameters managerid='55'/>
+    </virtualport>
+  </portgroup>
+</network>
+"""
+
+IFACE_OVS = """<interface type='network'>
+  <mac address='52:54:00:11:11:11'/>
+  <source network='testA' portgroup='sales'/>
+  <virtualport>
+    <parameters interfaceid='09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f'/>
+  </virtualport>
+</interface>
+"""
+
+IFACE_QBG = """<interface type='network'>
+  <mac address='52:54:00:22:22:22'/>
+  <source network='testA' portgroup='sales'/>
+  <virtualport>
+    <parameters instanceid='fa1b9a6e-4c1b-4d0a-9f43-2b8e5a2d1c77'/>
+  </virtualport>
+</interface>
+"""
+
+
+async def test_ports_openvswitch_testA(driver: Driver, netns: str, nursery: trio.Nursery) -> None:
+    ev = Events(driver, nursery)
+    ip("link", "add", "ovsbr0", "type", "bridge", netns=netns)  # the host's bridge
+    await driver.define(TESTA_OVS.format(uuid=U.format(10)))
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm1", IFACE_OVS)
+    assert e.value.errno == errno.ENETDOWN
+    assert e.value.message == "network 'testA' is not active"
+    await driver.start("testA")
+    port = await driver.create_port("testA", "vm1", IFACE_OVS)
+    assert port.plug is not None and port.plug.type == "bridge"
+    assert driver.port_virtualport_xml("testA", "vm1") == (
+        "<virtualport type='openvswitch'>\n"
+        "  <parameters interfaceid='09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f' profileid='sales'/>\n"
+        "</virtualport>\n"
+    )
+    assert driver.portgroup_virtualport_xml("testA", "sales") == (
+        "<virtualport type='openvswitch'>\n  <parameters profileid='sales'/>\n</virtualport>\n"
+    )
+    assert driver.store.port_path("testA", "vm1").exists()
+    assert "<networkport>" in driver.port_xml("testA", "vm1")
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm1", IFACE_OVS)
+    assert e.value.errno == errno.EEXIST
+    same_uuid = driver.port_xml("testA", "vm1")
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm2", same_uuid)
+    assert e.value.errno == errno.EEXIST
+    assert e.value.message == f"Network port with UUID {port.uuid} already exists"
+    with pytest.raises(NetfsError) as e:
+        await driver.delete_port("testA", "nope")
+    assert e.value.errno == errno.ENOENT
+    guest_ip = IFACE_OVS.replace("</interface>", "<ip address='10.1.1.1' prefix='24'/></interface>")
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm3", guest_ip)
+    assert e.value.errno == errno.EINVAL
+    await driver.create_port("testA", "vm4", IFACE_OVS.replace("11:11:11", "11:11:14"))
+    await driver.delete_port("testA", "vm4")
+    assert not driver.store.port_path("testA", "vm4").exists()
+    with pytest.raises(NetfsError) as e:
+        await driver.undefine("testA")
+    assert e.value.errno == errno.EBUSY
+    await driver.stop("testA")  # frees the port
+    assert driver.get("testA").ports == {}
+    assert driver.store.port_names("testA") == []
+    await settle()
+    assert ev.words("testA") == [
+        "defined",
+        "started",
+        "port-created vm1",
+        "port-created vm4",
+        "port-deleted vm4",
+        "port-deleted vm1",
+        "stopped",
+    ]
+
+
+async def test_ports_8021qbg_macvtap_and_recovery(
+    driver: Driver, dirs: tuple[Path, Path], nl: Netlink
+) -> None:
+    await driver.define(TESTA_QBG.format(uuid=U.format(11)))
+    await driver.start("testA")
+    port = await driver.create_port("testA", "vm1", IFACE_QBG)
+    assert port.plug is not None and (port.plug.type, port.plug.dev) == ("direct", "eth0")
+    assert driver.port_virtualport_xml("testA", "vm1") == (
+        "<virtualport type='802.1Qbg'>\n"
+        "  <parameters managerid='55' typeid='1193047' typeidversion='2'"
+        " instanceid='fa1b9a6e-4c1b-4d0a-9f43-2b8e5a2d1c77'/>\n"
+        "</virtualport>\n"
+    )
+    # the port survives a daemon restart (macvtap networks are "always running")
+    d2 = Driver(dirs[0], dirs[1], nl)
+    await d2.startup()
+    assert d2.get("testA").active
+    assert list(d2.get("testA").ports) == ["vm1"]
+    assert d2.port_virtualport_xml("testA", "vm1") == driver.port_virtualport_xml("testA", "vm1")
+    await d2.stop("testA")
