@@ -9,14 +9,15 @@ Test files import the fixtures from here (`from tests.fs_support import ...`).
 from __future__ import annotations
 
 import os
-import select
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,94 +226,103 @@ def mounted(daemon_factory: object) -> Iterator[Daemon]:
         d.cleanup()
 
 
-class Watch:
-    """`inotifywait -m` on some paths, as a subprocess; lines read on demand."""
+class _LineReader:
+    """Lines of a subprocess's stdout, read by a thread (select() on a
+    buffered pipe would miss lines already buffered)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def _next(self, deadline: float) -> str | None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                line = self._queue.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line is not None:
+                self.lines.append(line)
+            return line
+
+    def find(self, match: Callable[[str], bool], what: str, timeout: float) -> str:
+        for line in self.lines:
+            if match(line):
+                return line
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._next(deadline)
+            if line is None:
+                raise AssertionError(f"no {what}; saw: {self.lines}")
+            if match(line):
+                return line
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=LIVENESS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Watch(_LineReader):
+    """`inotifywait -m` on some paths, as a subprocess."""
 
     def __init__(self, *paths: Path, events: str | None = None) -> None:
         cmd = ["inotifywait", "-m", "--format", "%w%f %e"]
         if events:
             cmd += ["-e", events]
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             cmd + [str(p) for p in paths],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
         )
-        self.lines: list[str] = []
         # inotifywait prints "Watches established." on stderr when ready
-        assert self.proc.stderr is not None
+        assert proc.stderr is not None
         deadline = time.monotonic() + LIVENESS
         while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
+            line = proc.stderr.readline()
             if not line or "Watches established" in line:
                 break
+        super().__init__(proc)
 
     def wait(self, path: Path | str, event: str, timeout: float = LIVENESS) -> str:
         """Wait for a line about `path` that carries `event`."""
-        want = str(path)
-        for line in self.lines:
-            if line.rsplit(" ", 1)[0] == want and event in line.rsplit(" ", 1)[1].split(","):
-                return line
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if not r:
-                continue
-            line = self.proc.stdout.readline().rstrip("\n")
-            if not line:
-                break
-            self.lines.append(line)
+        want = str(path).rstrip("/")
+
+        def match(line: str) -> bool:
             name, _, events = line.rpartition(" ")
-            if name == want and event in events.split(","):
-                return line
-        raise AssertionError(f"no {event} on {want}; saw: {self.lines}")
+            return name.rstrip("/") == want and event in events.split(",")
 
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=LIVENESS)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return self.find(match, f"{event} on {want}", timeout)
 
 
-class EventReader:
+class EventReader(_LineReader):
     """`cat MNT/events` as a subprocess."""
 
     def __init__(self, mnt: Path) -> None:
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             ["cat", str(mnt / "events")], stdout=subprocess.PIPE, text=True, bufsize=1
         )
-        self.lines: list[str] = []
+        super().__init__(proc)
 
     def wait(self, network: str, word: str, port: str | None = None) -> str:
         want = [network, word] + ([port] if port else [])
-        for line in self.lines:
-            if line.split()[1:] == want:
-                return line
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + LIVENESS
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if not r:
-                continue
-            line = self.proc.stdout.readline().rstrip("\n")
-            if not line:
-                break
-            self.lines.append(line)
-            if line.split()[1:] == want:
-                return line
-        raise AssertionError(f"no event {want}; saw: {self.lines}")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=LIVENESS)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return self.find(lambda line: line.split()[1:] == want, f"event {want}", LIVENESS)
 
 
 def define(mnt: Path, name: str, xml: str) -> None:

@@ -1,0 +1,175 @@
+"""End to end: inotify, poll() and the events file see every change."""
+# ruff: noqa: F811  (fixtures imported from fs_support are pytest arguments)
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+
+import pytest
+from fs_support import (
+    LIVENESS,
+    OVS_TESTA,
+    Daemon,
+    EventReader,
+    Watch,
+    bash,
+    daemon_factory,  # noqa: F401  (fixture)
+    define,
+    mounted,  # noqa: F401  (fixture)
+    virtual_xml,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
+
+
+def test_inotify_for_writes_and_for_a_vanished_bridge(mounted: Daemon) -> None:
+    mnt, ns = mounted.mnt, mounted.netns
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    w = Watch(net, net / "active")
+    ev = EventReader(mnt)
+    try:
+        time.sleep(0.2)  # `cat` has the events file open (liveness, not asserted)
+        r = bash(f"echo 1 > {net}/active")
+        assert r.returncode == 0
+        w.wait(net / "active", "MODIFY")
+        w.wait(net / "status.xml", "CREATE")
+        ev.wait("testA", "started")
+        # the bridge deleted behind our back
+        w.lines.clear()
+        subprocess.run(["ip", "-n", ns, "link", "del", "nfsbr0"], check=True)
+        w.wait(net / "status.xml", "DELETE")
+        w.wait(net / "active", "MODIFY")
+        w.wait(net / "active", "CLOSE_WRITE")
+        ev.wait("testA", "stopped")
+        assert (net / "active").read_text() == "0\n"
+        assert not (net / "status.xml").exists()
+        # a write by the user: the line format
+        r = bash(f"echo 1 > {net}/autostart")
+        assert r.returncode == 0
+        line = ev.wait("testA", "updated")
+        stamp = line.split()[0]
+        assert stamp[4] == "-" and stamp[10] == "T" and stamp.endswith("+00:00")
+    finally:
+        w.close()
+        ev.close()
+
+
+def test_inotify_for_directories(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    w = Watch(mnt)
+    ev = EventReader(mnt)
+    try:
+        time.sleep(0.2)
+        # a network the daemon itself learns about (SIGHUP reload of the config dir)
+        (mounted.config_dir / "fromcfg.xml").write_text(virtual_xml("fromcfg", "nfsbr5"))
+        assert mounted.proc is not None
+        mounted.proc.send_signal(signal.SIGHUP)
+        w.wait(mnt / "fromcfg", "CREATE")
+        ev.wait("fromcfg", "defined")
+        assert (mnt / "fromcfg" / "active").read_text() == "0\n"
+        # and one it forgets
+        (mounted.config_dir / "fromcfg.xml").unlink()
+        mounted.proc.send_signal(signal.SIGHUP)
+        w.wait(mnt / "fromcfg", "DELETE")
+        ev.wait("fromcfg", "undefined")
+        assert "fromcfg" not in os.listdir(mnt)
+        # user mkdir/rmdir
+        define(mnt, "testA", OVS_TESTA)
+        w.wait(mnt / "testA", "CREATE")
+        ev.wait("testA", "defined")
+        pw = Watch(mnt / "testA" / "ports")
+        try:
+            iface = (
+                "<interface type='network'><source network='testA' portgroup='sales'/>"
+                "</interface>\n"
+            )
+            r = bash(
+                f"echo 1 > {mnt}/testA/active && mkdir {mnt}/testA/ports/vm1 && "
+                f"cp /dev/stdin {mnt}/testA/ports/vm1/port.xml <<'EOF'\n{iface}EOF"
+            )
+            assert r.returncode == 0, r.stderr
+            pw.wait(mnt / "testA" / "ports" / "vm1", "CREATE")
+            ev.wait("testA", "port-created", "vm1")
+            # the stop frees the port: the daemon removes its directory
+            r = bash(f"echo 0 > {mnt}/testA/active")
+            assert r.returncode == 0
+            pw.wait(mnt / "testA" / "ports" / "vm1", "DELETE")
+            ev.wait("testA", "port-deleted", "vm1")
+            assert os.listdir(mnt / "testA" / "ports") == []
+        finally:
+            pw.close()
+        r = bash(f"rmdir {mnt}/testA")
+        assert r.returncode == 0
+        w.wait(mnt / "testA", "DELETE")
+        ev.wait("testA", "undefined")
+    finally:
+        w.close()
+        ev.close()
+
+
+def test_error_file_is_notified(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    w = Watch(mnt / "testA" / "error")
+    try:
+        r = bash(f"echo 7 > {mnt}/testA/active")
+        assert r.returncode == 1
+        w.wait(mnt / "testA" / "error", "MODIFY")
+        assert "invalid value" in (mnt / "testA" / "error").read_text()
+    finally:
+        w.close()
+
+
+def test_poll_wakes_on_change(mounted: Daemon) -> None:
+    mnt, ns = mounted.mnt, mounted.netns
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    fd = os.open(mnt / "testA" / "active", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 16, 0) == b"0\n"
+        p = select.poll()
+        p.register(fd, select.POLLPRI | select.POLLERR)
+        assert p.poll(0) == []  # nothing changed since the read
+        r = bash(f"echo 1 > {mnt}/testA/active")
+        assert r.returncode == 0
+        ready = p.poll(LIVENESS * 1000)
+        assert ready and ready[0][1] & select.POLLPRI
+        assert os.pread(fd, 16, 0) == b"1\n"
+        assert p.poll(0) == []
+        # a change the daemon finds itself, with a waiter already blocked
+        result: list[object] = []
+
+        def waiter() -> None:
+            result.append(p.poll(LIVENESS * 1000))
+
+        import threading
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.2)
+        subprocess.run(["ip", "-n", ns, "link", "del", "nfsbr0"], check=True)
+        t.join(LIVENESS)
+        assert result and result[0], result
+        assert os.pread(fd, 16, 0) == b"0\n"
+    finally:
+        os.close(fd)
+
+
+def test_events_blocks_and_reader_can_be_killed(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    ev = EventReader(mnt)
+    try:
+        time.sleep(0.3)
+        assert ev.proc.poll() is None  # blocked, not at end of file
+        ev.proc.send_signal(signal.SIGINT)
+        ev.proc.wait(LIVENESS)
+    finally:
+        ev.close()
+    # the daemon is still fine
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    wait_for(lambda: "testA" in os.listdir(mnt), "testA")
