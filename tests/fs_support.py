@@ -75,6 +75,20 @@ def is_mounted(path: Path) -> bool:
         return any(line.split()[1] == target for line in f)
 
 
+def abort_connection(path: Path) -> None:
+    """Abort the FUSE connection of the mount at `path` (frees stuck callers)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                minor = fields[2].split(":")[1]
+                try:
+                    Path(f"/sys/fs/fuse/connections/{minor}/abort").write_text("1")
+                except OSError:
+                    pass
+
+
 def force_unmount(path: Path) -> None:
     if is_mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
@@ -174,7 +188,13 @@ class Daemon:
     def kill9(self) -> None:
         if self.proc is not None:
             self.proc.kill()
-            self.proc.wait(timeout=LIVENESS)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                # one of the daemon's own requests through its mount was in
+                # flight: the thread waits for an answer nobody will give
+                abort_connection(self.mnt)
+                self.proc.wait(timeout=LIVENESS)
             self.proc = None
 
     def cleanup(self) -> None:
