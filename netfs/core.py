@@ -42,7 +42,16 @@ Decisions (libvirt has no filesystem, so some are ours):
   active network of that uuid (a crash between bridge creation and status
   write, or between status removal and bridge deletion) is deleted. Then
   autostart, once per host boot (marker ``<state_dir>/autostarted``, written
-  after autostart so a crash in the middle retries it).
+  after autostart so a crash in the middle retries it). The kernel checks of
+  recovery read one dump of the links (addresses and routes: one dump each,
+  on first use) instead of a round trip per network.
+* Start intents: the kernel ignores IFLA_IFALIAS when a bridge is created,
+  so the tag arrives in a second request. Before a virtual network's bridge
+  is created the core records ``<state_dir>/NAME/starting`` (uuid, bridge
+  name); it is removed once the start succeeded or failed. At recovery, an
+  untagged bridge named in the intent of a network that is not active is
+  deleted too (a crash between the two requests), and the intents are
+  cleared.
 * Live reconciliation (:meth:`Driver.run_monitor`): a deleted link that is
   (by alias or by name) the bridge of an active network triggers a check of
   that network, under its lock, with the sub-driver's ``is_running``; if it
@@ -58,13 +67,14 @@ from __future__ import annotations
 import copy
 import errno
 import logging
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -82,7 +92,7 @@ from netfs.model.port import (
 from netfs.model.validate import random_mac, validate_network
 from netfs.model.virtualport import format_virtualport
 from netfs.model.xmlsafe import parse_document
-from netfs.netlink import Netlink
+from netfs.netlink import AddrInfo, LinkInfo, Netlink, RouteInfo
 from netfs.state import StateStore, check_name, format_status
 
 log = logging.getLogger(__name__)
@@ -92,8 +102,6 @@ EVENT_BUFFER = 4096
 EVENT_KINDS = frozenset(
     {"defined", "undefined", "started", "stopped", "updated", "port-created", "port-deleted"}
 )
-# concurrent kernel checks at start-up and on resync
-_CHECK_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,43 @@ def _device_usage(ports: dict[str, NetworkPort]) -> dict[str, int]:
         elif q.plug.address is not None:
             usage[pci_key(q.plug.address)] += 1
     return dict(usage)
+
+
+class _KernelSnapshot:
+    """A Netlink stand-in for recovery: ``link``/``links`` answer from one
+    dump, ``addresses``/``routes`` from one dump each (made on first use);
+    every other call (the repairs) goes to the real adapter. Each network
+    only reads its own bridge before changing it, so the snapshot stays
+    true for what is asked of it."""
+
+    def __init__(self, nl: Netlink, links: list[LinkInfo]) -> None:
+        self._nl = nl
+        self._links = {link.name: link for link in links}
+        self._addrs: dict[str, list[AddrInfo]] | None = None
+        self._routes: dict[int, list[RouteInfo]] = {}
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._nl, attr)
+
+    async def link(self, name: str) -> LinkInfo | None:
+        return self._links.get(name)
+
+    async def links(self) -> list[LinkInfo]:
+        return list(self._links.values())
+
+    async def addresses(self, ifname: str | None = None) -> list[AddrInfo]:
+        if self._addrs is None:
+            self._addrs = {}
+            for a in await self._nl.addresses():
+                self._addrs.setdefault(a.ifname, []).append(a)
+        if ifname is None:
+            return [a for lst in self._addrs.values() for a in lst]
+        return list(self._addrs.get(ifname, []))
+
+    async def routes(self, family: int = socket.AF_INET) -> list[RouteInfo]:
+        if family not in self._routes:
+            self._routes[family] = await self._nl.routes(family)
+        return self._routes[family]
 
 
 class Driver:
@@ -563,31 +608,32 @@ class Driver:
             n.ports = st.ports
             self._set_live(n, st.live)
 
-        limiter = trio.CapacityLimiter(_CHECK_LIMIT)
-        async with trio.open_nursery() as nursery:
-            for n in list(self._nets.values()):
-                if n.active:
-                    nursery.start_soon(self._recover_one, n, limiter)
-
-        await self._delete_orphan_bridges()
+        # one dump of the kernel's links (and, if asked, addresses and routes)
+        # serves every network's check instead of a round trip per network
+        snap = _KernelSnapshot(self.nl, await self.nl.links())
+        for n in list(self._nets.values()):
+            if n.active:
+                await self._recover_one(n, snap)
+        await self._delete_orphan_bridges(await snap.links())
         if not await self._store(self.store.autostarted):
             await self._autostart()
             await self._store(self.store.mark_autostarted)
         self.ready.set()
 
-    async def _recover_one(self, n: _Net, limiter: trio.CapacityLimiter) -> None:
+    async def _recover_one(self, n: _Net, snap: _KernelSnapshot) -> None:
         assert n.live is not None
         live = n.live
         sub = subdrivers.for_mode(live.forward.mode, live)
-        async with limiter, self._lock(n.name):
+        nl = cast(Netlink, snap)
+        async with self._lock(n.name):
             try:
-                running = await sub.is_running(live, self.nl)
+                running = await sub.is_running(live, nl)
             except Exception:
                 log.exception("network %s: checking whether it runs", n.name)
                 running = False
             if running:
                 try:
-                    await sub.repair(live, self.nl)
+                    await sub.repair(live, nl)
                 except Exception as e:
                     msg = e.message if isinstance(e, NetfsError) else str(e)
                     self.set_error(n.name, f"repair failed: {msg}")
@@ -596,7 +642,7 @@ class Driver:
             await self._store(self.store.delete_status, n.name)
             await self._finish_stop(n)
 
-    async def _delete_orphan_bridges(self) -> None:
+    async def _delete_orphan_bridges(self, links: list[LinkInfo]) -> None:
         """Delete bridges a crash left behind: tagged ``netfs:<uuid>`` with no
         active network of that uuid, or (untagged, or tagged with the uuid)
         named in a start intent of a network that did not become active --
@@ -608,7 +654,7 @@ class Driver:
             for name, (uuid, bridge) in intents.items()
             if bridge and not (name in self._nets and self._nets[name].active)
         }
-        for link in await self.nl.links():
+        for link in links:
             alias = link.alias or ""
             if alias.startswith(ALIAS_PREFIX):
                 if alias[len(ALIAS_PREFIX) :] in ours:
