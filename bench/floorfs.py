@@ -1,0 +1,118 @@
+"""The FUSE floor for bench.fs: the smallest pyfuse3 filesystem serving one
+constant file, mounted the way netfs mounts (pyfuse3 + trio, 1 s entry and
+attribute timeouts, direct_io without page cache, allow_other and
+default_permissions).
+
+    python -m bench.floorfs MOUNTPOINT [--with-flush]
+
+Serves MOUNTPOINT/value ("0\\n") until SIGTERM or SIGINT, then unmounts.
+Without flush and release handlers the kernel learns (ENOSYS) not to send
+FLUSH at all; --with-flush answers FLUSH and RELEASE as no-ops, as a
+filesystem that must act at flush (netfs's XML documents) has to.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import sys
+from typing import Any
+
+import pyfuse3
+import trio
+
+VALUE = b"0\n"
+NAME = b"value"
+FILE_INO = pyfuse3.ROOT_INODE + 1
+TIMEOUT = 1.0
+
+
+class FloorFS(pyfuse3.Operations):
+    def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.entry_timeout = TIMEOUT
+        a.attr_timeout = TIMEOUT
+        if ino == pyfuse3.ROOT_INODE:
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_nlink = 2
+        else:
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_nlink = 1
+            a.st_size = len(VALUE)
+        a.st_uid = 0
+        a.st_gid = 0
+        return a
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if inode not in (pyfuse3.ROOT_INODE, FILE_INO):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(inode)
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        if parent_inode != pyfuse3.ROOT_INODE or name != NAME:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(FILE_INO)
+
+    async def opendir(self, inode: int, ctx: Any) -> Any:
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: Any, start_id: int, token: Any) -> None:
+        if start_id == 0:
+            pyfuse3.readdir_reply(token, NAME, self._attr(FILE_INO), 1)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if inode != FILE_INO:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise pyfuse3.FUSEError(errno.EACCES)
+        return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+
+    async def read(self, fh: Any, off: int, size: int) -> bytes:
+        return VALUE[off : off + size]
+
+
+class FloorFSWithFlush(FloorFS):
+    async def flush(self, fh: Any) -> None:
+        return None
+
+    async def release(self, fh: Any) -> None:
+        return None
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                async for _ in sigs:
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str]) -> int:
+    flush = "--with-flush" in argv
+    argv = [a for a in argv if a != "--with-flush"]
+    if len(argv) != 1:
+        print("usage: python -m bench.floorfs MOUNTPOINT [--with-flush]", file=sys.stderr)
+        return 2
+    opts = set(pyfuse3.default_options)
+    opts |= {"fsname=floorfs", "allow_other", "default_permissions"}
+    pyfuse3.init(FloorFSWithFlush() if flush else FloorFS(), argv[0], opts)
+    try:
+        trio.run(_serve)
+    finally:
+        pyfuse3.close(unmount=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
