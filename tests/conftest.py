@@ -23,7 +23,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 _counter = itertools.count()
 
 
-def ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def ip(
+    *args: str, netns: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run `ip` (inside `netns` when given) and return the completed process."""
     cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
     return subprocess.run(cmd, capture_output=True, text=True, check=check)
