@@ -396,7 +396,9 @@ class Driver:
             check_name(net.name)
             explicit_uuid = not net.uuid_generated
         async with self._transition(net.name):
-            links = await self._link_names()
+            # host devices matter only when a bridge name is generated (libvirt)
+            auto = is_virtual(net.forward.mode) and (not net.bridge.name or "%d" in net.bridge.name)
+            links = await self._link_names() if auto else set()
             # no checkpoint from here to the reservation below
             old = self._nets.get(net.name)
             if old is not None and old.uuid != net.uuid:
