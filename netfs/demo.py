@@ -17,6 +17,7 @@ Nothing touches the host's own network namespace.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -46,8 +47,14 @@ _print_lock = threading.Lock()
 
 
 def say(text: str = "") -> None:
+    """Print a line; a reader that went away (`| head`) must not stop the cleanup."""
     with _print_lock:
-        print(text, flush=True)
+        try:
+            print(text, flush=True)
+        except (BrokenPipeError, ValueError):
+            with contextlib.suppress(OSError):
+                # Point stdout at /dev/null so interpreter shutdown stays quiet.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def is_mounted(path: Path) -> bool:
@@ -361,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"netfs demo: {tool} not found", file=sys.stderr)
             return 1
 
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     demo = Demo()
     status = 0
     try:
@@ -383,8 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A second Ctrl-C must not interrupt the cleanup.
         for s in old:
             signal.signal(s, signal.SIG_IGN)
-        say("cleaning up: stopping the daemon, unmounting, removing the namespace")
-        demo.teardown()
+        try:
+            say("cleaning up: stopping the daemon, unmounting, removing the namespace")
+        finally:
+            demo.teardown()
         for s, h in old.items():
             signal.signal(s, h)
     return status
