@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from netfs.errors import invalid
+from netfs.model.xmlsafe import escape as xml_attr
 
 Element = etree._Element
 
@@ -54,17 +55,6 @@ _HEX = "0123456789abcdefABCDEF"
 
 # ---------------------------------------------------------------------------
 # XML escaping and small element helpers
-
-
-def xml_attr(value: str) -> str:
-    """Escape text for a single-quoted attribute, as libvirt's buffer escaping."""
-    return (
-        value.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("'", "&apos;")
-        .replace('"', "&quot;")
-    )
 
 
 def xml_text(value: str) -> str:
