@@ -66,10 +66,11 @@ from __future__ import annotations
 
 import copy
 import errno
+import ipaddress
 import logging
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -217,10 +218,15 @@ class _KernelSnapshot:
             return [a for lst in self._addrs.values() for a in lst]
         return list(self._addrs.get(ifname, []))
 
-    async def routes(self, family: int = socket.AF_INET) -> list[RouteInfo]:
+    async def routes(
+        self, family: int = socket.AF_INET, *, match: Iterable[tuple[str, int]] | None = None
+    ) -> list[RouteInfo]:
         if family not in self._routes:
             self._routes[family] = await self._nl.routes(family)
-        return self._routes[family]
+        if match is None:
+            return list(self._routes[family])
+        want = {(str(ipaddress.ip_address(a)), int(p)) for a, p in match}
+        return [r for r in self._routes[family] if (r.dst, r.prefixlen) in want]
 
 
 class Driver:

@@ -41,8 +41,20 @@ API (all async):
 - ``add_route(dst, prefixlen, *, gateway, metric, ifname)``.
 - ``link(name) -> LinkInfo | None``, ``links() -> list[LinkInfo]``.
 - ``addresses(ifname=None) -> list[AddrInfo]``.
-- ``routes(family) -> list[RouteInfo]``: the main table (what
-  /proc/net/route shows for IPv4).
+- ``routes(family, *, match=None) -> list[RouteInfo]``: the main table (what
+  /proc/net/route shows for IPv4); ``match``, pairs (network address, prefix
+  length), keeps only the routes to those destinations.
+
+The four queries above do not go through pyroute2: they use a plain
+NETLINK_ROUTE socket of the worker thread with NETLINK_GET_STRICT_CHK (the
+kernel filters route dumps by table and address dumps by ifindex), ask for
+links without statistics (IFLA_EXT_MASK = RTEXT_FILTER_SKIP_STATS), and
+parse only the attributes the result types carry. Interface names of
+addresses and routes come from if_indextoname, never from a link dump. So
+``link``, ``addresses(ifname)`` and ``routes(match=...)`` cost about the same
+with 1000 links as with one (a route dump still walks every main-table
+route, but in ~1 µs each, and a receive chunk without the wanted RTA_DST
+bytes is not parsed at all).
 - ``set_ipv6_sysctls(ifname, *, disable)``: disable_ipv6 = 1/0, accept_ra = 0,
   autoconf = 0, written by the worker thread (so they hit the namespace);
   a missing sysctl is skipped quietly.
@@ -63,8 +75,9 @@ import logging
 import os
 import queue
 import socket
+import struct
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -149,32 +162,6 @@ def _kernel_error(e: NetlinkError | OSError, context: str) -> NetfsError:
     return NetfsError(code, f"{context}: {_strerror(code)}")
 
 
-def _link_info(msg: Any) -> LinkInfo:
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    kind = None
-    stp_state = None
-    forward_delay = None
-    if linkinfo is not None:
-        kind = linkinfo.get_attr("IFLA_INFO_KIND")
-        data = linkinfo.get_attr("IFLA_INFO_DATA")
-        if kind == "bridge" and data is not None:
-            stp_state = data.get_attr("IFLA_BR_STP_STATE")
-            fd = data.get_attr("IFLA_BR_FORWARD_DELAY")
-            forward_delay = None if fd is None else fd / USER_HZ
-    mac = msg.get_attr("IFLA_ADDRESS")
-    return LinkInfo(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME") or "",
-        kind=kind,
-        mac=mac.lower() if isinstance(mac, str) else None,
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        alias=msg.get_attr("IFLA_IFALIAS"),
-        up=bool(msg["flags"] & IFF_UP),
-        stp_state=stp_state,
-        forward_delay=forward_delay,
-    )
-
-
 def _enter_netns(netns: str) -> None:
     """setns(2) the calling thread into /run/netns/NETNS."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -193,6 +180,222 @@ def _enter_netns(netns: str) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------
+# Lean reads: the queries (link, links, addresses, routes) go out on a plain
+# NETLINK_ROUTE socket and the answers are parsed with struct, reading only
+# the attributes LinkInfo/AddrInfo/RouteInfo carry. pyroute2 decodes every
+# attribute of every message (~0.6 ms per link of a dump); this is ~20x less.
+# With NETLINK_GET_STRICT_CHK the kernel filters dumps itself (routes by
+# table, addresses by ifindex); the parsers filter again, so an old kernel
+# that ignores the filters gives the same answers.
+
+SOL_NETLINK = 270
+NETLINK_GET_STRICT_CHK = 12
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+RTM_GETLINK = 18
+RTM_GETADDR = 22
+RTM_GETROUTE = 26
+IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFLA_LINKINFO = 18
+IFLA_IFALIAS = 20
+IFLA_EXT_MASK = 29
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+IFLA_BR_FORWARD_DELAY = 1
+IFLA_BR_STP_STATE = 5
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PRIORITY = 6
+RTA_TABLE = 15
+NLA_TYPE_MASK = 0x3FFF
+RECV_BUFSIZE = 1 << 16
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_NLATTR = struct.Struct("=HH")
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct(
+    "=BBBBBBBBI"
+)  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+_U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
+_Buf = bytes | bytearray
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = _NLATTR.size + len(payload)
+    return _NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _attrs(buf: _Buf, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """Attribute type -> (offset, end) of its payload in buf[start:end]."""
+    out: dict[int, tuple[int, int]] = {}
+    unpack = _NLATTR.unpack_from
+    while start + 4 <= end:
+        length, kind = unpack(buf, start)
+        if length < 4:
+            break
+        out[kind & NLA_TYPE_MASK] = (start + 4, start + length)
+        start += (length + 3) & ~3
+    return out
+
+
+def _cstr(buf: _Buf, span: tuple[int, int]) -> str:
+    return bytes(buf[span[0] : span[1]]).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _mac_text(raw: _Buf) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _parse_link(buf: _Buf, off: int, end: int) -> LinkInfo:
+    """One RTM_NEWLINK message body (ifinfomsg + attributes)."""
+    _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, off)
+    a = _attrs(buf, off + _IFINFOMSG.size, end)
+    kind = stp_state = None
+    forward_delay = None
+    li = a.get(IFLA_LINKINFO)
+    if li is not None:
+        info = _attrs(buf, li[0], li[1])
+        k = info.get(IFLA_INFO_KIND)
+        kind = _cstr(buf, k) if k is not None else None
+        d = info.get(IFLA_INFO_DATA)
+        if kind == "bridge" and d is not None:
+            data = _attrs(buf, d[0], d[1])
+            s = data.get(IFLA_BR_STP_STATE)
+            if s is not None:
+                stp_state = _U32.unpack_from(buf, s[0])[0]
+            fd = data.get(IFLA_BR_FORWARD_DELAY)
+            if fd is not None:
+                forward_delay = _U32.unpack_from(buf, fd[0])[0] / USER_HZ
+    mac = a.get(IFLA_ADDRESS)
+    mtu = a.get(IFLA_MTU)
+    alias = a.get(IFLA_IFALIAS)
+    name = a.get(IFLA_IFNAME)
+    return LinkInfo(
+        index=index,
+        name=_cstr(buf, name) if name is not None else "",
+        kind=kind,
+        mac=_mac_text(buf[mac[0] : mac[1]]) if mac is not None and mac[1] > mac[0] else None,
+        mtu=_U32.unpack_from(buf, mtu[0])[0] if mtu is not None else 0,
+        alias=_cstr(buf, alias) if alias is not None else None,
+        up=bool(flags & IFF_UP),
+        stp_state=stp_state,
+        forward_delay=forward_delay,
+    )
+
+
+class _RawRtnl:
+    """A plain NETLINK_ROUTE socket for queries, owned by the worker thread
+    (so it belongs to the namespace the thread entered)."""
+
+    def __init__(self) -> None:
+        self.sock = self._open()
+        self.seq = 0
+        self.buf = bytearray(RECV_BUFSIZE)
+
+    @staticmethod
+    def _open() -> socket.socket:
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+        )
+        try:
+            sock.bind((0, 0))
+            try:
+                sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            except OSError:  # kernel < 4.20: no filtering in the kernel
+                log.debug("NETLINK_GET_STRICT_CHK not supported")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(
+        self,
+        mtype: int,
+        flags: int,
+        body: bytes,
+        callback: Callable[[_Buf, int, int], None],
+        needles: list[bytes] | None = None,
+    ) -> None:
+        """Send one request; call ``callback(buf, start, end)`` with the body
+        of every message of the answer (buf is reused: the callback copies
+        what it keeps). With ``needles``, the messages of a received chunk
+        that contains none of them are skipped without a callback (a search
+        in C instead of a parse in Python). A kernel error raises OSError
+        with its errno."""
+        try:
+            self._request(mtype, flags, body, callback, needles)
+        except OSError as e:
+            if isinstance(e, _KernelError):
+                raise OSError(e.errno, e.strerror) from None
+            self._reset()
+            raise
+        except BaseException:
+            # an answer may be half read: a fresh socket for the next request
+            self._reset()
+            raise
+
+    def _reset(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.sock = self._open()
+
+    def _request(
+        self,
+        mtype: int,
+        flags: int,
+        body: bytes,
+        callback: Callable[[_Buf, int, int], None],
+        needles: list[bytes] | None,
+    ) -> None:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        seq = self.seq
+        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, seq, 0) + body)
+        dump = bool(flags & NLM_F_DUMP)
+        view = memoryview(self.buf)
+        buf = self.buf
+        while True:
+            n = self.sock.recv_into(view)
+            off = 0
+            wanted = needles is None or any(buf.find(x, 0, n) >= 0 for x in needles)
+            while off + _NLMSGHDR.size <= n:
+                length, t, fl, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
+                if length < _NLMSGHDR.size:
+                    break
+                end = off + length
+                at = off + _NLMSGHDR.size
+                off = (end + 3) & ~3
+                if mseq != seq:
+                    continue
+                if t in (NLMSG_ERROR, NLMSG_DONE):
+                    code = _I32.unpack_from(buf, at)[0] if end - at >= 4 else 0
+                    if code < 0:
+                        raise _KernelError(-code, _strerror(-code))
+                    return
+                if wanted:
+                    callback(buf, at, end)
+                if not dump and not fl & NLM_F_MULTI:
+                    return
+
+
+class _KernelError(OSError):
+    """An error answered by the kernel (the socket is still in step)."""
+
+
 Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]
 
 
@@ -204,6 +407,7 @@ class Netlink:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ipr: Any = None
+        self._raw: _RawRtnl | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ plumbing
@@ -258,8 +462,17 @@ class Netlink:
         if self.netns is not None:
             _enter_netns(self.netns)
         self._ipr = IPRoute()
+        try:
+            self._raw = _RawRtnl()
+        except BaseException:
+            self._ipr.close()
+            self._ipr = None
+            raise
 
     def _teardown(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
@@ -396,22 +609,42 @@ class Netlink:
                 e, f"Failed to add route to {dst}/{prefixlen} via {gateway}"
             ) from None
 
+    def _rtnl(self) -> _RawRtnl:
+        assert self._raw is not None
+        return self._raw
+
     def _do_link(self, name: str) -> LinkInfo | None:
+        body = (
+            _IFINFOMSG.pack(0, 0, 0, 0, 0)
+            + _attr(IFLA_IFNAME, name.encode() + b"\0")
+            + _attr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
+        )
+        out: list[LinkInfo] = []
         try:
-            msgs = self._ipr.link("get", ifname=name)
-        except NetlinkError as e:
-            if e.code == errno.ENODEV:
+            self._rtnl().request(
+                RTM_GETLINK, NLM_F_REQUEST, body, lambda b, s, e: out.append(_parse_link(b, s, e))
+            )
+        except OSError as e:
+            if e.errno == errno.ENODEV:
                 return None
             raise _kernel_error(e, f"cannot get interface {name}") from None
-        for msg in msgs:
-            return _link_info(msg)
-        return None
+        return out[0] if out else None
 
     def _do_links(self) -> list[LinkInfo]:
+        body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(
+            IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS)
+        )
+        out: list[LinkInfo] = []
         try:
-            return [_link_info(m) for m in self._ipr.link("dump")]
-        except NetlinkError as e:
+            self._rtnl().request(
+                RTM_GETLINK,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                body,
+                lambda b, s, e: out.append(_parse_link(b, s, e)),
+            )
+        except OSError as e:
             raise _kernel_error(e, "cannot list interfaces") from None
+        return out
 
     def _names(self) -> dict[int, str]:
         """ifindex -> name, filled lazily by if_indextoname (an ioctl in this
@@ -429,53 +662,106 @@ class Netlink:
         return Names()
 
     def _do_addresses(self, ifname: str | None) -> list[AddrInfo]:
-        try:
-            names = self._names()
-            want = None
-            if ifname is not None:
-                try:
-                    want = socket.if_nametoindex(ifname)
-                except OSError:
-                    return []
-            out = []
-            for m in self._ipr.addr("dump"):
-                if want is not None and m["index"] != want:
-                    continue
-                name = names[m["index"]]
-                out.append(
-                    AddrInfo(
-                        ifname=name,
-                        family=m["family"],
-                        address=m.get_attr("IFA_ADDRESS") or m.get_attr("IFA_LOCAL"),
-                        prefixlen=m["prefixlen"],
-                    )
-                )
-            return out
-        except NetlinkError as e:
-            raise _kernel_error(e, "cannot list addresses") from None
+        want = 0
+        if ifname is not None:
+            try:
+                want = socket.if_nametoindex(ifname)
+            except OSError:
+                return []
+        names = self._names()
+        if ifname is not None:
+            names[want] = ifname
+        out: list[AddrInfo] = []
 
-    def _do_routes(self, family: int) -> list[RouteInfo]:
+        def one(buf: _Buf, at: int, end: int) -> None:
+            family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, at)
+            if want and index != want:
+                return
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                return
+            a = _attrs(buf, at + _IFADDRMSG.size, end)
+            span = a.get(IFA_ADDRESS) or a.get(IFA_LOCAL)
+            if span is None:
+                return
+            address = socket.inet_ntop(family, bytes(buf[span[0] : span[1]]))
+            out.append(AddrInfo(names[index], family, address, prefixlen))
+
+        # strict checking lets the kernel send only the addresses of `want`
+        body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, want)
         try:
-            names = self._names()
-            out = []
-            for m in self._ipr.route("dump", family=family):
-                table = m.get_attr("RTA_TABLE") or m["table"]
-                if table != RT_TABLE_MAIN:
+            self._rtnl().request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, body, one)
+        except OSError as e:
+            raise _kernel_error(e, "cannot list addresses") from None
+        return out
+
+    def _do_routes(self, family: int, match: Iterable[tuple[str, int]] | None) -> list[RouteInfo]:
+        alen = 16 if family == socket.AF_INET6 else 4
+        zero = b"\0" * alen
+        wanted: set[tuple[bytes, int]] | None = None
+        lens: set[int] = set()
+        if match is not None:
+            wanted = set()
+            for dst, prefixlen in match:
+                try:
+                    packed = socket.inet_pton(family, dst)
+                except (OSError, ValueError):
                     continue
-                dst = m.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-                oif = m.get_attr("RTA_OIF")
-                out.append(
-                    RouteInfo(
-                        dst=dst,
-                        prefixlen=m["dst_len"],
-                        ifname=(names[oif] or None) if oif else None,
-                        gateway=m.get_attr("RTA_GATEWAY"),
-                        metric=m.get_attr("RTA_PRIORITY"),
-                    )
+                wanted.add((packed, int(prefixlen)))
+                lens.add(int(prefixlen))
+        names = self._names()
+        out: list[RouteInfo] = []
+
+        def one(buf: _Buf, at: int, end: int) -> None:
+            fam, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = _RTMSG.unpack_from(
+                buf, at
+            )
+            if fam != family or (wanted is not None and dst_len not in lens):
+                return
+            a = _attrs(buf, at + _RTMSG.size, end)
+            t = a.get(RTA_TABLE)
+            if t is not None:
+                table = _U32.unpack_from(buf, t[0])[0]
+            if table != RT_TABLE_MAIN:
+                return
+            d = a.get(RTA_DST)
+            dst = bytes(buf[d[0] : d[1]]) if d is not None else zero
+            if wanted is not None and (dst, dst_len) not in wanted:
+                return
+            oif = a.get(RTA_OIF)
+            gw = a.get(RTA_GATEWAY)
+            prio = a.get(RTA_PRIORITY)
+            index = _U32.unpack_from(buf, oif[0])[0] if oif is not None else 0
+            out.append(
+                RouteInfo(
+                    dst=socket.inet_ntop(family, dst),
+                    prefixlen=dst_len,
+                    ifname=(names[index] or None) if index else None,
+                    gateway=(
+                        socket.inet_ntop(family, bytes(buf[gw[0] : gw[1]]))
+                        if gw is not None
+                        else None
+                    ),
+                    metric=_U32.unpack_from(buf, prio[0])[0] if prio is not None else None,
                 )
-            return out
-        except NetlinkError as e:
+            )
+
+        # strict checking lets the kernel send only the main table
+        body = _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0) + _attr(
+            RTA_TABLE, _U32.pack(RT_TABLE_MAIN)
+        )
+        # a route to DST carries the bytes of the attribute RTA_DST=DST: a
+        # chunk of the dump without any of them holds no route we look for
+        # (a default route has no RTA_DST: then every chunk is parsed)
+        needles = None
+        if wanted is not None and 0 not in lens:
+            needles = [_attr(RTA_DST, packed) for packed, _len in wanted]
+        try:
+            self._rtnl().request(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, body, one, needles)
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # no main table yet (no route ever added)
+                return []
             raise _kernel_error(e, "cannot list routes") from None
+        return out
 
     def _do_set_ipv6_sysctls(self, ifname: str, disable: bool) -> None:
         base = f"/proc/sys/net/ipv6/conf/{ifname}"
@@ -563,8 +849,14 @@ class Netlink:
     async def addresses(self, ifname: str | None = None) -> list[AddrInfo]:
         return await self._call(self._do_addresses, ifname)
 
-    async def routes(self, family: int = socket.AF_INET) -> list[RouteInfo]:
-        return await self._call(self._do_routes, family)
+    async def routes(
+        self, family: int = socket.AF_INET, *, match: Iterable[tuple[str, int]] | None = None
+    ) -> list[RouteInfo]:
+        """The main table's routes of ``family``; with ``match`` (pairs of
+        network address and prefix length) only the routes to those
+        destinations (cheaper: names are resolved for those alone)."""
+        m = None if match is None else list(match)
+        return await self._call(self._do_routes, family, m)
 
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
         await self._call(self._do_set_ipv6_sysctls, ifname, disable)

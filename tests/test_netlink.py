@@ -258,3 +258,77 @@ async def test_requests_concurrent_from_many_tasks(nl: Netlink) -> None:
             nursery.start_soon(one, i)
     assert len(set(results)) == 5
     assert {link.name for link in await nl.links()} >= {f"cbr{i}" for i in range(5)}
+
+
+async def test_routes_fresh_namespace_has_no_main_table(nl: Netlink) -> None:
+    # the kernel answers ENOENT for a table that was never made: no routes
+    assert await nl.routes(socket.AF_INET) == []
+    assert await nl.routes(socket.AF_INET, match=[("10.1.0.0", 16)]) == []
+
+
+async def test_routes_match_over_a_dump_of_many_chunks(nl: Netlink, netns: str) -> None:
+    await nl.create_bridge("rbr0", mac=None, mtu=None, stp=False, forward_delay=0, alias=None)
+    await nl.add_address("rbr0", "10.200.0.1", 16)
+    # 1500 routes: the dump arrives in several receive chunks
+    batch = "".join(f"route add 10.{i // 250}.{i % 250}.0/24 dev rbr0\n" for i in range(1500))
+    batch += "route add 172.16.0.0/12 via 10.200.0.2 dev rbr0 metric 9\n"
+    batch += "route add table 100 10.250.0.0/24 dev rbr0\n"  # another table: never seen
+    await trio.run_process(["ip", "-n", netns, "-batch", "-"], stdin=batch.encode())
+    every = await nl.routes(socket.AF_INET)
+    assert len(every) == 1502
+    assert all(r.ifname == "rbr0" for r in every)
+    got = await nl.routes(
+        socket.AF_INET,
+        match=[("10.5.249.0", 24), ("10.0.0.0", 24), ("172.16.0.0", 12), ("10.5.249.0", 23)],
+    )
+    assert sorted((r.dst, r.prefixlen, r.ifname, r.gateway, r.metric) for r in got) == [
+        ("10.0.0.0", 24, "rbr0", None, None),
+        ("10.5.249.0", 24, "rbr0", None, None),
+        ("172.16.0.0", 12, "rbr0", "10.200.0.2", 9),
+    ]
+    assert await nl.routes(socket.AF_INET, match=[("10.250.0.0", 24)]) == []
+    assert await nl.routes(socket.AF_INET, match=[("10.9.0.0", 24)]) == []
+    assert await nl.routes(socket.AF_INET, match=[]) == []
+    # a default route has no RTA_DST: it is matched too
+    ip("route", "add", "default", "via", "10.200.0.3", "dev", "rbr0", netns=netns)
+    (default,) = await nl.routes(socket.AF_INET, match=[("0.0.0.0", 0)])
+    assert (default.dst, default.prefixlen, default.gateway) == ("0.0.0.0", 0, "10.200.0.3")
+
+
+async def test_addresses_of_one_link_among_many(nl: Netlink, netns: str) -> None:
+    batch = "".join(
+        f"link add abr{i} type bridge\naddr add 10.{i}.0.1/16 dev abr{i}\n" for i in range(50)
+    )
+    await trio.run_process(["ip", "-n", netns, "-batch", "-"], stdin=batch.encode())
+    got = await nl.addresses("abr37")
+    assert [(a.ifname, a.family, a.address, a.prefixlen) for a in got] == [
+        ("abr37", socket.AF_INET, "10.37.0.1", 16)
+    ]
+    every = await nl.addresses()
+    assert {a.ifname for a in every if a.family == socket.AF_INET} == {"lo"} | {
+        f"abr{i}" for i in range(50)
+    }
+
+
+async def test_links_lean_snapshot(nl: Netlink, netns: str) -> None:
+    await nl.create_bridge(
+        "lbr0", mac="52:54:00:00:00:42", mtu=1400, stp=True, forward_delay=3, alias="netfs:q"
+    )
+    ip("link", "add", "lve0", "type", "veth", "peer", "name", "lve1", netns=netns)
+    by_name = {link.name: link for link in await nl.links()}
+    assert set(by_name) == {"lo", "lbr0", "lve0", "lve1"}
+    br = by_name["lbr0"]
+    assert (br.kind, br.mac, br.mtu, br.alias, br.up, br.stp_state, br.forward_delay) == (
+        "bridge",
+        "52:54:00:00:00:42",
+        1400,
+        "netfs:q",
+        True,
+        1,
+        3.0,
+    )
+    assert br == await nl.link("lbr0")
+    assert by_name["lve0"].kind == "veth" and by_name["lve0"].stp_state is None
+    assert by_name["lo"].kind is None and by_name["lo"].alias is None
+    with pytest.raises(NetfsError):
+        await nl.link("x" * 40)  # the kernel refuses the name

@@ -94,7 +94,10 @@ async def check_route_collision(net: NetworkDef, nl: Netlink) -> None:
         prefix = r.prefix_len()
         if 0 <= prefix <= 32:
             mine.append((_network(r.address, prefix), "route", r.address))
-    for route in await nl.routes(socket.AF_INET):
+    # only the routes to our subnets come back: the cost does not grow with
+    # the number of interfaces (names are resolved for the collisions alone)
+    match = [(str(subnet.network_address), subnet.prefixlen) for subnet, _w, _a in mine]
+    for route in await nl.routes(socket.AF_INET, match=match):
         try:
             existing = _network(route.dst, route.prefixlen)
         except ValueError:
