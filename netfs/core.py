@@ -59,7 +59,10 @@ Decisions (libvirt has no filesystem, so some are ours):
   stop (the bridge is gone, and a same-named link someone made meanwhile is
   not ours to delete). An ``overrun`` resynchronises every active network.
 * Every failed operation records its message as the network's ``error``
-  (when the network exists) and logs it; success leaves it in place.
+  (when the network exists) and logs it; success leaves it in place. Every
+  recorded error (failed operation, autostart, recovery, a definition with a
+  problem found at start-up or reload, :meth:`Driver.set_error`) emits the
+  internal event ``error`` (not a word of the events file).
 """
 
 from __future__ import annotations
@@ -100,14 +103,34 @@ log = logging.getLogger(__name__)
 
 ALIAS_PREFIX = "netfs:"
 EVENT_BUFFER = 4096
+# the kinds of the `events` file, then the internal kind "error": a network's
+# error was recorded (its text is NetworkState.error). The filesystem does
+# not print "error" in the events file; it uses it to notify the error file.
 EVENT_KINDS = frozenset(
-    {"defined", "undefined", "started", "stopped", "updated", "port-created", "port-deleted"}
+    {
+        "defined",
+        "undefined",
+        "started",
+        "stopped",
+        "updated",
+        "port-created",
+        "port-deleted",
+        "error",
+    }
 )
 
 
 @dataclass(frozen=True)
 class Event:
-    """One change of one network, as a line of the ``events`` file."""
+    """One change of one network, as a line of the ``events`` file.
+
+    ``kind`` is one of the words of the events file (defined undefined
+    started stopped updated port-created port-deleted) or the internal
+    ``error``: the core recorded an error for the network (any cause: a
+    failed operation, autostart, recovery, reload, :meth:`Driver.set_error`);
+    the text is the network's ``error``. ``line()`` renders it like the
+    others ("... testA error"), but it is not a word of the events file:
+    the filesystem does not print it there."""
 
     time: datetime
     network: str
@@ -329,10 +352,13 @@ class Driver:
         return format_virtualport(portgroup_virtualport(net, portgroup), 0) or None
 
     def set_error(self, name: str, message: str) -> None:
+        """Record ``message`` as the network's error (if it exists) and emit
+        an ``error`` event; every error the core records goes through here."""
+        log.warning("network %s: %s", name, message)
         n = self._nets.get(name)
         if n is not None:
             n.error = message
-        log.warning("network %s: %s", name, message)
+            self._emit(name, "error")
 
     # ------------------------------------------------------------------ helpers
 
@@ -609,6 +635,8 @@ class Driver:
                 problem=cfg.problem,
                 error=cfg.problem or bad_status.get(name, ""),
             )
+            if self._nets[name].error:  # logged above with its file
+                self._emit(name, "error")
         for name, st in loaded.statuses.items():
             n = self._nets.get(name)
             if n is None:
@@ -711,9 +739,10 @@ class Driver:
                         definition=cfg.definition,
                         autostart=cfg.autostart,
                         problem=cfg.problem,
-                        error=cfg.problem or "",
                     )
                     self._emit(name, "defined")
+                    if cfg.problem:
+                        self.set_error(name, cfg.problem)
                     continue
                 changed = (
                     format_network(n.definition, inactive=True)
@@ -727,9 +756,9 @@ class Driver:
                     n.autostart = cfg.autostart
                     n.problem = cfg.problem
                     n.persistent = True
-                    if cfg.problem:
-                        n.error = cfg.problem
                     self._emit(name, "updated")
+                    if cfg.problem:
+                        self.set_error(name, cfg.problem)
         for name in list(self._nets):
             if name in configs or name in bad:
                 continue

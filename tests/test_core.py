@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +426,64 @@ async def test_autostart_once_per_boot_and_failures_isolated(
     assert d3.store.autostarted()
     for n in ("a1", "a3"):
         await d3.stop(n)
+
+
+def drain(ch: trio.MemoryReceiveChannel[Event]) -> list[tuple[str, str]]:
+    got = []
+    while True:
+        try:
+            e = ch.receive_nowait()
+        except trio.WouldBlock:
+            return got
+        got.append((e.network, e.kind))
+
+
+async def test_error_events(dirs: tuple[Path, Path], nl: Netlink, netns: str) -> None:
+    etc, run = dirs
+    d = Driver(etc, run, nl)
+    ch = d.subscribe()
+    await d.startup()
+    # a failed operation
+    foreign(netns, "nfsa0")
+    await d.define(net_xml("a", n=1, bridge="nfsa0"))
+    with pytest.raises(NetfsError):
+        await d.start("a")
+    assert drain(ch) == [("a", "defined"), ("a", "error")]
+    assert d.get("a").error == "error creating bridge interface nfsa0: File exists"
+    # a refused redefinition of an existing network
+    with pytest.raises(NetfsError):
+        await d.define(net_xml("other", n=1), name="a")
+    assert drain(ch) == [("a", "error")]
+    # a failure found above the core; an unknown network has no event
+    d.set_error("a", "from the filesystem")
+    d.set_error("nosuch", "nobody")
+    assert drain(ch) == [("a", "error")]
+    assert d.get("a").error == "from the filesystem"
+    # success emits no error event and leaves the text in place
+    await d.define(net_xml("b", n=2, bridge="nfsb0"))
+    await d.start("b")
+    await d.stop("b")
+    assert ("b", "error") not in drain(ch)
+    # autostart failure at start-up, seen by a subscriber of the new driver
+    await d.set_autostart("a", True)
+    await d.set_autostart("b", True)
+    (run / "autostarted").unlink()  # "reboot"
+    d2 = Driver(etc, run, nl)
+    ch2 = d2.subscribe()
+    await d2.startup()
+    assert drain(ch2) == [("a", "error"), ("b", "started")]
+    assert d2.get("a").error == "error creating bridge interface nfsa0: File exists"
+    # a definition with a problem, found at reload
+    (etc / "c.xml").write_text(
+        "<network><name>c</name><bridge name='nfsc0'/>"
+        "<portgroup name='x' default='yes'/><portgroup name='y' default='yes'/></network>"
+    )
+    await d2.reload()  # and autostart again: a fails again
+    assert drain(ch2) == [("c", "defined"), ("c", "error"), ("a", "error")]
+    assert d2.get("c").error == d2.get("c").problem
+    ev_line = Event(datetime.now(UTC), "c", "error").line()
+    assert ev_line.endswith(" c error")
+    await d2.stop("b")
 
 
 async def test_reload_rereads_configs(driver: Driver, nursery: trio.Nursery) -> None:
