@@ -90,6 +90,13 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--netns", default=None, help="manage the bridges of this network namespace")
     p.add_argument("--group", default=None, help="members of this group may write too")
+    p.add_argument(
+        "--log-file",
+        default=None,
+        metavar="FILE",
+        help="append the daemon's log to FILE (default: stderr; a detached daemon "
+        "without it logs only to the journal, when stderr is one)",
+    )
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument(
         "-o",
@@ -97,7 +104,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="OPTS",
         help="comma-separated mount options: config_dir=, state_dir=, netns=, group=, "
-        "and FUSE options",
+        "log_file=, and FUSE options",
     )
 
 
@@ -107,7 +114,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     cfg = MountConfig(mountpoint=args.mountpoint)
     apply_options(cfg, args.options)
     # explicit flags win over -o
-    for key in ("config_dir", "state_dir", "netns", "group"):
+    for key in ("config_dir", "state_dir", "netns", "group", "log_file"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -128,6 +135,17 @@ def _mount_helper_parser() -> argparse.ArgumentParser:
     return p
 
 
+MOUNT_VALUE_OPTIONS = (
+    "-o",
+    "-t",
+    "--config-dir",
+    "--state-dir",
+    "--netns",
+    "--group",
+    "--log-file",
+)
+
+
 def _is_mount_helper_form(argv: Sequence[str]) -> bool:
     commands = {"validate", "mount", "-h", "--help"}
     if not argv or argv[0] in commands or argv[0].startswith("-"):
@@ -135,11 +153,7 @@ def _is_mount_helper_form(argv: Sequence[str]) -> bool:
     positionals = [
         a
         for i, a in enumerate(argv)
-        if not a.startswith("-")
-        and (
-            i == 0
-            or argv[i - 1] not in ("-o", "-t", "--config-dir", "--state-dir", "--netns", "--group")
-        )
+        if not a.startswith("-") and (i == 0 or argv[i - 1] not in MOUNT_VALUE_OPTIONS)
     ]
     return len(positionals) == 2
 

@@ -7,21 +7,33 @@ or prints the child's error and exits 1), then in the child: open netlink
 (its worker thread starts here, after the fork), start the driver (recovery,
 autostart), run the link monitor, the FUSE main loop and the notifier in one
 nursery. SIGTERM and SIGINT unmount and exit 0; SIGHUP re-reads the config
-directory without unmounting. Logs go to stderr, one line per record, with
-``<N>`` syslog priority prefixes when stderr is the journal.
+directory without unmounting.
+
+Before mounting, a mount left at the mount point by a killed daemon is
+cleared without touching the mount point (fs.cleanup_stale): its FUSE
+connection is aborted, which also lets a killed daemon that was stuck on one
+of its own requests through the mount exit, then it is lazily unmounted.
+
+Logs go to stderr, one line per record, with ``<N>`` syslog priority prefixes
+when stderr is the journal (JOURNAL_STREAM matches stderr's device and
+inode), or to --log-file with timestamps. A detached daemon keeps none of its
+caller's descriptors: stdin and stdout become /dev/null, and stderr too unless
+it is the journal or a log file is given.
 """
 
 from __future__ import annotations
 
 import errno
+import gc
 import grp
 import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import trio
 
@@ -38,7 +50,7 @@ IGNORED_OPTIONS = frozenset(
     {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "_netdev", "nofail"}
 )
 IGNORED_PREFIXES = ("x-", "comment=")
-OWN_OPTIONS = ("config_dir", "state_dir", "netns", "group")
+OWN_OPTIONS = ("config_dir", "state_dir", "netns", "group", "log_file")
 
 
 @dataclass
@@ -48,6 +60,7 @@ class MountConfig:
     state_dir: str = DEFAULT_STATE_DIR
     netns: str | None = None
     group: str | None = None
+    log_file: str | None = None
     foreground: bool = False
     fuse_options: list[str] = field(default_factory=list)
 
@@ -79,9 +92,10 @@ class _Formatter(logging.Formatter):
         logging.DEBUG: 7,
     }
 
-    def __init__(self, journal: bool) -> None:
+    def __init__(self, journal: bool, stamps: bool = False) -> None:
         super().__init__()
         self.journal = journal
+        self.stamps = stamps
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
@@ -90,18 +104,56 @@ class _Formatter(logging.Formatter):
         msg = msg.replace("\n", " ")
         if self.journal:
             return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
-        return f"netfs[{os.getpid()}]: {record.levelname.lower()}: {msg}"
+        line = f"netfs[{os.getpid()}]: {record.levelname.lower()}: {msg}"
+        if self.stamps:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+            return f"{stamp}.{int(record.msecs):03d} {line}"
+        return line
 
 
-def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+def stderr_is_journal() -> bool:
+    """Is stderr a journald stream? (JOURNAL_STREAM names its dev:ino; a process
+    that inherited the variable but not the stream must not believe it.)"""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    if not want:
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(stream: TextIO | None = None) -> None:
+    """Log to `stream` (a log file: timestamped lines) or to stderr (with
+    syslog priority prefixes when stderr is the journal)."""
+    if stream is not None:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(_Formatter(journal=False, stamps=True))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter(journal=stderr_is_journal()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     level = os.environ.get("NETFS_LOG", "INFO").upper()
     root.setLevel(getattr(logging, level, logging.INFO))
     logging.getLogger("pyfuse3").setLevel(logging.WARNING)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+
+def detach_stdio(log_fd: int | None) -> None:
+    """A detached daemon must not hold its caller's pipes (`mount ... | cat`
+    and subprocess.run(capture_output=True) would wait for it forever): stdin
+    and stdout become /dev/null; stderr becomes the log file when one is
+    given, else stays only if it is the journal, else /dev/null too."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    if log_fd is not None:
+        os.dup2(log_fd, 2)
+    elif not stderr_is_journal():
+        os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _gid(group: str | None) -> int | None:
@@ -143,6 +195,10 @@ async def _serve(
             await nursery.start(_handle_signals, driver, ops)
             await nl.open()
             await driver.startup()
+            # what start-up loaded lives as long as the daemon: keep it out of
+            # the garbage collector's full scans (they would pause requests)
+            gc.collect()
+            gc.freeze()
             await nursery.start(driver.run_monitor)
 
             async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -188,8 +244,23 @@ def run(cfg: MountConfig) -> int:
     except NetfsError as e:
         print(f"netfs: {e.message}", file=sys.stderr)
         return 1
+    log_fd: int | None = None
+    if cfg.log_file:
+        try:
+            log_fd = os.open(
+                cfg.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+            )
+        except OSError as e:
+            print(f"netfs: log file {cfg.log_file}: {e.strerror}", file=sys.stderr)
+            return 1
     mountpoint = os.path.abspath(cfg.mountpoint)
-    fs.cleanup_stale(mountpoint)
+    # before anything stats the mount point: a mount left by a killed daemon
+    # may hang any request to it
+    try:
+        fs.cleanup_stale(mountpoint)
+    except fs.MountBusy as e:
+        print(f"netfs: {e}", file=sys.stderr)
+        return 1
     if not os.path.isdir(mountpoint):
         print(f"netfs: {mountpoint}: not a directory", file=sys.stderr)
         return 1
@@ -222,11 +293,10 @@ def run(cfg: MountConfig) -> int:
             os._exit(1)
         os.close(r)
         os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.close(devnull)
+        detach_stdio(log_fd)
         ready_fd = w
+    if log_fd is not None:
+        setup_logging(open(log_fd, "a", buffering=1, closefd=False))
 
     state = {"ready": False}
 

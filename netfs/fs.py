@@ -26,12 +26,15 @@ handler for the same inode deadlocks in the kernel); it only queues work.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import logging
 import math
 import os
+import re
 import select
+import signal
 import stat
 import subprocess
 import threading
@@ -87,8 +90,14 @@ POLL_FILES = (F_ACTIVE, F_AUTOSTART, F_ERROR)
 # files whose changes the notifier announces (IN_MODIFY, IN_CLOSE_WRITE)
 WATCHED_FILES = (F_DEFINITION, F_ACTIVE, F_AUTOSTART, F_STATUS, F_UUID, F_ERROR)
 
+# core event kinds that are not lines of `events`
+HIDDEN_EVENTS = frozenset({"error"})
+
 DEFAULT_POLLMASK = select.POLLIN | select.POLLRDNORM
 CHANGED_POLLMASK = select.POLLPRI | select.POLLERR
+
+
+_UNSET: Any = object()  # "not fetched yet", for a network state argument
 
 
 def _err(code: int) -> pyfuse3.FUSEError:
@@ -146,8 +155,9 @@ class _Handle:
     path: Path
     ino: int
     kind: str  # self, read, attr, doc, scratch, events
-    data: bytes = b""  # read: content snapshot (refreshed at offset 0)
+    data: bytes | None = None  # read: content snapshot (refreshed at offset 0)
     last_read: bytes | None = None  # poll: value this handle has seen
+    seen: int = 0  # poll: the file's change count when this handle last read it
     buf: bytearray = field(default_factory=bytearray)  # doc: content written since open
     dirty: bool = False  # doc: written or truncated since the last act
     scratch: _Scratch | None = None
@@ -199,6 +209,10 @@ class NetfsOperations(pyfuse3.Operations):
         self._pollers: dict[Path, dict[int, Any]] = {}
         self._event_pollers: dict[int, Any] = {}
         self._mtimes: dict[Path, int] = {}
+        # formatted documents: path -> (the object formatted, its bytes)
+        self._texts: dict[Path, tuple[Any, bytes | None]] = {}
+        # how many changes of each attribute file have been announced (poll)
+        self._gens: dict[Path, int] = {}
         self._blocked_reads: set[trio.CancelScope] = set()
         self._todo_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
         self._todo_recv: trio.MemoryReceiveChannel[tuple[str, Any]] | None = None
@@ -230,11 +244,6 @@ class NetfsOperations(pyfuse3.Operations):
         except NetfsError:
             return None
 
-    def _net_visible(self, name: str, own: bool) -> bool:
-        if own:
-            return name in self._pub_nets
-        return name in self._pending or self._state(name) is not None
-
     def _port_names(self, name: str, st: Any, own: bool) -> set[str]:
         pend = {p for n, p in self._pending_ports if n == name}
         if own:
@@ -245,9 +254,9 @@ class NetfsOperations(pyfuse3.Operations):
         net = st.live or st.definition
         return [pg.name for pg in net.portgroups]
 
-    def _exists(self, path: Path, own: bool = False) -> bool:
+    def _exists(self, path: Path, own: bool = False, st: Any = _UNSET) -> bool:
         """Is `path` in the tree (as everyone sees it, or as the daemon's own
-        worker sees it when `own`)?"""
+        worker sees it when `own`)? `st`: the network's state, when known."""
         n = len(path)
         if n == 0:
             return True
@@ -256,9 +265,13 @@ class NetfsOperations(pyfuse3.Operations):
         if path == ("events",):
             return True
         name = path[0]
-        if not self._net_visible(name, own):
+        if st is _UNSET:
+            st = self._state(name)
+        if own:
+            if name not in self._pub_nets:
+                return False
+        elif st is None and name not in self._pending:
             return False
-        st = self._state(name)
         if n == 1:
             return True
         sub = path[1]
@@ -280,7 +293,7 @@ class NetfsOperations(pyfuse3.Operations):
             if n == 4 and path[3] == F_DEFAULT:
                 return True
             if n == 4 and path[3] == F_VIRTUALPORT:
-                return self._content(path) is not None
+                return self._content(path, st) is not None
             return False
         if sub == D_PORTS:
             port = path[2]
@@ -291,7 +304,10 @@ class NetfsOperations(pyfuse3.Operations):
             if n == 4 and path[3] == F_PORT:
                 return True
             if n == 4 and path[3] == F_VIRTUALPORT:
-                return (name, port) not in self._pending_ports and self._content(path) is not None
+                return (
+                    name,
+                    port,
+                ) not in self._pending_ports and self._content(path, st) is not None
             return False
         return False
 
@@ -327,67 +343,87 @@ class NetfsOperations(pyfuse3.Operations):
 
     # ================================================================ content
 
-    def _content(self, path: Path) -> bytes | None:
-        """The bytes a read of `path` shows now (None: it has none)."""
-        d = self.driver
-        if len(path) == 2:
-            name, f = path
-            if f == F_ERROR:
-                if name in self._pending:
+    def _content(self, path: Path, st: Any = _UNSET) -> bytes | None:
+        """The bytes a read of `path` shows now (None: it has none). `st` is
+        the network's state when the caller already has it. Documents are
+        formatted once per version: the core replaces (never mutates) a
+        definition, a live definition or a port when it changes, so the
+        formatted text is cached keyed on that object's identity."""
+        n = len(path)
+        name = path[0]
+        if n == 2:
+            f = path[1]
+            if name in self._pending:
+                if f == F_ERROR:
                     msg = self._pending_error.get(name, "")
-                else:
-                    st = self._state(name)
-                    msg = st.error if st is not None else ""
-                return (msg.rstrip("\n") + "\n").encode() if msg else b""
-            if f == F_DEFINITION:
-                if name in self._pending:
-                    return b""
-                return str(d.definition_xml(name)).encode()
-            st = self._state(name)
+                    return (msg.rstrip("\n") + "\n").encode() if msg else b""
+                return b"" if f == F_DEFINITION else None
+            if st is _UNSET:
+                st = self._state(name)
             if st is None:
-                return None
+                return b"" if f == F_ERROR else None
             if f == F_ACTIVE:
-                return _line(st.active)
+                return b"1\n" if st.active else b"0\n"
             if f == F_AUTOSTART:
-                return _line(st.autostart)
+                return b"1\n" if st.autostart else b"0\n"
+            if f == F_ERROR:
+                msg = st.error
+                return (msg.rstrip("\n") + "\n").encode() if msg else b""
             if f == F_UUID:
                 return f"{st.uuid}\n".encode()
+            if f == F_DEFINITION:
+                return self._cached(path, st.definition, self.driver.definition_xml, name)
             if f == F_STATUS:
-                text = d.status_xml(name)
-                return None if text is None else str(text).encode()
-            return None
-        if len(path) == 4 and path[1] == D_PORTGROUPS:
-            name, _, pg, f = path
-            if f == F_DEFAULT:
-                st = self._state(name)
-                if st is None:
+                if st.live is None:
                     return None
-                net = st.live or st.definition
-                return _line(any(g.name == pg and g.default for g in net.portgroups))
-            if f == F_VIRTUALPORT:
-                text = d.portgroup_virtualport_xml(name, pg)
-                return None if text is None else str(text).encode()
+                return self._cached(path, st.live, self.driver.status_xml, name)
             return None
-        if len(path) == 4 and path[1] == D_PORTS:
-            name, _, port, f = path
-            if (name, port) in self._pending_ports:
-                return b"" if f == F_PORT else None
-            if f == F_PORT:
-                return str(d.port_xml(name, port)).encode()
+        if n != 4:
+            return None
+        if st is _UNSET:
+            st = self._state(name)
+        sub, item, f = path[1:]
+        if path[1] == D_PORTGROUPS:
+            if st is None:
+                return None
+            net = st.live or st.definition
+            if f == F_DEFAULT:
+                return _line(any(g.name == item and g.default for g in net.portgroups))
             if f == F_VIRTUALPORT:
-                text = d.port_virtualport_xml(name, port)
-                return None if text is None else str(text).encode()
+                return self._cached(path, net, self.driver.portgroup_virtualport_xml, name, item)
+            return None
+        if sub == D_PORTS:
+            if (name, item) in self._pending_ports:
+                return b"" if f == F_PORT else None
+            port = st.ports.get(item) if st is not None else None
+            if port is None:
+                return None
+            if f == F_PORT:
+                return self._cached(path, port, self.driver.port_xml, name, item)
+            if f == F_VIRTUALPORT:
+                return self._cached(path, port, self.driver.port_virtualport_xml, name, item)
         return None
 
-    def _safe_content(self, path: Path) -> bytes | None:
+    def _cached(
+        self, path: Path, version: Any, make: Callable[..., Any], *args: Any
+    ) -> bytes | None:
+        hit = self._texts.get(path)
+        if hit is not None and hit[0] is version:
+            return hit[1]
+        text = make(*args)
+        data = None if text is None else str(text).encode()
+        self._texts[path] = (version, data)
+        return data
+
+    def _safe_content(self, path: Path, st: Any = _UNSET) -> bytes | None:
         try:
-            return self._content(path)
+            return self._content(path, st)
         except NetfsError:
             return None
 
     # ================================================================ attributes
 
-    def _attr(self, ino: int, path: Path) -> pyfuse3.EntryAttributes:
+    def _attr(self, ino: int, path: Path, st: Any = _UNSET) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = InodeT(ino)
         a.generation = 0
@@ -418,7 +454,7 @@ class NetfsOperations(pyfuse3.Operations):
                     mode = stat.S_IFREG | (0o664 if gw else 0o644)
                 else:
                     mode = stat.S_IFREG | 0o444
-                content = self._safe_content(path)
+                content = self._safe_content(path, st)
                 a.st_size = len(content) if content is not None else 0
             a.st_nlink = 1
         a.st_mode = ModeT(mode)
@@ -429,10 +465,10 @@ class NetfsOperations(pyfuse3.Operations):
         a.st_blocks = (a.st_size + 511) // 512
         return a
 
-    def _entry(self, path: Path) -> pyfuse3.EntryAttributes:
+    def _entry(self, path: Path, st: Any = _UNSET) -> pyfuse3.EntryAttributes:
         sc = self._scratch.get(path)
         ino = sc.ino if sc is not None else self._ino(path)
-        return self._attr(ino, path)
+        return self._attr(ino, path, st)
 
     # ================================================================ errors
 
@@ -458,9 +494,12 @@ class NetfsOperations(pyfuse3.Operations):
         if n == "..":
             return self._entry(ppath[:-1])
         path = ppath + (n,)
-        if not self._is_dir(ppath) or not self._exists(path, self._is_self(ctx)):
+        if not self._is_dir(ppath):
             raise _err(errno.ENOENT)
-        return self._entry(path)
+        st = self._state(ppath[0]) if ppath else _UNSET
+        if not self._exists(path, self._is_self(ctx), st):
+            raise _err(errno.ENOENT)
+        return self._entry(path, st)
 
     @_handler
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -578,6 +617,9 @@ class NetfsOperations(pyfuse3.Operations):
         self._pub_ports = {(n, p) for n, p in self._pub_ports if n != name}
         self._pending_ports = {(n, p) for n, p in self._pending_ports if n != name}
         self._snap.pop(name, None)
+        for cache in (self._texts, self._gens):
+            for p in [p for p in cache if p[0] == name]:
+                del cache[p]
         self._drop_scratch_under((name,))
         for f in POLL_FILES:
             self._wake_pollers((name, f))
@@ -797,15 +839,15 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         if write and not self._writable(path):
             raise _err(errno.EACCES)
-        content = self._content(path)
-        if content is None:
-            raise _err(errno.ENOENT)
+        # content is made at the first read; a poll() before it compares
+        # change counts (as sysfs: an open has seen the current value)
+        seen = self._gens.get(path, 0)
         if write and path[-1] in (F_DEFINITION, F_PORT):
-            h = _Handle(path, inode, "doc", data=content, last_read=content)
+            h = _Handle(path, inode, "doc", seen=seen)
         elif path[-1] in ATTR_FILES and len(path) == 2:
-            h = _Handle(path, inode, "attr", data=content, last_read=content)
+            h = _Handle(path, inode, "attr", seen=seen)
         else:
-            h = _Handle(path, inode, "read", data=content, last_read=content)
+            h = _Handle(path, inode, "read", seen=seen)
         return self._open_handle(h)
 
     @_handler
@@ -818,13 +860,16 @@ class NetfsOperations(pyfuse3.Operations):
             return bytes(h.scratch.data[off : off + size])
         if h.kind == "self":
             return b""
-        if off == 0:
-            content = self._content(h.path)
-            if content is None:
+        data = h.data
+        if off == 0 or data is None:
+            data = self._content(h.path)
+            if data is None:
                 raise _err(errno.ENOENT)
-            h.data = content
-            h.last_read = content
-        return h.data[off : off + size]
+            h.data = data
+            if off == 0:
+                h.last_read = data
+                h.seen = self._gens.get(h.path, 0)
+        return data[off : off + size]
 
     @_handler
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
@@ -855,6 +900,7 @@ class NetfsOperations(pyfuse3.Operations):
             return  # nothing written (bash's early flush, `: > file`)
         if len(h.path) == 2:
             await self._act_definition(h.path[0], data)
+            self._written(h.path)
         else:
             await self._act_port(h.path[0], h.path[2], data)
 
@@ -906,7 +952,7 @@ class NetfsOperations(pyfuse3.Operations):
             else:
                 await self.driver.set_autostart(name, value)
         finally:
-            self._touched(path)
+            self._written(path)
             self._queue("reconcile", name)
 
     async def _act_definition(self, name: str, data: bytes) -> None:
@@ -935,6 +981,26 @@ class NetfsOperations(pyfuse3.Operations):
     def _touched(self, path: Path) -> None:
         self._mtimes[path] = time.time_ns()
 
+    def _announce(self, path: Path) -> None:
+        """`path` changed: new mtime, and poll() reports it to every handle."""
+        self._mtimes[path] = time.time_ns()
+        self._gens[path] = self._gens.get(path, 0) + 1
+
+    def _written(self, path: Path) -> None:
+        """A write through `path` by another process acted: that write already
+        gave watchers IN_MODIFY and IN_CLOSE_WRITE on it, so when it changed
+        the file, record it as announced (the notifier does not touch it
+        again) and wake poll() waiters."""
+        name, f = path
+        snap = self._snap.get(name)
+        new = self._safe_content(path)
+        if snap is None or f not in snap or snap[f] == new or new is None:
+            return
+        snap[f] = new
+        self._announce(path)
+        if f in POLL_FILES:
+            self._queue("wake", path)
+
     # ================================================================ events file
 
     def _caller_gone(self, pid: int) -> bool:
@@ -956,8 +1022,29 @@ class NetfsOperations(pyfuse3.Operations):
         pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
         return bool(pending & ~masks.get("SigBlk", 0) & ~masks.get("SigIgn", 0))
 
+    def _take_events(self, h: _Handle, first: Any = None) -> None:
+        """Move what the subscription holds (up to 1000 events) into the
+        handle's buffer. Events that are not lines of `events` (kind "error":
+        those touch the `error` file only) are dropped here."""
+        lines = []
+        ev = first
+        for _ in range(1000):
+            if ev is None:
+                try:
+                    ev = h.channel.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            if ev.kind not in HIDDEN_EVENTS:
+                line = ev.line()
+                lines.append(line if line.endswith("\n") else line + "\n")
+            ev = None
+        if lines:
+            h.leftover += "".join(lines).encode()
+
     async def _read_events(self, h: _Handle, size: int) -> bytes:
         if not h.leftover:
+            self._take_events(h)
+        while not h.leftover:
             ch = h.channel
             with trio.CancelScope() as cs:
                 self._blocked_reads.add(cs)
@@ -974,13 +1061,7 @@ class NetfsOperations(pyfuse3.Operations):
                     self._blocked_reads.discard(cs)
             if cs.cancelled_caught:
                 raise _err(errno.EINTR)
-            lines = [ev.line()]
-            while len(lines) < 1000:
-                try:
-                    lines.append(ch.receive_nowait().line())
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-            h.leftover = "".join(x if x.endswith("\n") else x + "\n" for x in lines).encode()
+            self._take_events(h, ev)
         out, h.leftover = h.leftover[:size], h.leftover[size:]
         return out
 
@@ -996,16 +1077,18 @@ class NetfsOperations(pyfuse3.Operations):
     ) -> int:
         h = self._handle(fh)
         if h.kind == "events":
-            ready = bool(h.leftover) or h.channel.statistics().current_buffer_used > 0
-            if ready:
+            if not h.leftover:
+                self._take_events(h)
+            if h.leftover:
                 return DEFAULT_POLLMASK
             if poll_handle is not None:
                 self._event_pollers[fh] = poll_handle
             return 0
         mask = DEFAULT_POLLMASK
         if h.kind in ("attr", "read") and len(h.path) == 2 and h.path[1] in POLL_FILES:
-            current = self._safe_content(h.path)
-            if current != h.last_read:
+            if self._gens.get(h.path, 0) != h.seen or (
+                h.last_read is not None and self._safe_content(h.path) != h.last_read
+            ):
                 return mask | CHANGED_POLLMASK
             if poll_handle is not None:
                 self._pollers.setdefault(h.path, {})[fh] = poll_handle
@@ -1069,8 +1152,15 @@ class NetfsOperations(pyfuse3.Operations):
                 async for kind, arg in recv:
                     try:
                         if kind == "event":
-                            self._wake_event_pollers()
-                            await self._reconcile(arg.network)
+                            if arg.kind in HIDDEN_EVENTS:
+                                # a new error, maybe with the same words: touch
+                                # `error` even if its content did not change
+                                await self._reconcile(arg.network, force=(F_ERROR,))
+                            else:
+                                self._wake_event_pollers()
+                                await self._reconcile(arg.network)
+                        elif kind == "wake":
+                            self._wake_pollers(arg)
                         elif kind == "reconcile":
                             await self._reconcile(arg)
                         elif kind == "all":
@@ -1139,7 +1229,7 @@ class NetfsOperations(pyfuse3.Operations):
         except OSError:
             pass
 
-    async def _reconcile(self, name: str) -> None:
+    async def _reconcile(self, name: str, force: tuple[str, ...] = ()) -> None:
         st = self._state(name)
         if st is None and name not in self._pending:
             if name in self._pub_nets:
@@ -1170,9 +1260,9 @@ class NetfsOperations(pyfuse3.Operations):
         if old is None:
             return
         for f in WATCHED_FILES:
-            if old.get(f) == new.get(f) or new.get(f) is None or old.get(f) is None:
+            if new.get(f) is None or (f not in force and old.get(f) in (None, new.get(f))):
                 continue
-            self._touched((name, f))
+            self._announce((name, f))
             if f in POLL_FILES:
                 self._wake_pollers((name, f))
             await self._own(self._do_touch, (name, f))
@@ -1201,33 +1291,195 @@ def _resize(buf: bytearray, size: int) -> None:
 BASE_OPTIONS = frozenset({"default_permissions", "allow_other", "fsname=netfs", "subtype=netfs"})
 
 
-def is_stale(mountpoint: str) -> bool:
+FUSE_TYPES = ("fuse.netfs", "fuse")
+FUSECTL = "/sys/fs/fuse/connections"
+PROBE_TIMEOUT = 3.0  # seconds a live daemon has to answer statfs on its mount
+_CLONE_NEWNS = 0x00020000
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo."""
+
+    mount_id: int
+    major: int
+    minor: int
+    mountpoint: str
+    fstype: str
+
+    @property
+    def connection(self) -> int:
+        """The FUSE connection number (its directory under fusectl): the
+        kernel's dev_t of the superblock."""
+        return (self.major << 20) | self.minor
+
+
+def _unescape(field_: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
+
+
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[MountEntry]:
+    out = []
+    with open(mountinfo) as f:
+        for line in f:
+            fields = line.split()
+            try:
+                sep = fields.index("-", 6)
+                major, minor = fields[2].split(":")
+                out.append(
+                    MountEntry(
+                        int(fields[0]),
+                        int(major),
+                        int(minor),
+                        _unescape(fields[4]),
+                        fields[sep + 1],
+                    )
+                )
+            except (ValueError, IndexError):
+                continue
+    return out
+
+
+def _target(mountpoint: str) -> str:
+    """The mount point as mountinfo shows it, found without touching the mount
+    point itself (any syscall on a hung FUSE mount hangs): only its parent
+    directory is resolved."""
+    path = os.path.abspath(mountpoint)
+    parent, base = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), base) if base else path
+
+
+def fuse_mounts_at(mountpoint: str) -> list[MountEntry]:
+    """netfs (or untyped FUSE) mounts at `mountpoint`, topmost last."""
+    target = _target(mountpoint)
+    return [m for m in mounts() if m.mountpoint == target and m.fstype in FUSE_TYPES]
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _fusectl_mounted() -> bool:
+    return any(m.mountpoint == FUSECTL and m.fstype == "fusectl" for m in mounts())
+
+
+def abort_connection(conn: int) -> bool:
+    """Abort FUSE connection `conn`: every request waiting on it fails with
+    ECONNABORTED at once (also one the kernel would wait for forever). When
+    fusectl is not mounted, it is mounted in a private mount namespace of a
+    child process, so nothing is left mounted behind."""
+    path = f"{FUSECTL}/{conn}/abort"
+    if _fusectl_mounted() or os.path.exists(path):
+        try:
+            with open(path, "w") as f:
+                f.write("1")
+            return True
+        except OSError as e:
+            log.debug("abort %s: %s", path, e)
+            return False
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            libc = _libc()
+            if (
+                libc.unshare(_CLONE_NEWNS) == 0
+                and libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+                and libc.mount(b"fusectl", FUSECTL.encode(), b"fusectl", 0, None) == 0
+            ):
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, b"1")
+                os.close(fd)
+                code = 0
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _detach(mountpoint: str) -> bool:
+    """Lazy unmount (umount2 MNT_DETACH, or fusermount3 -u -z without root)."""
+    libc = _libc()
+    if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) == 0:
+        return True
+    log.debug("umount2 %s: %s", mountpoint, os.strerror(ctypes.get_errno()))
     try:
-        os.stat(mountpoint)
-    except OSError as e:
-        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    return False
+        r = subprocess.run(
+            ["fusermount3", "-u", "-z", mountpoint], check=False, capture_output=True, timeout=30
+        )
+        return r.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def probe(mountpoint: str, timeout: float = PROBE_TIMEOUT) -> str:
+    """Is a daemon serving the mount at `mountpoint`? "live", "dead" (ENOTCONN:
+    its daemon is gone) or "hung" (no answer: its daemon was killed while one
+    of its own requests through the mount was in flight, so it can neither
+    answer nor exit). The statfs runs in a child process, which can always be
+    killed: a request nobody has read yet is abandoned on SIGKILL."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.statvfs(mountpoint)
+            os._exit(0)
+        except OSError as e:
+            os._exit(1 if e.errno in (errno.ENOTCONN, errno.ECONNABORTED) else 2)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return "live" if code == 0 else "dead" if code == 1 else "live"
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hung"
+        time.sleep(0.01)
+
+
+class MountBusy(Exception):
+    """A running daemon already serves the mount point."""
 
 
 def cleanup_stale(mountpoint: str) -> bool:
-    """Lazily unmount a mount left dead by a killed daemon ("Transport
-    endpoint is not connected"). Returns True when it did."""
-    if not is_stale(mountpoint):
-        return False
-    log.warning("%s: stale mount left by a previous daemon, detaching it", mountpoint)
-    for cmd in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
-        try:
-            subprocess.run(cmd, check=False, capture_output=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if not is_stale(mountpoint):
-            return True
-    return not is_stale(mountpoint)
+    """Clear a mount left by a killed daemon, before anything stats the mount
+    point: find it in mountinfo, abort its FUSE connection (which also frees a
+    killed daemon stuck on one of its own requests, so it can exit), then
+    lazily unmount it. Raises MountBusy when a live daemon serves it. Returns
+    True when something was cleared."""
+    cleared = False
+    for _ in range(16):  # stacked mounts, topmost first
+        found = fuse_mounts_at(mountpoint)
+        if not found:
+            return cleared
+        top = found[-1]
+        state = probe(mountpoint)
+        if state == "live":
+            raise MountBusy(f"{mountpoint} is already mounted by a running daemon")
+        log.warning(
+            "%s: stale mount left by a previous daemon (%s, connection %d): aborting it",
+            mountpoint,
+            "hung" if state == "hung" else "not connected",
+            top.connection,
+        )
+        abort_connection(top.connection)
+        if not _detach(_target(mountpoint)):
+            log.error("%s: cannot unmount the stale mount", mountpoint)
+            return cleared
+        cleared = True
+    return cleared
 
 
 def mount(mountpoint: str, ops: NetfsOperations, options: Iterable[str] = ()) -> None:
     """Mount (synchronously; no thread is started, so the caller may fork)."""
-    cleanup_stale(mountpoint)
     opts = set(BASE_OPTIONS) | set(options)
     pyfuse3.init(ops, mountpoint, opts)
 
