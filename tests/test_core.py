@@ -286,7 +286,17 @@ async def test_undefine_policies(driver: Driver, netns: str, nursery: trio.Nurse
     await driver.undefine("b")
     assert driver.names() == []
     await settle()
-    assert ev.words("a") == ["defined", "updated", "started", "updated", "stopped", "undefined"]
+    # each refusal recorded the network's error: an internal `error` event
+    assert ev.words("a") == [
+        "defined",
+        "updated",
+        "started",
+        "error",
+        "updated",
+        "error",
+        "stopped",
+        "undefined",
+    ]
     assert ev.words("b") == ["defined", "undefined"]
 
 
@@ -683,10 +693,16 @@ async def test_ports_openvswitch_testA(driver: Driver, netns: str, nursery: trio
     await settle()
     assert ev.words("testA") == [
         "defined",
+        "error",  # ENETDOWN
         "started",
         "port-created vm1",
+        "error",  # EEXIST (name)
+        "error",  # EEXIST (uuid)
+        "error",  # ENOENT
+        "error",  # EINVAL
         "port-created vm4",
         "port-deleted vm4",
+        "error",  # EBUSY
         "port-deleted vm1",
         "stopped",
     ]

@@ -282,3 +282,28 @@ def test_check_name_refuses(bad: str) -> None:
     with pytest.raises(NetfsError) as ei:
         check_name(bad)
     assert ei.value.errno == errno.EINVAL
+
+
+def test_autostart_absolute_link_and_listing(store: StateStore) -> None:
+    store.write_config(net("a"))
+    store.write_config(net("b", uuid=U1.replace("1", "2"), bridge="vbr-b"))
+    # libvirt writes absolute link targets
+    os.symlink(store.config_path("b"), store.autostart_path("b"))
+    store.set_autostart("a", True)
+    configs, problems = store.load_configs()
+    assert problems == []
+    assert configs["a"].autostart and configs["b"].autostart
+    assert store.is_autostart("b")
+    store.set_autostart("a", False)
+    configs, _ = store.load_configs()
+    assert not configs["a"].autostart and configs["b"].autostart
+
+
+def test_problem_check_leaves_the_definition_alone(store: StateStore) -> None:
+    # no bridge name and no MAC: validation at load must not fill them in
+    path = store.config_dir / "bare.xml"
+    path.write_text("<network><name>bare</name><uuid>" + U1 + "</uuid></network>")
+    configs, problems = store.load_configs()
+    d = configs["bare"].definition
+    assert d.bridge.name is None and d.mac is None
+    assert configs["bare"].problem is None and problems == []
