@@ -519,10 +519,13 @@ class Driver:
             live.mac = random_mac()  # a lenient-loaded definition without one
         await self._store(self._prepare_start, n.name, live)
         sub = subdrivers.for_mode(mode, live)
+        committed = False
         try:
             await sub.start(live, self.nl)
             try:
-                await self._store(self.store.write_status, live)
+                # status written, then the intent removed: one thread hop
+                await self._store(self._commit_start, n.name, live)
+                committed = True
             except BaseException:
                 try:
                     await sub.stop(live, self.nl)
@@ -530,7 +533,8 @@ class Driver:
                     log.exception("network %s: undoing a failed start", n.name)
                 raise
         finally:
-            await self._store(self.store.delete_intent, n.name)
+            if not committed:
+                await self._store(self.store.delete_intent, n.name)
         n.ports = {}
         self._set_live(n, live)
         self._emit(n.name, "started")
@@ -539,6 +543,13 @@ class Driver:
         self.store.delete_ports(name)
         if is_virtual(live.forward.mode):
             self.store.write_intent(name, live.uuid, _bridge_of(live))
+
+    def _commit_start(self, name: str, live: NetworkDef) -> None:
+        self.store.write_status(live)
+        try:  # the network is started now: a stale intent is cleared at recovery
+            self.store.delete_intent(name)
+        except OSError as e:
+            log.warning("network %s: cannot remove its start intent: %s", name, e)
 
     async def stop(self, name: str) -> None:
         """Stop a network; already inactive is a no-op success. Frees its ports."""
