@@ -3,12 +3,19 @@ constant file, mounted the way netfs mounts (pyfuse3 + trio, 1 s entry and
 attribute timeouts, direct_io without page cache, allow_other and
 default_permissions).
 
-    python -m bench.floorfs MOUNTPOINT [--with-flush]
+    python -m bench.floorfs MOUNTPOINT [--with-flush | --hang]
 
 Serves MOUNTPOINT/value ("0\\n") until SIGTERM or SIGINT, then unmounts.
 Without flush and release handlers the kernel learns (ENOSYS) not to send
 FLUSH at all; --with-flush answers FLUSH and RELEASE as no-ops, as a
 filesystem that must act at flush (netfs's XML documents) has to.
+
+--hang (for tests/test_fs_daemon.py): a lookup of MOUNTPOINT/hang is never
+answered, and the process itself looks it up from a thread and prints
+"hanging" once the request has reached the handler. Killed with SIGKILL in
+that state, the process cannot exit (its thread waits, uninterruptibly, for
+an answer nobody will give) and the mount hangs every caller: what a netfs
+daemon killed during one of its own writes through its mount leaves behind.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 from typing import Any
 
 import pyfuse3
@@ -76,6 +84,24 @@ class FloorFS(pyfuse3.Operations):
         return VALUE[off : off + size]
 
 
+class HangFS(FloorFS):
+    def __init__(self, mountpoint: str) -> None:
+        super().__init__()
+        self.mountpoint = mountpoint
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        if name == b"hang":
+            print("hanging", flush=True)
+            await trio.sleep_forever()
+        return await super().lookup(parent_inode, name, ctx)
+
+    def stat_self(self) -> None:
+        try:
+            os.stat(os.path.join(self.mountpoint, "hang"))
+        except OSError as e:
+            print(f"hang: {e}", flush=True)
+
+
 class FloorFSWithFlush(FloorFS):
     async def flush(self, fh: Any) -> None:
         return None
@@ -84,8 +110,10 @@ class FloorFSWithFlush(FloorFS):
         return None
 
 
-async def _serve() -> None:
+async def _serve(fs: FloorFS) -> None:
     async with trio.open_nursery() as nursery:
+        if isinstance(fs, HangFS):
+            threading.Thread(target=fs.stat_self, daemon=True).start()
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
@@ -100,15 +128,17 @@ async def _serve() -> None:
 
 def main(argv: list[str]) -> int:
     flush = "--with-flush" in argv
-    argv = [a for a in argv if a != "--with-flush"]
+    hang = "--hang" in argv
+    argv = [a for a in argv if a not in ("--with-flush", "--hang")]
     if len(argv) != 1:
-        print("usage: python -m bench.floorfs MOUNTPOINT [--with-flush]", file=sys.stderr)
+        print("usage: python -m bench.floorfs MOUNTPOINT [--with-flush | --hang]", file=sys.stderr)
         return 2
     opts = set(pyfuse3.default_options)
     opts |= {"fsname=floorfs", "allow_other", "default_permissions"}
-    pyfuse3.init(FloorFSWithFlush() if flush else FloorFS(), argv[0], opts)
+    fs = HangFS(argv[0]) if hang else FloorFSWithFlush() if flush else FloorFS()
+    pyfuse3.init(fs, argv[0], opts)
     try:
-        trio.run(_serve)
+        trio.run(_serve, fs)
     finally:
         pyfuse3.close(unmount=True)
     return 0

@@ -1455,27 +1455,30 @@ def cleanup_stale(mountpoint: str) -> bool:
     killed daemon stuck on one of its own requests, so it can exit), then
     lazily unmount it. Raises MountBusy when a live daemon serves it. Returns
     True when something was cleared."""
-    cleared = False
-    for _ in range(16):  # stacked mounts, topmost first
-        found = fuse_mounts_at(mountpoint)
-        if not found:
-            return cleared
-        top = found[-1]
-        state = probe(mountpoint)
-        if state == "live":
-            raise MountBusy(f"{mountpoint} is already mounted by a running daemon")
+    found = fuse_mounts_at(mountpoint)
+    if not found:
+        return False
+    state = probe(mountpoint)
+    if state == "live":
+        raise MountBusy(f"{mountpoint} is already mounted by a running daemon")
+    for conn in sorted({m.connection for m in found}):
         log.warning(
             "%s: stale mount left by a previous daemon (%s, connection %d): aborting it",
             mountpoint,
             "hung" if state == "hung" else "not connected",
-            top.connection,
+            conn,
         )
-        abort_connection(top.connection)
-        if not _detach(_target(mountpoint)):
-            log.error("%s: cannot unmount the stale mount", mountpoint)
-            return cleared
-        cleared = True
-    return cleared
+        abort_connection(conn)
+    target = _target(mountpoint)
+    for _ in range(len(found) + 1):  # a mount may show twice (propagation)
+        if not fuse_mounts_at(mountpoint):
+            return True
+        if not _detach(target):
+            break
+    if fuse_mounts_at(mountpoint):
+        log.error("%s: cannot unmount the stale mount", mountpoint)
+        return False
+    return True
 
 
 def mount(mountpoint: str, ops: NetfsOperations, options: Iterable[str] = ()) -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,27 +70,53 @@ def virtual_xml(name: str, bridge: str, address: str = "192.168.150.1") -> str:
     return VIRTUAL.format(name=name, bridge=bridge, address=address)
 
 
+def _target(path: Path) -> str:
+    # never resolve the mount point itself: a hung mount would hang the lstat
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    return os.path.join(parent, os.path.basename(os.path.abspath(path)))
+
+
 def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f)
-
-
-def abort_connection(path: Path) -> None:
-    """Abort the FUSE connection of the mount at `path` (frees stuck callers)."""
-    target = os.path.realpath(path)
+    target = _target(path)
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == target:
-                minor = fields[2].split(":")[1]
-                try:
-                    Path(f"/sys/fs/fuse/connections/{minor}/abort").write_text("1")
-                except OSError:
-                    pass
+        return any(line.split()[4] == target for line in f)
+
+
+def connection_of(path: Path) -> int | None:
+    """The FUSE connection number of the topmost mount at `path`."""
+    from netfs.fs import fuse_mounts_at
+
+    found = fuse_mounts_at(str(path))
+    return found[-1].connection if found else None
+
+
+def abort_connection(conn: int | None) -> None:
+    """Last resort: abort a FUSE connection (frees callers stuck on it)."""
+    from netfs.fs import abort_connection as abort
+
+    if conn is not None:
+        abort(conn)
+
+
+def reap(proc: subprocess.Popen[Any], conn: int | None) -> None:
+    """Make sure `proc` is gone: SIGKILL, and when it cannot exit (a thread
+    waits for an answer on its own mount), abort its connection."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        abort_connection(conn)
+        proc.wait(timeout=LIVENESS)
 
 
 def force_unmount(path: Path) -> None:
+    """Last resort: abort what is mounted there (nothing may be left hanging),
+    then lazily unmount."""
+    from netfs.fs import fuse_mounts_at
+
+    for m in fuse_mounts_at(str(path)):
+        abort_connection(m.connection)
     if is_mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
     if is_mounted(path):
@@ -124,6 +151,8 @@ class Daemon:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     extra: list[str] = field(default_factory=list)
+    conn: int | None = None  # its FUSE connection, once mounted
+    killed: list[tuple[subprocess.Popen[bytes], int | None]] = field(default_factory=list)
 
     def argv(self) -> list[str]:
         return [
@@ -164,6 +193,7 @@ class Daemon:
                 return False
 
         wait_for(ready, "the mount")
+        self.conn = connection_of(self.mnt)
 
     def logtext(self) -> str:
         try:
@@ -185,20 +215,22 @@ class Daemon:
                 proc.wait(timeout=LIVENESS)
         return proc.returncode
 
-    def kill9(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                # one of the daemon's own requests through its mount was in
-                # flight: the thread waits for an answer nobody will give
-                abort_connection(self.mnt)
-                self.proc.wait(timeout=LIVENESS)
-            self.proc = None
+    def kill9(self) -> subprocess.Popen[bytes] | None:
+        """SIGKILL, and nothing else: when one of the daemon's own requests
+        through its mount was in flight, its thread waits for an answer nobody
+        will give, so the process cannot exit and the mount hangs its callers
+        until the next daemon clears it (the scenario under test). Returns the
+        process; cleanup() reaps it if nothing else did."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            self.killed.append((proc, self.conn))
+        return proc
 
     def cleanup(self) -> None:
         self.stop()
+        for proc, conn in self.killed:
+            reap(proc, conn)
         force_unmount(self.mnt)
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from fs_support import (
@@ -17,9 +18,11 @@ from fs_support import (
     Daemon,
     Watch,
     bash,
+    connection_of,
     daemon_factory,  # noqa: F401  (fixture)
     define,
     is_mounted,
+    reap,
     virtual_xml,
     wait_for,
 )
@@ -67,7 +70,9 @@ def test_kill9_then_remount_recovers(daemon_factory: object) -> None:
         w.wait(d.mnt / "testA" / "status.xml", "CLOSE_WRITE")
     finally:
         w.close()
-    d.kill9()
+    proc = d.kill9()
+    assert proc is not None
+    proc.wait(timeout=LIVENESS)  # it was idle: nothing keeps it
     # the mount point is left dead
     r = bash(f"ls {d.mnt}")
     assert r.returncode != 0 and "Transport endpoint is not connected" in r.stderr
@@ -160,3 +165,138 @@ def test_startup_failure_is_reported(daemon_factory: object, tmp_path: object) -
         timeout=LIVENESS,
     )
     assert r.returncode == 1 and "not a directory" in r.stderr
+
+
+def _storm_configs(d: Daemon, n: int) -> None:
+    for i in range(n):
+        (d.config_dir / f"s{i:03d}.xml").write_text(
+            f"<network><name>s{i:03d}</name><bridge name='nfss{i:03d}'/></network>\n"
+        )
+
+
+def test_kill9_during_notification_storm_then_remount(daemon_factory: object) -> None:
+    """SIGKILL while the daemon's own operations through the mount are in
+    flight (a reload that brings 300 networks, each announced by the daemon's
+    own mkdir): a new daemon clears whatever is left, the old process is gone
+    and the state is recovered."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    d.start()
+    define(d.mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    assert bash(f"echo 1 > {d.mnt}/testA/active").returncode == 0
+    _storm_configs(d, 300)
+    w = Watch(d.mnt)
+    try:
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        # the storm is under way: the daemon announces the new networks
+        w.wait(d.mnt / "s005", "CREATE")
+    finally:
+        w.close()
+    old = d.kill9()
+    assert old is not None
+    d2: Daemon = daemon_factory()  # type: ignore[operator]
+    d2.start()  # no help from the test: the daemon clears the old mount itself
+    old.wait(timeout=LIVENESS)  # the old daemon is gone
+    names = os.listdir(d2.mnt)
+    assert "testA" in names and all(f"s{i:03d}" in names for i in range(300))
+    assert (d2.mnt / "testA" / "active").read_text() == "1\n"
+    assert "nfsbr0" in bridges(d2.netns)
+    # one mount only, served by the new daemon
+    with open("/proc/self/mountinfo") as f:
+        assert sum(line.split()[4] == str(d2.mnt) for line in f) == 1
+
+
+def test_remount_over_a_hung_mount_frees_its_killed_daemon(daemon_factory: object) -> None:
+    """The exact state a SIGKILL during one of the daemon's own requests
+    leaves, made on purpose: bench/floorfs.py --hang looks itself up through
+    its mount and never answers; killed, it cannot exit, and every stat of
+    the mount point hangs. `netfs mount` there must abort that connection
+    (mounting fusectl if need be), unmount it and mount."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    hung = subprocess.Popen(
+        [PYTHON, "-m", "bench.floorfs", str(d.mnt), "--hang"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    conn = None
+    try:
+        assert hung.stdout is not None
+        assert hung.stdout.readline().strip() == "hanging"
+        conn = connection_of(d.mnt)
+        assert conn is not None
+        hung.kill()
+        d.start()
+        hung.wait(timeout=LIVENESS)  # freed by the abort
+        assert "stale mount" in d.logtext()
+        define(d.mnt, "testA", virtual_xml("testA", "nfsbr0"))
+        assert (d.config_dir / "testA.xml").exists()
+        with open("/proc/self/mountinfo") as f:
+            assert sum(line.split()[4] == str(d.mnt) for line in f) == 1
+    finally:
+        reap(hung, conn)
+
+
+def test_mount_over_a_live_mount_is_refused(daemon_factory: object) -> None:
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    d.start()
+    other: Daemon = daemon_factory()  # type: ignore[operator]
+    r = subprocess.run(other.argv(), cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert r.returncode == 1
+    assert "already mounted" in r.stderr
+    # the first one still serves
+    define(d.mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    assert (d.mnt / "testA" / "active").read_text() == "0\n"
+
+
+def test_detached_daemon_keeps_no_caller_pipe(daemon_factory: object, tmp_path: Path) -> None:
+    """subprocess.run(capture_output=True) returns once the daemon is ready
+    (the timeout only bounds a hang), its log goes to --log-file, and
+    `mount.fuse form | cat` returns too."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    logfile = tmp_path / "netfs.log"
+    argv = [a for a in d.argv() if a != "-f"] + ["--log-file", str(logfile)]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    pid = _daemon_pid(d)
+    try:
+        assert os.listdir(d.mnt) == ["events"]
+        fds = {os.readlink(f"/proc/{pid}/fd/{n}") for n in (0, 1, 2)}
+        assert fds == {"/dev/null", str(logfile)}, fds
+        wait_for(lambda: "serving" in logfile.read_text(), "the log file")
+        line = next(x for x in logfile.read_text().splitlines() if "serving" in x)
+        assert line[4] == "-" and line[10] == "T" and f"netfs[{pid}]: info:" in line
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
+    assert not is_mounted(d.mnt)
+    # the mount.fuse form, in a pipeline, with -o log_file=
+    opts = f"netns={d.netns},config_dir={d.config_dir},state_dir={d.state_dir},log_file={logfile}"
+    r = subprocess.run(
+        ["bash", "-c", f"{PYTHON} -m netfs.cli netfs {d.mnt} -o {opts} 2>&1 | cat"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=LIVENESS,
+    )
+    assert (r.returncode, r.stdout) == (0, ""), r
+    pid = _daemon_pid(d)
+    try:
+        assert {os.readlink(f"/proc/{pid}/fd/{n}") for n in (0, 1, 2)} == {
+            "/dev/null",
+            str(logfile),
+        }
+    finally:
+        subprocess.run(["umount", str(d.mnt)], check=True)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit after umount")
+    # without a log file nothing of the caller's is kept
+    argv = [a for a in d.argv() if a != "-f"]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert r.returncode == 0, r.stderr
+    pid = _daemon_pid(d)
+    try:
+        assert {os.readlink(f"/proc/{pid}/fd/{n}") for n in (0, 1, 2)} == {"/dev/null"}
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")

@@ -114,14 +114,72 @@ def test_inotify_for_directories(mounted: Daemon) -> None:
 
 
 def test_error_file_is_notified(mounted: Daemon) -> None:
-    mnt = mounted.mnt
+    """Every recorded error touches `error` (IN_MODIFY, IN_CLOSE_WRITE), even
+    one with the same words as the last; `events` never shows it."""
+    mnt, ns = mounted.mnt, mounted.netns
     define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
-    w = Watch(mnt / "testA" / "error")
+    err = mnt / "testA" / "error"
+    w = Watch(err)
+    ev = EventReader(mnt)
     try:
+        time.sleep(0.2)  # `cat` has the events file open (liveness, not asserted)
         r = bash(f"echo 7 > {mnt}/testA/active")
         assert r.returncode == 1
-        w.wait(mnt / "testA" / "error", "MODIFY")
-        assert "invalid value" in (mnt / "testA" / "error").read_text()
+        w.wait(err, "MODIFY")
+        w.wait(err, "CLOSE_WRITE")
+        text = err.read_text()
+        assert "invalid value" in text
+        # the same error again: same words, still a new error
+        w.lines.clear()
+        r = bash(f"echo 7 > {mnt}/testA/active")
+        assert r.returncode == 1
+        w.wait(err, "MODIFY")
+        assert err.read_text() == text
+        # a start the kernel refuses (the bridge name is taken)
+        subprocess.run(["ip", "-n", ns, "link", "add", "nfsbr0", "type", "bridge"], check=True)
+        w.lines.clear()
+        r = bash(f"echo 1 > {mnt}/testA/active")
+        assert r.returncode == 1
+        w.wait(err, "MODIFY")
+        assert err.read_text() not in ("", text)
+        # poll() sees a repeated error too
+        fd = os.open(err, os.O_RDONLY)
+        try:
+            os.pread(fd, 4096, 0)
+            p = select.poll()
+            p.register(fd, select.POLLPRI | select.POLLERR)
+            assert p.poll(0) == []
+            r = bash(f"echo 1 > {mnt}/testA/active")
+            assert r.returncode == 1
+            ready = p.poll(LIVENESS * 1000)
+            assert ready and ready[0][1] & select.POLLPRI
+        finally:
+            os.close(fd)
+        # `events` has other words only
+        assert bash(f"echo 1 > {mnt}/testA/autostart").returncode == 0
+        ev.wait("testA", "updated")
+        assert ev.lines and not [x for x in ev.lines if " error" in x], ev.lines
+    finally:
+        w.close()
+        ev.close()
+
+
+def test_error_from_autostart_is_notified(mounted: Daemon) -> None:
+    """An error the daemon meets on its own (autostart at SIGHUP fails: the
+    bridge name is taken) touches `error` too."""
+    mnt, ns = mounted.mnt, mounted.netns
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    assert bash(f"echo 1 > {mnt}/testA/autostart").returncode == 0
+    subprocess.run(["ip", "-n", ns, "link", "add", "nfsbr0", "type", "bridge"], check=True)
+    err = mnt / "testA" / "error"
+    w = Watch(err)
+    try:
+        assert mounted.proc is not None
+        mounted.proc.send_signal(signal.SIGHUP)
+        w.wait(err, "MODIFY")
+        w.wait(err, "CLOSE_WRITE")
+        assert err.read_text() != ""
+        assert (mnt / "testA" / "active").read_text() == "0\n"
     finally:
         w.close()
 
