@@ -49,6 +49,7 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from netfs.errors import NetfsError
+from netfs.state import check_name
 
 log = logging.getLogger("netfs.fs")
 
@@ -518,7 +519,9 @@ class NetfsOperations(pyfuse3.Operations):
     def _list(self, path: Path) -> list[str]:
         n = len(path)
         if n == 0:
-            return ["events"] + sorted(set(self.driver.names()) | self._pending)
+            # a network called "events" (from the config directory) is
+            # shadowed by the events file: list the name once
+            return ["events"] + sorted((set(self.driver.names()) | self._pending) - {"events"})
         name = path[0]
         st = self._state(name)
         scratch = sorted(p[-1] for p in self._scratch if p[:-1] == path)
@@ -590,13 +593,14 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.EPERM)
         if self._exists(path):
             raise _err(errno.EEXIST)
-        if not n or n.startswith(".") or "/" in n or len(n.encode()) > 250:
-            msg = f"invalid {what} name '{n}'"
+        try:
+            check_name(n, what)  # the rules the core applies when it saves
+        except NetfsError as e:
             if what == "port":
-                self._record(net, msg)
+                self._record(net, e.message)
             else:
-                log.warning("%s", msg)
-            raise _err(errno.EINVAL)
+                log.warning("%s", e.message)
+            raise _err(errno.EINVAL) from None
         if what == "network":
             self._pending.add(n)
             self._pending_error.pop(n, None)
@@ -844,6 +848,10 @@ class NetfsOperations(pyfuse3.Operations):
         seen = self._gens.get(path, 0)
         if write and path[-1] in (F_DEFINITION, F_PORT):
             h = _Handle(path, inode, "doc", seen=seen)
+            if not flags & os.O_TRUNC:
+                # like a file: `>>` appends to, and an in-place edit starts
+                # from, what the document holds (vim truncates first)
+                h.buf[:] = self._content(path) or b""
         elif path[-1] in ATTR_FILES and len(path) == 2:
             h = _Handle(path, inode, "attr", seen=seen)
         else:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fs_support import (
     define,
     mounted,  # noqa: F401  (fixture)
     virtual_xml,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
@@ -200,3 +202,42 @@ def test_group_option(daemon_factory: object) -> None:
         text=True,
     )
     assert r.returncode == 1 and "Permission denied" in r.stderr
+
+
+def test_names_follow_the_core_rules(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    # the state directory's own marker is not a network name
+    for bad in ("autostarted", ".x", ".."):
+        r = bash(f"mkdir '{mnt}/{bad}'")
+        assert r.returncode == 1, bad
+        assert "Invalid argument" in r.stderr or "File exists" in r.stderr, (bad, r.stderr)
+    assert os.listdir(mnt) == ["events"]
+    # a network called "events" (saved in the config directory) is listed once
+    (mounted.config_dir / "events.xml").write_text(virtual_xml("events", "nfsbr9"))
+    assert mounted.proc is not None
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    mounted.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: bash(f"ls {mnt}").stdout.split() == ["events", "testA"], "reload")
+    assert os.listdir(mnt).count("events") == 1
+    assert not (mnt / "events").is_dir()
+
+
+def test_documents_opened_without_truncation_behave_like_files(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    d = mnt / "testA" / "definition.xml"
+    before = d.read_text()
+    # `>>` appends to what the document holds: a trailing comment is harmless
+    r = bash(f"echo '<!-- note -->' >> {d}")
+    assert r.returncode == 0, r.stderr
+    assert d.read_text() == before
+    # read-write without writing acts on nothing
+    with open(d, "r+b") as f:
+        assert f.read() == before.encode()
+    assert d.read_text() == before
+    # in place, shorter: the rest is truncated by the writer, as on any file
+    text = before.replace("stp='on'", "stp='off'")
+    with open(d, "r+") as f:
+        f.write(text)
+        f.truncate()
+    assert "stp='off'" in d.read_text()
