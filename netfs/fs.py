@@ -106,6 +106,19 @@ def _err(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code if 0 < code < 512 else errno.EIO)
 
 
+def _fuse_error(e: Exception, where: str) -> pyfuse3.FUSEError:
+    """The errno for an exception leaving a handler (call it in the except
+    block): NetfsError keeps its errno, anything unexpected is logged and
+    becomes EIO (an exception other than FUSEError would stop pyfuse3's main
+    loop)."""
+    if isinstance(e, pyfuse3.FUSEError):
+        return e
+    if isinstance(e, NetfsError):
+        return _err(e.errno)
+    log.exception("internal error in %s", where)
+    return _err(errno.EIO)
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -118,13 +131,8 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except NetfsError as e:
-            raise _err(e.errno) from None
-        except Exception:
-            log.exception("internal error in %s", fn.__name__)
-            raise _err(errno.EIO) from None
+        except Exception as e:
+            raise _fuse_error(e, fn.__name__) from None
 
     return wrapper
 
@@ -159,6 +167,7 @@ class _Handle:
     data: bytes | None = None  # read: content snapshot (refreshed at offset 0)
     last_read: bytes | None = None  # poll: value this handle has seen
     seen: int = 0  # poll: the file's change count when this handle last read it
+    polled: bool = False  # poll: registered as a waiter at least once
     buf: bytearray = field(default_factory=bytearray)  # doc: content written since open
     dirty: bool = False  # doc: written or truncated since the last act
     scratch: _Scratch | None = None
@@ -484,8 +493,19 @@ class NetfsOperations(pyfuse3.Operations):
 
     # ================================================================ lookups
 
-    @_handler
+    # The handlers on the read path (lookup, getattr, open, read, flush,
+    # release) translate errors inline rather than through @_handler: one
+    # coroutine less per request.
+
     async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        try:
+            return self._lookup(parent_inode, name, ctx)
+        except Exception as e:
+            raise _fuse_error(e, "lookup") from None
+
+    def _lookup(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         ppath = self._path(parent_inode)
@@ -502,9 +522,11 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         return self._entry(path, st)
 
-    @_handler
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._attr(inode, self._path(inode))
+        try:
+            return self._attr(inode, self._path(inode))
+        except Exception as e:
+            raise _fuse_error(e, "getattr") from None
 
     @_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -818,10 +840,15 @@ class NetfsOperations(pyfuse3.Operations):
         fi.nonseekable = nonseekable
         return fi
 
-    @_handler
     async def open(
         self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
+        try:
+            return self._open(inode, flags, ctx)
+        except Exception as e:
+            raise _fuse_error(e, "open") from None
+
+    def _open(self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         path = self._path(inode)
         if self._is_self(ctx):
             return self._open_handle(_Handle(path, inode, "self"))
@@ -858,11 +885,16 @@ class NetfsOperations(pyfuse3.Operations):
             h = _Handle(path, inode, "read", seen=seen)
         return self._open_handle(h)
 
-    @_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        h = self._handle(fh)
-        if h.kind == "events":
-            return await self._read_events(h, size)
+        try:
+            h = self._handle(fh)
+            if h.kind == "events":
+                return await self._read_events(h, size)
+            return self._read(h, off, size)
+        except Exception as e:
+            raise _fuse_error(e, "read") from None
+
+    def _read(self, h: _Handle, off: int, size: int) -> bytes:
         if h.kind == "scratch":
             assert h.scratch is not None
             return bytes(h.scratch.data[off : off + size])
@@ -912,25 +944,36 @@ class NetfsOperations(pyfuse3.Operations):
         else:
             await self._act_port(h.path[0], h.path[2], data)
 
-    @_handler
     async def flush(self, fh: FileHandleT) -> None:
-        await self._commit(self._handle(fh))
+        try:
+            h = self._handle(fh)
+            if h.kind == "doc" and h.dirty:
+                await self._commit(h)
+        except Exception as e:
+            raise _fuse_error(e, "flush") from None
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
         await self._commit(self._handle(fh))
 
-    @_handler
     async def release(self, fh: FileHandleT) -> None:
         h = self._handles.pop(fh, None)
         if h is None:
             return
-        if h.kind == "events":
-            self._event_pollers.pop(fh, None)
-            self.driver.unsubscribe(h.channel)
-            return
-        for waiters in self._pollers.values():
-            waiters.pop(fh, None)
+        try:
+            if h.kind == "events":
+                self._event_pollers.pop(fh, None)
+                self.driver.unsubscribe(h.channel)
+                return
+            if h.polled:
+                for waiters in self._pollers.values():
+                    waiters.pop(fh, None)
+            if h.kind == "doc" and h.dirty:
+                await self._release_commit(h)
+        except Exception as e:
+            raise _fuse_error(e, "release") from None
+
+    async def _release_commit(self, h: _Handle) -> None:
         try:
             await self._commit(h)
         except NetfsError as e:
@@ -1100,6 +1143,7 @@ class NetfsOperations(pyfuse3.Operations):
                 return mask | CHANGED_POLLMASK
             if poll_handle is not None:
                 self._pollers.setdefault(h.path, {})[fh] = poll_handle
+                h.polled = True
         return mask
 
     def _wake_pollers(self, path: Path) -> None:
