@@ -731,6 +731,31 @@ class NetfsOperations(pyfuse3.Operations):
         return self._open_handle(h), self._attr(sc.ino, path)
 
     @_handler
+    async def mknod(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        mode: ModeT,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        ppath = self._path(parent_inode)
+        n = _name(name)
+        path = ppath + (n,)
+        if self._is_self(ctx):
+            if len(ppath) == 1 and n == F_STATUS:
+                self._pub_status.add(ppath[0])
+            return self._entry(path)
+        if not self._is_dir(ppath) or not self._exists(ppath):
+            raise _err(errno.ENOENT)
+        if not stat.S_ISREG(mode) or not self._scratch_dir(ppath):
+            raise _err(errno.EPERM)
+        if self._reserved(ppath, n):
+            raise _err(errno.EACCES)
+        sc = self._new_scratch(path, mode, ctx)
+        return self._attr(sc.ino, path)
+
+    @_handler
     async def unlink(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
@@ -1259,9 +1284,10 @@ class NetfsOperations(pyfuse3.Operations):
         os.mkdir(self._real(*parent, name))
 
     def _do_create(self, parent: Path, name: str) -> None:
+        # mknod, not open(O_CREAT): IN_CREATE all the same, with two requests
+        # (LOOKUP, MKNOD) instead of four (LOOKUP, CREATE, FLUSH, RELEASE)
         self._invalidate(parent, name)
-        fd = os.open(self._real(*parent, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        os.close(fd)
+        os.mknod(self._real(*parent, name), stat.S_IFREG | 0o444)
 
     def _do_touch(self, path: Path) -> None:
         fd = os.open(self._real(*path), os.O_WRONLY)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -241,3 +242,30 @@ def test_documents_opened_without_truncation_behave_like_files(mounted: Daemon) 
         f.write(text)
         f.truncate()
     assert "stp='off'" in d.read_text()
+
+
+def test_mknod(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    os.mknod(net / "scratch1", stat.S_IFREG | 0o600)
+    assert "scratch1" in os.listdir(net)
+    assert os.stat(net / "scratch1").st_size == 0
+    os.unlink(net / "scratch1")
+    assert "scratch1" not in os.listdir(net)
+    for name, kind, code in (
+        ("fifo", stat.S_IFIFO, errno.EPERM),
+        ("uuid", stat.S_IFREG, errno.EEXIST),
+    ):
+        try:
+            os.mknod(net / name, kind | 0o600)
+        except OSError as e:
+            assert e.errno == code, (name, e)
+        else:
+            raise AssertionError(f"mknod {name} succeeded")
+    try:
+        os.mknod(mnt / "top", stat.S_IFREG | 0o600)
+    except OSError as e:
+        assert e.errno == errno.EPERM
+    else:
+        raise AssertionError("mknod at the top succeeded")
