@@ -352,27 +352,26 @@ def test_helper_mounts_like_mount_fuse_does(mount_env: dict[str, Path | str]) ->
     mnt = mount_env["mnt"]
     netns = str(mount_env["netns"])
     assert isinstance(mnt, Path)
-    # Output to a file, not a pipe: the daemon the helper leaves behind keeps
-    # the descriptors it inherited (a pipe would never reach end of file).
-    log = mnt.parent / "helper.log"
-    with open(log, "w") as f:
-        rc = subprocess.run(
-            [
-                "env",
-                "-i",
-                str(Path(mount_env["root"]) / "sbin/mount.fuse.netfs"),
-                "netfs",
-                str(mnt),
-                "-o",
-                f"rw,defaults,{mount_env['opts']}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=f,
-            stderr=f,
-            check=False,
-            timeout=60,
-        ).returncode
-    assert rc == 0, log.read_text()
+    # Output to pipes: the daemon the helper leaves behind keeps none of
+    # them, so run() returns once the mount is ready (the timeout only
+    # bounds a hang).
+    done = subprocess.run(
+        [
+            "env",
+            "-i",
+            str(Path(mount_env["root"]) / "sbin/mount.fuse.netfs"),
+            "netfs",
+            str(mnt),
+            "-o",
+            f"rw,defaults,{mount_env['opts']}",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
     assert _fuse_mounted(mnt)
     assert "testA" in os.listdir(mnt)
     (mnt / "testA/active").write_text("1\n")
@@ -414,19 +413,19 @@ echo "fstab: $(ls {mnt})"
 umount {mnt}
 trap - EXIT
 """
-    # Output to a file: a daemon left running would hold a pipe open forever.
-    log = tmp_path / "unshare.log"
-    with open(log, "w") as f:
-        rc = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-            stdin=subprocess.DEVNULL,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            check=False,
-            timeout=120,
-        ).returncode
-    stdout = log.read_text()
-    assert rc == 0, stdout
+    # Output to a pipe: the daemons `mount` leaves behind keep none of the
+    # caller's descriptors (the timeout only bounds a hang).
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    stdout = done.stdout
+    assert done.returncode == 0, stdout
     assert "first: " in stdout and len(stdout.split("first: ")[1].split()[0]) == 36
     assert "testA0" in stdout
     assert "fstab: " in stdout and "testA" in stdout.split("fstab: ")[1]
