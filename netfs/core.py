@@ -58,6 +58,14 @@ Decisions (libvirt has no filesystem, so some are ours):
   is down the network is marked inactive without calling the sub-driver's
   stop (the bridge is gone, and a same-named link someone made meanwhile is
   not ours to delete). An ``overrun`` resynchronises every active network.
+* Connection counts (libvirt's ``connections``): the live definition of an
+  active network carries the number of its ports, and each forward pool
+  entry the number of ports plugged into it; they are set (on a new object,
+  see :func:`netfs.model.port.count_connections`) when a port is created or
+  deleted and when the status and port files are loaded. ``status_xml``
+  (served from memory) always shows them. The status file on disk is not
+  rewritten for a port event (libvirt rewrites it only for some): it keeps
+  the counts of its start, and a restart counts the port files again.
 * Every failed operation records its message as the network's ``error``
   (when the network exists) and logs it; success leaves it in place. Every
   recorded error (failed operation, autostart, recovery, a definition with a
@@ -88,6 +96,7 @@ from netfs.model.network import NetworkDef, format_network, is_virtual, parse_ne
 from netfs.model.port import (
     NetworkPort,
     allocate_port,
+    count_connections,
     format_port,
     parse_port,
     pci_key,
@@ -399,6 +408,13 @@ class Driver:
         if live is not None and br is not None and is_virtual(live.forward.mode):
             self._bridges[br] = n.name
 
+    @staticmethod
+    def _recount(n: _Net) -> None:
+        """Give the live definition libvirt's connection counts for its ports
+        (a new object: snapshots handed out keep theirs)."""
+        if n.live is not None:
+            n.live = count_connections(n.live, n.ports.values())
+
     async def _link_names(self) -> set[str]:
         return {link.name for link in await self.nl.links()}
 
@@ -612,6 +628,7 @@ class Driver:
             allocated = allocate_port(n.live, p, device_usage=_device_usage(n.ports))
             await self._store(self.store.write_port, name, port, allocated)
             n.ports[port] = allocated
+            self._recount(n)
             self._emit(name, "port-created", port)
             return allocated
 
@@ -622,6 +639,7 @@ class Driver:
                 raise NetfsError(errno.ENOENT, f"network '{name}' has no port '{port}'")
             await self._store(self.store.delete_port, name, port)
             del n.ports[port]
+            self._recount(n)
             self._emit(name, "port-deleted", port)
 
     # ------------------------------------------------------------------ start-up
@@ -654,6 +672,7 @@ class Driver:
                 n = self._nets[name] = _Net(name=name, definition=st.live, persistent=False)
             n.ports = st.ports
             self._set_live(n, st.live)
+            self._recount(n)  # the status file's counts may be stale: count the ports
 
         # one dump of the kernel's links (and, if asked, addresses and routes)
         # serves every network's check instead of a round trip per network

@@ -728,3 +728,36 @@ async def test_ports_8021qbg_macvtap_and_recovery(
     assert list(d2.get("testA").ports) == ["vm1"]
     assert d2.port_virtualport_xml("testA", "vm1") == driver.port_virtualport_xml("testA", "vm1")
     await d2.stop("testA")
+
+
+async def test_status_counts_connections(
+    driver: Driver, dirs: tuple[Path, Path], nl: Netlink
+) -> None:
+    xml = TESTA_QBG.format(uuid=U.format(12)).replace(
+        "<interface dev='eth0'/>", "<interface dev='eth0'/><interface dev='eth1'/>"
+    )
+    await driver.define(xml)
+    await driver.start("testA")
+    status = driver.status_xml("testA")
+    assert status is not None and "connections" not in status
+    for i in range(3):
+        await driver.create_port("testA", f"vm{i}", IFACE_QBG.replace("22:22:22", f"22:22:3{i}"))
+    status = driver.status_xml("testA")
+    assert status is not None
+    assert "  <network connections='3'>\n" in status
+    assert "<interface dev='eth0' connections='2'/>" in status
+    assert "<interface dev='eth1' connections='1'/>" in status
+    # the persistent definition never shows counts
+    assert "connections" not in driver.definition_xml("testA")
+    await driver.delete_port("testA", "vm1")  # on eth1 (least used at its allocation)
+    status = driver.status_xml("testA")
+    assert status is not None
+    assert "<network connections='2'>" in status
+    assert "<interface dev='eth0' connections='2'/>" in status
+    assert "<interface dev='eth1'/>" in status
+    # a restart counts the saved ports again
+    d2 = Driver(dirs[0], dirs[1], nl)
+    await d2.startup()
+    assert d2.status_xml("testA") == status
+    await d2.stop("testA")
+    assert d2.status_xml("testA") is None

@@ -660,3 +660,35 @@ def test_port_format_parse_fixed_point(p):
     again = parse_port(text)
     assert again == p
     assert format_port(again) == text
+
+
+def test_count_connections():
+    from netfs.model.network import format_network
+    from netfs.model.port import count_connections
+
+    n = net("<forward mode='bridge'><interface dev='eth0'/><interface dev='eth1'/></forward>")
+    assert count_connections(n, []) is n
+    a = allocate_port(n, port())
+    b = allocate_port(n, port(), device_usage={"eth0": 1})
+    live = count_connections(n, [a, a, b])
+    assert (live.connections, [i.connections for i in live.forward.ifs]) == (3, [2, 1])
+    assert n.connections == 0 and [i.connections for i in n.forward.ifs] == [0, 0]
+    out = format_network(live)
+    assert out.startswith("<network connections='3'>\n")
+    assert "<interface dev='eth0' connections='2'/>" in out
+    assert "connections" not in format_network(live, inactive=True)
+    assert format_network(count_connections(live, [])) == format_network(n)
+    # PCI entries are counted (exclusive use) but libvirt does not print the count
+    h = net(
+        "<forward mode='hostdev'>"
+        "<address type='pci' domain='0x0001' bus='0x02' slot='0x03' function='0x4'/>"
+        "<address type='pci' domain='0x0001' bus='0x02' slot='0x03' function='0x5'/>"
+        "</forward>"
+    )
+    p = allocate_port(h, port())
+    live = count_connections(h, [p])
+    assert [i.connections for i in live.forward.ifs] == [1, 0]
+    assert allocate_port(live, port()).plug == Plug("hostdev-pci", address=PciAddress(1, 2, 3, 5))
+    out = format_network(live)
+    assert out.startswith("<network connections='1'>\n")
+    assert out.count("connections") == 1

@@ -522,12 +522,6 @@ def test_status_xml_is_the_status_document(mounted: Daemon) -> None:
     assert "<bridge name='qabr0' stp='on' delay='0'/>" in status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH with libvirt: the man says status.xml is the live state 'as libvirt's "
-    "status file holds it', but libvirt's live <network> (status file and virsh net-dumpxml) "
-    "carries connections='N' while N ports are allocated; status.xml never shows it",
-)
 def test_status_xml_counts_connections(mounted: Daemon) -> None:
     mnt = mounted.mnt
     define(mnt, "testA", OVS_TESTA)

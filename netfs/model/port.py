@@ -21,7 +21,7 @@ Differences from libvirt, on purpose:
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "PciAddress",
     "Plug",
     "allocate_port",
+    "count_connections",
     "format_port",
     "generate_mac",
     "parse_port",
@@ -612,3 +613,45 @@ def allocate_port(
         virtualport=vport,
         plug=plug,
     )
+
+
+# ---------------------------------------------------------------------------
+# connection counts (libvirt raises them at allocation, lowers them at release)
+
+
+def count_connections(net: NetworkDef, ports: Iterable[NetworkPort]) -> NetworkDef:
+    """``net`` (a live definition) with libvirt's connection counts for
+    ``ports``: ``connections`` on the network (every port) and on each pool
+    entry (the ports whose plug uses that netdev or PCI device).
+
+    Returns a new definition sharing everything else with ``net`` (``net``
+    is not changed). The formatter prints the counts only in live output and
+    only when greater than 0: on ``<network>`` and on ``<interface dev>``
+    pool entries; libvirt keeps a count on PCI ``<address>`` entries too but
+    does not print it.
+    """
+    total = 0
+    usage: dict[str, int] = {}
+    for p in ports:
+        total += 1
+        if p.plug is None:
+            continue
+        if p.plug.dev:
+            key = p.plug.dev
+        elif p.plug.address is not None:
+            key = "pci:" + pci_key(p.plug.address)
+        else:
+            continue
+        usage[key] = usage.get(key, 0) + 1
+    ifs = []
+    for iface in net.forward.ifs:
+        if iface.type == "netdev" and iface.dev is not None:
+            n = usage.get(iface.dev, 0)
+        elif iface.pci is not None:
+            n = usage.get("pci:" + pci_key(_pci(iface.pci)), 0)
+        else:
+            n = 0
+        ifs.append(iface if iface.connections == n else replace(iface, connections=n))
+    if total == net.connections and all(a is b for a, b in zip(ifs, net.forward.ifs, strict=True)):
+        return net
+    return replace(net, connections=total, forward=replace(net.forward, ifs=ifs))
