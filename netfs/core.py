@@ -32,6 +32,12 @@ Decisions (libvirt has no filesystem, so some are ours):
 * A redefinition whose XML carries no ``<uuid>`` keeps the existing
   network's uuid (libvirt would generate one and then refuse the mismatch;
   for ``cat net.xml > definition.xml`` keeping it is what a user means).
+  Likewise a virtual network's redefinition without ``<mac>`` or without a
+  bridge name keeps the current ones instead of getting new generated ones.
+* Writing the definition a network already has changes nothing: when the
+  new definition (with the uuid, MAC and bridge name kept as above) formats
+  exactly as the current persistent one, define succeeds without saving
+  and without an event.
 * Recovery at :meth:`Driver.startup`: a network with a status file is active
   if its sub-driver's ``is_running`` says so (then ``repair`` gives its bridge
   back what it lost); otherwise its status file and port files are removed
@@ -191,6 +197,18 @@ def _bridge_of(net: NetworkDef | None) -> str | None:
     if net is None:
         return None
     return net.bridge.name if net.bridge is not None else None
+
+
+def _keep_generated(net: NetworkDef, current: NetworkDef) -> None:
+    """A redefinition that omits the MAC or the bridge name of a virtual
+    network keeps the current definition's (as it keeps its uuid) instead of
+    getting new generated ones."""
+    if not (is_virtual(net.forward.mode) and is_virtual(current.forward.mode)):
+        return
+    if not net.bridge.name and current.bridge.name and "%d" not in current.bridge.name:
+        net.bridge.name = current.bridge.name
+    if net.mac is None and current.mac is not None:
+        net.mac = current.mac
 
 
 def _with_name(xml: bytes | str, name: str) -> bytes | str:
@@ -444,6 +462,9 @@ class Driver:
             check_name(net.name)
             explicit_uuid = not net.uuid_generated
         async with self._transition(net.name):
+            current = self._nets.get(net.name)  # stable: its lock is held
+            if current is not None:
+                _keep_generated(net, current.definition)
             # host devices matter only when a bridge name is generated (libvirt)
             auto = is_virtual(net.forward.mode) and (not net.bridge.name or "%d" in net.bridge.name)
             links = await self._link_names() if auto else set()
@@ -474,6 +495,14 @@ class Driver:
                 if e.errno == errno.EINVAL and "already in use" in e.message:
                     raise NetfsError(errno.EADDRINUSE, e.message) from None
                 raise
+            if (
+                old is not None
+                and old.persistent
+                and old.problem is None
+                and format_network(old.definition, inactive=True)
+                == format_network(net, inactive=True)
+            ):
+                return net.name  # the definition it already has: nothing changes
             if old is None:
                 n = _Net(name=net.name, definition=net)
                 self._nets[net.name] = n  # reserve the name, bridge and uuid

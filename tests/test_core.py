@@ -247,6 +247,35 @@ async def test_define_rules_and_texts(driver: Driver, netns: str) -> None:
     assert driver.get("a").definition.bridge.name == "nfsa0"
 
 
+async def test_same_definition_again_changes_nothing(
+    driver: Driver, netns: str, nursery: trio.Nursery
+) -> None:
+    ev = Events(driver, nursery)
+    bare = "<network><name>g</name></network>"  # uuid, MAC and bridge name generated
+    await driver.define(bare)
+    text = driver.definition_xml("g")
+    cfg = driver.store.config_path("g")
+    ino = cfg.stat().st_ino
+    await driver.define(text)  # what definition.xml reads
+    await driver.define(bare, name="g")  # the same input again: same generated values kept
+    await driver.start("g")
+    await driver.define(text)  # while active too
+    assert driver.definition_xml("g") == text
+    assert cfg.stat().st_ino == ino  # not rewritten
+    # a real change is an update, and keeps the generated MAC and bridge name
+    await driver.define("<network><name>g</name><title>t</title></network>")
+    d = driver.get("g").definition
+    assert (d.uuid, d.mac, d.bridge.name) == (
+        driver.get("g").uuid,
+        driver.get("g").live.mac,  # type: ignore[union-attr]
+        driver.get("g").live.bridge.name,  # type: ignore[union-attr]
+    )
+    assert cfg.stat().st_ino != ino
+    await driver.stop("g")
+    await settle()
+    assert ev.words("g") == ["defined", "started", "updated", "stopped"]
+
+
 async def test_redefine_active_is_pending_until_stop(driver: Driver, netns: str) -> None:
     await driver.define(net_xml("a", bridge="nfsa0", ip4="10.60.0.1"))
     await driver.start("a")

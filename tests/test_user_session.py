@@ -702,11 +702,6 @@ def test_port_xml_of_an_allocated_port_is_eexist(mounted: Daemon) -> None:
     assert read(mnt / "testA/ports/vm1/port.xml") == same
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH: writing the definition a network already has emits 'updated' (and "
-    "rewrites it); the convention says writing the value a file already has changes nothing",
-)
 def test_same_definition_again_changes_nothing(mounted: Daemon) -> None:
     mnt = mounted.mnt
     define(mnt, "testA", virtual_xml("testA", "qabr0"))
