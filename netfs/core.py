@@ -803,6 +803,10 @@ class Driver:
                     if cfg.problem:
                         self.set_error(name, cfg.problem)
                     continue
+                if cfg.unsaved_uuid:  # generated again: keep the one it has
+                    cfg.definition.uuid = n.definition.uuid
+                if cfg.unsaved_mac and n.definition.mac is not None:
+                    cfg.definition.mac = n.definition.mac
                 changed = (
                     format_network(n.definition, inactive=True)
                     != format_network(cfg.definition, inactive=True)

@@ -14,9 +14,14 @@ leaves either the old or the new file, never a torn one; a stray temporary
 file (name starting with ``.netfs-tmp-``) is ignored by the loaders and
 removed by :meth:`StateStore.remove_stale_temp_files`.
 
-Loading is lenient and never deletes or rewrites anything: the loaders return
-what they could load plus a list of ``(path, problem)`` for the files they
-could not use. A definition that parses but that today's define-time
+Loading is lenient and never deletes anything: the loaders return what they
+could load plus a list of ``(path, problem)`` for the files they could not
+use. The one write a load makes is libvirt's (its config load, step 2): a
+config file without ``<uuid>``, or of a virtual mode (none, nat, route, open)
+without ``<mac>``, gets the generated values saved back (atomically, in the
+canonical form), so that they are generated once and not at every load. A
+file that does not parse, whose name does not match, or that today's
+validation refuses is never rewritten. A definition that parses but that today's define-time
 validation would refuse is loaded with its problem recorded (only starting it
 is refused, by the core). A saved port is re-read with ``strict=False``, so a
 guest ``<ip>``/``<route>`` saved by an older version does not make it vanish.
@@ -38,9 +43,9 @@ from pathlib import Path
 from lxml import etree
 
 from netfs.errors import NetfsError
-from netfs.model.network import NetworkDef, format_network, parse_network
+from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
 from netfs.model.port import NetworkPort, format_port, parse_port
-from netfs.model.validate import validate_network
+from netfs.model.validate import random_mac, validate_network
 from netfs.model.xmlsafe import parse_document
 
 log = logging.getLogger(__name__)
@@ -155,6 +160,10 @@ class StoredConfig:
     autostart: bool
     path: Path
     problem: str | None = None  # why it will not start (today's validation)
+    # values generated at this load that are not in the file (it could not be
+    # rewritten): a reload keeps the network's current ones instead
+    unsaved_uuid: bool = False
+    unsaved_mac: bool = False
 
 
 @dataclass
@@ -357,9 +366,23 @@ class StateStore:
             and data == _header(known.name) + format_network(known, inactive=True).encode()
         ):
             net = known
+        new_uuid = new_mac = False
         if net is None:
             net = parse_network(data)
             _check_filename(path, net)
+            new_uuid = net.uuid_generated
+            if net.mac is None and is_virtual(net.forward.mode):
+                net.mac = random_mac()
+                new_mac = True
+        problem = network_problems(net)
+        if (new_uuid or new_mac) and problem is None:
+            try:
+                self.write_config(net)
+            except OSError as e:
+                log.warning("%s: cannot save its generated uuid/MAC: %s", path, e)
+            else:
+                log.info("%s: generated uuid/MAC saved", path)
+                net.uuid_generated = new_uuid = new_mac = False
         return StoredConfig(
             definition=net,
             autostart=(
@@ -368,7 +391,9 @@ class StateStore:
                 else False
             ),
             path=path,
-            problem=network_problems(net),
+            problem=problem,
+            unsaved_uuid=new_uuid,
+            unsaved_mac=new_mac,
         )
 
     def load_configs(

@@ -540,6 +540,33 @@ async def test_reload_rereads_configs(driver: Driver, nursery: trio.Nursery) -> 
     assert [w for w in ev.words() if w != "defined"] == ["updated", "undefined"]
 
 
+async def test_config_without_uuid_or_mac_generated_once(
+    driver: Driver, nursery: trio.Nursery
+) -> None:
+    ev = Events(driver, nursery)
+    etc = driver.store.config_dir
+    (etc / "h.xml").write_text("<network><name>h</name><bridge name='nfsh0'/></network>")
+    # refused by today's validation: never rewritten, but stable across reloads too
+    bad = (
+        "<network><name>p</name><bridge name='nfsp0'/>"
+        "<portgroup name='x' default='yes'/><portgroup name='y' default='yes'/></network>"
+    )
+    (etc / "p.xml").write_text(bad)
+    await driver.reload()
+    h, p = driver.get("h"), driver.get("p")
+    assert h.definition.mac is not None
+    assert f"<uuid>{h.uuid}</uuid>" in (etc / "h.xml").read_text()
+    await driver.reload()
+    await driver.reload()
+    assert driver.get("h").uuid == h.uuid
+    assert driver.get("h").definition.mac == h.definition.mac
+    assert driver.get("p").uuid == p.uuid
+    assert (etc / "p.xml").read_text() == bad
+    await settle()
+    assert ev.words("h") == ["defined"]
+    assert ev.words("p") == ["defined", "error"]
+
+
 # --------------------------------------------------------------------------- live
 
 

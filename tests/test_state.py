@@ -299,11 +299,54 @@ def test_autostart_absolute_link_and_listing(store: StateStore) -> None:
     assert not configs["a"].autostart and configs["b"].autostart
 
 
-def test_problem_check_leaves_the_definition_alone(store: StateStore) -> None:
-    # no bridge name and no MAC: validation at load must not fill them in
+def test_problem_check_leaves_the_bridge_name_alone(store: StateStore) -> None:
+    # no bridge name: validation at load must not fill it in (libvirt does not)
     path = store.config_dir / "bare.xml"
     path.write_text("<network><name>bare</name><uuid>" + U1 + "</uuid></network>")
     configs, problems = store.load_configs()
     d = configs["bare"].definition
-    assert d.bridge.name is None and d.mac is None
+    assert d.bridge.name is None
     assert configs["bare"].problem is None and problems == []
+
+
+def test_generated_uuid_and_mac_saved_once(store: StateStore) -> None:
+    # libvirt's config load: a missing uuid, or a virtual mode's missing MAC,
+    # is generated and the config saved back, so the next load has the same
+    path = store.config_dir / "bare.xml"
+    path.write_text("<network><name>bare</name><bridge name='vbr-b'/></network>")
+    configs, problems = store.load_configs()
+    assert problems == []
+    d = configs["bare"].definition
+    assert d.mac is not None and d.mac.startswith("52:54:00:")
+    assert not (configs["bare"].unsaved_uuid or configs["bare"].unsaved_mac)
+    text = path.read_bytes()
+    assert f"<uuid>{d.uuid}</uuid>".encode() in text
+    assert f"<mac address='{d.mac}'/>".encode() in text
+    assert listing(store.config_dir) == ["autostart", "bare.xml"]  # no temp file left
+    again, _ = store.load_configs()
+    assert format_network(again["bare"].definition, inactive=True) == format_network(
+        d, inactive=True
+    )
+    assert path.read_bytes() == text
+    # a host-bridge network gets no MAC; only its missing uuid is saved
+    hb = store.config_dir / "hb.xml"
+    hb.write_text("<network><name>hb</name><forward mode='bridge'/><bridge name='br0'/></network>")
+    cfg = store.load_configs()[0]["hb"]
+    assert cfg.definition.mac is None
+    assert f"<uuid>{cfg.definition.uuid}</uuid>" in hb.read_text()
+    # a complete file is left as it is
+    store.write_config(net())
+    before = store.config_path("a").stat().st_mtime_ns
+    store.load_configs()
+    assert store.config_path("a").stat().st_mtime_ns == before
+
+
+def test_generated_values_not_saved_into_a_refused_file(store: StateStore) -> None:
+    path = store.config_dir / "twodef.xml"
+    path.write_text(
+        TWO_DEFAULTS.replace("  <uuid>81ff0d90-c91e-6742-64da-4a736edb9a9b</uuid>\n", "")
+    )
+    data = path.read_bytes()
+    cfg = store.load_configs()[0]["twodef"]
+    assert cfg.problem and cfg.unsaved_uuid and not cfg.unsaved_mac
+    assert path.read_bytes() == data
