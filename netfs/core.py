@@ -647,6 +647,12 @@ class Driver:
             if n.live is None:
                 raise NetfsError(errno.ENETDOWN, f"network '{name}' is not active")
             p = parse_port(xml, strict=True, owner_name=port)
+            if p.source_network is not None and p.source_network != name:
+                raise NetfsError(
+                    errno.EINVAL,
+                    f"interface's source network '{p.source_network}' "
+                    f"does not match network '{name}'",
+                )
             if port in n.ports:
                 raise NetfsError(errno.EEXIST, f"port '{port}' already exists in network '{name}'")
             for q in n.ports.values():

@@ -817,3 +817,24 @@ async def test_status_counts_connections(
     assert d2.status_xml("testA") == status
     await d2.stop("testA")
     assert d2.status_xml("testA") is None
+
+
+async def test_port_source_network_must_match(driver: Driver, netns: str) -> None:
+    ip("link", "add", "ovsbr0", "type", "bridge", netns=netns)
+    await driver.define(TESTA_OVS.format(uuid=U.format(13)))
+    await driver.start("testA")
+    other = IFACE_OVS.replace("network='testA'", "network='OTHER'")
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm1", other)
+    assert e.value.errno == errno.EINVAL
+    assert e.value.message == "interface's source network 'OTHER' does not match network 'testA'"
+    assert driver.get("testA").error == e.value.message
+    assert driver.get("testA").ports == {}
+    assert not driver.store.port_path("testA", "vm1").exists()
+    # the right network, or none named, is fine
+    await driver.create_port("testA", "vm1", IFACE_OVS)
+    no_net = IFACE_OVS.replace("network='testA' ", "").replace("11:11:11", "11:11:12")
+    assert "network=" not in no_net
+    await driver.create_port("testA", "vm2", no_net)
+    assert sorted(driver.get("testA").ports) == ["vm1", "vm2"]
+    await driver.stop("testA")

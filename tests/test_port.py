@@ -225,6 +225,11 @@ def test_interface_parse(uuids):
     p = parse_port("<interface type='network'><source network='x'/></interface>", owner_name="v")
     assert p.mac == "52:54:00:aa:bb:cc"
     assert p.group is None
+    assert p.source_network == "x"
+    p = parse_port("<interface type='network'><source portgroup='g'/></interface>", owner_name="v")
+    assert p.source_network is None
+    assert parse_port("<interface type='network'/>", owner_name="v").source_network is None
+    assert parse_port(NP()).source_network is None
 
 
 def test_interface_rest():

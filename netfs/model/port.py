@@ -8,7 +8,8 @@ Differences from libvirt, on purpose:
 
 - A ``<networkport>`` without ``<uuid>`` gets a generated one.
 - A guest ``<interface>`` is accepted too: ``<source portgroup>`` gives the
-  group, a missing ``<mac>`` becomes a random 52:54:00 address, the owner
+  group, ``<source network>`` is kept as ``source_network`` (for the caller
+  to check against the network), a missing ``<mac>`` becomes a random 52:54:00 address, the owner
   name comes from the caller, the owner uuid and port uuid are generated.
 - Guest-side ``<ip>``/``<route>`` (in an ``<interface>`` or in a
   ``<networkport>``) are refused when ``strict`` (a definition being written),
@@ -145,6 +146,9 @@ class NetworkPort:
     plug: Plug | None = None
     ips: tuple[GuestItem, ...] = field(default=())
     routes: tuple[GuestItem, ...] = field(default=())
+    # a guest <interface>'s <source network=...> as written (None: absent, or
+    # a <networkport>); the caller checks it names the network. Not formatted.
+    source_network: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -300,6 +304,7 @@ def _parse_interface(root: Element, strict: bool, owner_name: str | None) -> Net
         )
     source = child(root, "source")
     group = source.get("portgroup") if source is not None else None
+    source_network = source.get("network") if source is not None else None
     mac_el = child(root, "mac")
     raw_mac = mac_el.get("address") if mac_el is not None else None
     if raw_mac is None:
@@ -332,6 +337,7 @@ def _parse_interface(root: Element, strict: bool, owner_name: str | None) -> Net
         trust_guest_rx_filters=trust,
         ips=ips,
         routes=routes,
+        source_network=source_network,
     )
 
 
