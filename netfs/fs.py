@@ -480,6 +480,16 @@ class NetfsOperations(pyfuse3.Operations):
         ino = sc.ino if sc is not None else self._ino(path)
         return self._attr(ino, path, st)
 
+    def _own_entry(self, path: Path) -> pyfuse3.EntryAttributes:
+        """An entry as the daemon's own worker sees it. The kernel's dentry
+        cache is shared by everyone: what the own view shows (a network not
+        yet announced, status.xml not yet removed) must not be cached, or
+        others would see it too."""
+        a = self._entry(path)
+        a.entry_timeout = 0
+        a.attr_timeout = 0
+        return a
+
     # ================================================================ errors
 
     def _record(self, name: str, message: str) -> None:
@@ -518,9 +528,10 @@ class NetfsOperations(pyfuse3.Operations):
         if not self._is_dir(ppath):
             raise _err(errno.ENOENT)
         st = self._state(ppath[0]) if ppath else _UNSET
-        if not self._exists(path, self._is_self(ctx), st):
+        own = self._is_self(ctx)
+        if not self._exists(path, own, st):
             raise _err(errno.ENOENT)
-        return self._entry(path, st)
+        return self._own_entry(path) if own else self._entry(path, st)
 
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         try:
@@ -605,7 +616,7 @@ class NetfsOperations(pyfuse3.Operations):
                 self._pub_nets.add(n)
             elif len(ppath) == 2 and ppath[1] == D_PORTS:
                 self._pub_ports.add((ppath[0], n))
-            return self._entry(path)
+            return self._own_entry(path)
         net = ppath[0] if ppath else ""
         if len(ppath) == 0:
             what = "network"
@@ -617,6 +628,8 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.EEXIST)
         try:
             check_name(n, what)  # the rules the core applies when it saves
+            if "\n" in n:  # libvirt refuses it in a name: never definable
+                raise NetfsError(errno.EINVAL, f"invalid char in {what} name '{n}'")
         except NetfsError as e:
             if what == "port":
                 self._record(net, e.message)
@@ -655,7 +668,22 @@ class NetfsOperations(pyfuse3.Operations):
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         ppath = self._path(parent_inode)
-        n = _name(name)
+        path = ppath + (_name(name),)
+        await self._rmdir(ppath, path[-1], ctx)
+        # The kernel marks a removed directory's inode dead for good: a
+        # directory made later under the same name must get new inode numbers
+        # (with the old ones it would be listed but refuse every lookup and
+        # create in it with ENOENT).
+        self._drop_inos(path)
+
+    def _drop_inos(self, prefix: Path) -> None:
+        k = len(prefix)
+        for p in [p for p in self._ino_by_path if p[:k] == prefix]:
+            ino = self._ino_by_path.pop(p)
+            if self._path_by_ino.get(ino) == p:
+                del self._path_by_ino[ino]
+
+    async def _rmdir(self, ppath: Path, n: str, ctx: pyfuse3.RequestContext) -> None:
         path = ppath + (n,)
         if self._is_self(ctx):
             if len(ppath) == 0:
@@ -719,7 +747,7 @@ class NetfsOperations(pyfuse3.Operations):
         if self._is_self(ctx):
             if len(ppath) == 1 and n == F_STATUS:
                 self._pub_status.add(ppath[0])
-            return self._open_handle(_Handle(path, self._ino(path), "self")), self._entry(path)
+            return self._open_handle(_Handle(path, self._ino(path), "self")), self._own_entry(path)
         if not self._is_dir(ppath) or not self._exists(ppath):
             raise _err(errno.ENOENT)
         if not self._scratch_dir(ppath):
@@ -745,7 +773,7 @@ class NetfsOperations(pyfuse3.Operations):
         if self._is_self(ctx):
             if len(ppath) == 1 and n == F_STATUS:
                 self._pub_status.add(ppath[0])
-            return self._entry(path)
+            return self._own_entry(path)
         if not self._is_dir(ppath) or not self._exists(ppath):
             raise _err(errno.ENOENT)
         if not stat.S_ISREG(mode) or not self._scratch_dir(ppath):
@@ -1019,6 +1047,7 @@ class NetfsOperations(pyfuse3.Operations):
             shown = bytes(buf[:40]).decode(errors="replace").rstrip("\n")
             self._record(name, f"invalid value for {f}: '{shown}' (write 0 or 1)")
             raise _err(errno.EINVAL)
+        before = self._state(name)
         try:
             if f == F_ACTIVE:
                 if value:
@@ -1030,11 +1059,42 @@ class NetfsOperations(pyfuse3.Operations):
         finally:
             self._written(path)
             self._queue("reconcile", name)
+            await self._drop_stale_entries(name, before)
+
+    async def _drop_stale_entries(self, name: str, before: Any) -> None:
+        """Entries that a change made through a handler removed (status.xml
+        after a stop, the ports it freed, portgroups a redefinition dropped)
+        may sit in the kernel's dentry cache for the entry timeout: drop them
+        before the write returns, so that `echo 0 > active; [ -e status.xml ]`
+        is false at once. From a worker thread (the kernel takes the
+        directory's lock; the trio loop must stay free to answer whoever holds
+        it)."""
+        if before is None:
+            return
+        after = self._state(name)
+        gone: list[tuple[Path, str]] = []
+        if before.active and (after is None or not after.active):
+            gone.append(((name,), F_STATUS))
+        kept_ports = set(after.ports) if after is not None else set()
+        gone += [((name, D_PORTS), p) for p in before.ports if p not in kept_ports]
+        kept_pgs = set(self._portgroup_names(after)) if after is not None else set()
+        gone += [
+            ((name, D_PORTGROUPS), g) for g in self._portgroup_names(before) if g not in kept_pgs
+        ]
+        gone = [(parent, n) for parent, n in gone if parent in self._ino_by_path]
+        if gone and not self.closing:
+            await trio.to_thread.run_sync(self._invalidate_all, gone, abandon_on_cancel=True)
+
+    def _invalidate_all(self, entries: list[tuple[Path, str]]) -> None:
+        for parent, n in entries:
+            self._invalidate(parent, n)
 
     async def _act_definition(self, name: str, data: bytes) -> None:
         pending = name in self._pending
+        before = None if pending else self._state(name)
         try:
             await self.driver.define(data, name=name)
+            await self._drop_stale_entries(name, before)
         except NetfsError as e:
             if pending:
                 self._pending_error[name] = e.message
@@ -1297,8 +1357,8 @@ class NetfsOperations(pyfuse3.Operations):
             os.close(fd)
 
     def _invalidate(self, parent: Path, name: str) -> None:
-        """Drop a positive dentry a reader cached, so the kernel asks us
-        (and our own view says absent) instead of failing with EEXIST."""
+        """Drop a dentry the kernel cached, so it asks us again (and our own
+        view says absent instead of the kernel failing with EEXIST)."""
         ino = self._ino_by_path.get(parent)
         if ino is None:
             return

@@ -63,11 +63,11 @@ def test_kill9_then_remount_recovers(daemon_factory: object) -> None:
     d.start()
     define(d.mnt, "testA", virtual_xml("testA", "nfsbr0"))
     define(d.mnt, "testB", virtual_xml("testB", "nfsbr1", "192.168.160.1"))
-    w = Watch(d.mnt / "testA", events="close_write")
+    w = Watch(d.mnt / "testA", events="create")
     try:
         assert bash(f"echo 1 > {d.mnt}/testA/active").returncode == 0
         # the daemon's own create of status.xml is done: it is idle
-        w.wait(d.mnt / "testA" / "status.xml", "CLOSE_WRITE")
+        w.wait(d.mnt / "testA" / "status.xml", "CREATE")
     finally:
         w.close()
     proc = d.kill9()

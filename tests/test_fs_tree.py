@@ -208,7 +208,7 @@ def test_group_option(daemon_factory: object) -> None:
 def test_names_follow_the_core_rules(mounted: Daemon) -> None:
     mnt = mounted.mnt
     # the state directory's own marker is not a network name
-    for bad in ("autostarted", ".x", ".."):
+    for bad in ("autostarted", ".x", "..", "a\nb"):
         r = bash(f"mkdir '{mnt}/{bad}'")
         assert r.returncode == 1, bad
         assert "Invalid argument" in r.stderr or "File exists" in r.stderr, (bad, r.stderr)
@@ -269,3 +269,52 @@ def test_mknod(mounted: Daemon) -> None:
         assert e.errno == errno.EPERM
     else:
         raise AssertionError("mknod at the top succeeded")
+
+
+def test_directory_made_again_after_rmdir_is_usable(mounted: Daemon) -> None:
+    """The kernel marks a removed directory dead: one made again under the
+    same name must be a new inode, whatever removed the first (the user, or
+    the daemon when the core dropped the network)."""
+    mnt = mounted.mnt
+    for _ in range(5):
+        r = bash(
+            f"mkdir {mnt}/again && echo '<network><bad/>' > {mnt}/again/definition.xml; "
+            f"rmdir {mnt}/again && mkdir {mnt}/again && ls {mnt}/again && "
+            f"cat {mnt}/again/error && rmdir {mnt}/again"
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["definition.xml", "error"], r.stdout
+    define(mnt, "testA", OVS_TESTA)
+    r = bash(
+        f"echo 1 > {mnt}/testA/active && mkdir {mnt}/testA/ports/vm1 && "
+        f"rmdir {mnt}/testA/ports/vm1 && mkdir {mnt}/testA/ports/vm1 && "
+        f"ls {mnt}/testA/ports/vm1"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["port.xml"]
+
+
+def test_no_stale_entries_right_after_a_change(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", OVS_TESTA)
+    guest = (
+        "<interface type='network'><source network='testA' portgroup='sales'/>"
+        "<virtualport><parameters interfaceid='09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f'/>"
+        "</virtualport></interface>"
+    )
+    r = bash(
+        f"cd {mnt}/testA && echo 1 > active && mkdir ports/vm1 && "
+        f'echo "{guest}" > ports/vm1/port.xml && '
+        "cat status.xml ports/vm1/virtualport.xml portgroups/sales/default > /dev/null && "
+        "echo 0 > active && "
+        "for f in status.xml ports/vm1 ports/vm1/virtualport.xml; do [ -e $f ] && echo $f; done; "
+        "true"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    # a redefinition that drops a portgroup
+    text = (mnt / "testA" / "definition.xml").read_text()
+    start = text.index("  <portgroup name='sales'")
+    end = text.index("</portgroup>", start) + len("</portgroup>\n")
+    (mnt / "testA" / "definition.xml").write_text(text[:start] + text[end:])
+    assert not (mnt / "testA" / "portgroups" / "sales").exists()
