@@ -59,8 +59,9 @@ Decisions (libvirt has no filesystem, so some are ours):
   deleted too (a crash between the two requests), and the intents are
   cleared.
 * Live reconciliation (:meth:`Driver.run_monitor`): a deleted link that is
-  (by alias or by name) the bridge of an active network triggers a check of
-  that network, under its lock, with the sub-driver's ``is_running``; if it
+  (by alias, or by name: the sub-driver's ``watched_link``, the bridge of a
+  virtual network or the host bridge of a forward-bridge network) the
+  bridge of an active network triggers a check of that network, under its lock, with the sub-driver's ``is_running``; if it
   is down the network is marked inactive without calling the sub-driver's
   stop (the bridge is gone, and a same-named link someone made meanwhile is
   not ours to delete). An ``overrun`` resynchronises every active network.
@@ -288,8 +289,9 @@ class Driver:
         self._nets: dict[str, _Net] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
-        # active networks' bridges -> network name (for the monitor)
-        self._bridges: dict[str, str] = {}
+        # netdevs the monitor watches (sub-driver's watched_link of active
+        # networks) -> names of the networks (host bridges may be shared)
+        self._watched: dict[str, set[str]] = {}
         self._checking: set[str] = set()
         self._resyncing = False
         self._resync_again = False
@@ -418,13 +420,18 @@ class Driver:
             raise err from e
 
     def _set_live(self, n: _Net, live: NetworkDef | None) -> None:
-        old = _bridge_of(n.live)
-        if old is not None and self._bridges.get(old) == n.name:
-            del self._bridges[old]
+        if n.live is not None:
+            old = subdrivers.for_mode(n.live.forward.mode, n.live).watched_link(n.live)
+            users = self._watched.get(old or "")
+            if users is not None:
+                users.discard(n.name)
+                if not users:
+                    del self._watched[old or ""]
         n.live = live
-        br = _bridge_of(live)
-        if live is not None and br is not None and is_virtual(live.forward.mode):
-            self._bridges[br] = n.name
+        if live is not None:
+            link = subdrivers.for_mode(live.forward.mode, live).watched_link(live)
+            if link:
+                self._watched.setdefault(link, set()).add(n.name)
 
     @staticmethod
     def _recount(n: _Net) -> None:
@@ -882,17 +889,17 @@ class Driver:
             return
         if kind != "del":
             return
-        name = None
+        names: set[str] = set()
         alias = getattr(ev, "alias", None) or ""
         if alias.startswith(ALIAS_PREFIX):
             uuid = alias[len(ALIAS_PREFIX) :]
             for n in self._nets.values():
                 if n.live is not None and n.live.uuid == uuid:
-                    name = n.name
+                    names.add(n.name)
                     break
-        if name is None and getattr(ev, "name", None):
-            name = self._bridges.get(ev.name)
-        if name is not None and name not in self._checking:
+        if getattr(ev, "name", None):
+            names.update(self._watched.get(ev.name, ()))
+        for name in sorted(names - self._checking):
             self._checking.add(name)
             nursery.start_soon(self._check_running, name)
 

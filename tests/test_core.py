@@ -125,6 +125,11 @@ class Events:
             while not any(e.network == network and e.kind == kind for e in self.items):
                 await self.changed.wait()
 
+    async def wait_for_count(self, network: str, kind: str, count: int) -> None:
+        with trio.fail_after(LIVENESS):
+            while sum(e.network == network and e.kind == kind for e in self.items) < count:
+                await self.changed.wait()
+
 
 async def settle() -> None:
     await trio.testing.wait_all_tasks_blocked(0.01)
@@ -838,3 +843,36 @@ async def test_port_source_network_must_match(driver: Driver, netns: str) -> Non
     await driver.create_port("testA", "vm2", no_net)
     assert sorted(driver.get("testA").ports) == ["vm1", "vm2"]
     await driver.stop("testA")
+
+
+async def test_host_bridge_deleted_behind_our_back(
+    driver: Driver, netns: str, nursery: trio.Nursery
+) -> None:
+    ev = Events(driver, nursery)
+    await nursery.start(driver.run_monitor)
+    await driver.define(TESTA_OVS.format(uuid=U.format(14)))
+    await driver.define(TESTA_OVS.replace("testA", "testB").format(uuid=U.format(15)))
+    # start is permissive (libvirt does not check the host bridge at start)
+    await driver.start("testA")
+    await driver.stop("testA")
+    ip("link", "add", "ovsbr0", "type", "bridge", netns=netns)
+    await driver.start("testA")
+    await driver.start("testB")  # the same host bridge
+    await driver.create_port("testA", "vm1", IFACE_OVS)
+    foreign(netns, "other0")
+    ip("link", "del", "other0", netns=netns)  # another link: nothing happens
+    ip("link", "del", "ovsbr0", netns=netns)
+    await ev.wait_for_count("testA", "stopped", 2)  # the first: our own stop above
+    await ev.wait_for("testB", "stopped")
+    for name in ("testA", "testB"):
+        assert not driver.get(name).active
+        assert not driver.store.status_path(name).exists()
+    assert driver.get("testA").ports == {}
+    assert not driver.store.port_path("testA", "vm1").exists()
+    assert ev.words("testA")[-3:] == ["port-created vm1", "port-deleted vm1", "stopped"]
+    # started again, its bridge back: watched again
+    ip("link", "add", "ovsbr0", "type", "bridge", netns=netns)
+    await driver.start("testA")
+    ip("link", "del", "ovsbr0", netns=netns)
+    await ev.wait_for_count("testA", "stopped", 3)
+    assert not driver.get("testA").active

@@ -274,6 +274,7 @@ async def test_hostbridge(nl: Netlink, netns: str) -> None:
     drv = for_mode("bridge", net)
     await drv.start(net, nl)  # existence is not checked at start
     assert link_json(netns, "hbr0") is None
+    assert drv.watched_link(net) == "hbr0"  # the core's monitor follows its deletion
     assert not await drv.is_running(net, nl)
     ip("link", "add", "hbr0", "type", "bridge", netns=netns)
     assert await drv.is_running(net, nl)
@@ -288,6 +289,7 @@ async def test_direct_and_hostdev(nl: Netlink, netns: str) -> None:
         await drv.start(net, nl)
         assert await drv.is_running(net, nl)
         await drv.repair(net, nl)
+        assert drv.watched_link(net) is None
         await drv.stop(net, nl)
     assert [link["ifname"] for link in json.loads(ip("-j", "link", netns=netns).stdout)] == ["lo"]
 

@@ -12,7 +12,11 @@ for the sub-driver and calls it. A new forward type is a new entry in
 | passthrough                           |             |                                  |                         |
 | hostdev                               | hostdev     | mark only                        | always                  |
 
-Every sub-driver method is ``async`` and takes the live
+The link monitor of the core watches the netdev that ``watched_link`` names
+(the bridge of a virtual or host-bridge network): when it is deleted, the
+core asks ``is_running`` and marks the network inactive if it is not.
+
+Every sub-driver method but ``watched_link`` is ``async`` and takes the live
 :class:`~netfs.model.network.NetworkDef` and the
 :class:`~netfs.netlink.Netlink` of the namespace.
 """
@@ -48,6 +52,10 @@ class SubDriver(Protocol):
 
     async def repair(self, net: NetworkDef, nl: Netlink) -> None:
         """Give a running network back what it lost (recovery)."""
+
+    def watched_link(self, net: NetworkDef) -> str | None:
+        """The netdev whose deletion may end the network (the link monitor
+        then asks is_running); None when no deletion does."""
 
 
 VIRTUAL = VirtualDriver()

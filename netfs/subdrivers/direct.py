@@ -25,3 +25,6 @@ class DirectDriver:
 
     async def repair(self, net: NetworkDef, nl: Netlink) -> None:
         return None
+
+    def watched_link(self, net: NetworkDef) -> str | None:
+        return None

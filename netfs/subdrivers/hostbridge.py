@@ -2,7 +2,9 @@
 
 Nothing is created or removed: start and stop only mark the network, and the
 bridge's existence is not checked at start (as libvirt). It counts as running
-while a netdev of that name exists (libvirt's networkUpdateState).
+while a netdev of that name exists (libvirt's networkUpdateState, at daemon
+start); the core's link monitor applies the same rule live: when that netdev
+is deleted, the network becomes inactive.
 """
 
 from __future__ import annotations
@@ -29,3 +31,6 @@ class HostBridgeDriver:
 
     async def repair(self, net: NetworkDef, nl: Netlink) -> None:
         return None
+
+    def watched_link(self, net: NetworkDef) -> str | None:
+        return net.bridge.name or None

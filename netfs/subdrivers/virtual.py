@@ -293,3 +293,6 @@ class VirtualDriver:
                 continue
             if key not in have:
                 await _add_route(net, nl, r)
+
+    def watched_link(self, net: NetworkDef) -> str | None:
+        return net.bridge.name or None
