@@ -69,8 +69,10 @@ unit=$unit_dir/netfs.service
 manpage=$prefix/share/man/man8/netfs.8
 
 if [ "$uninstall" = 1 ]; then
-    rm -f "$dest_root$wrapper" "$dest_root$helper" "$dest_root$unit" "$dest_root$manpage"
-    echo "removed $wrapper $helper $unit $manpage${dest_root:+ under $dest_root}"
+    removed="$wrapper $helper $manpage"
+    [ "$systemd" = 1 ] && removed="$removed $unit"
+    for f in $removed; do rm -f "$dest_root$f"; done
+    echo "removed $removed${dest_root:+ under $dest_root}"
     exit 0
 fi
 

@@ -233,6 +233,14 @@ def _report(fd: int | None, message: str | None) -> None:
         pass
 
 
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The innermost exception of a group holding exactly one, else the group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def run(cfg: MountConfig) -> int:
     """`netfs mount`: returns the exit status."""
     setup_logging()
@@ -306,7 +314,11 @@ def run(cfg: MountConfig) -> int:
 
     status = 0
     try:
-        trio.run(_serve, cfg, nl, driver, ops, ready)
+        try:
+            trio.run(_serve, cfg, nl, driver, ops, ready)
+        except BaseExceptionGroup as group:
+            # a nursery wraps the one error that stopped it: report that error
+            raise _single(group) from None
     except NetfsError as e:
         log.error("%s", e.message)
         if not state["ready"]:
