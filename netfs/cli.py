@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,12 +17,13 @@ def _read_input(path: str) -> bytes:
         return f.read()
 
 
-def validate_document(data: bytes) -> str:
+def validate_document(data: bytes, owner_name: str = "stdin") -> str:
     """Strict rules, then the canonical XML as libvirt would print it.
 
     A <network> is treated as `virsh net-define` then `virsh net-dumpxml
     --inactive` on a host with no other networks; a <networkport> or guest
-    <interface> as a port document.
+    <interface> as a port document. A guest <interface> names no owner: it
+    takes `owner_name`, as a port directory's name is taken in the filesystem.
     """
     from netfs.model import xmlsafe
     from netfs.model.network import format_network, parse_network
@@ -30,7 +32,7 @@ def validate_document(data: bytes) -> str:
 
     root = xmlsafe.root_name(data)
     if root in ("networkport", "interface"):
-        return format_port(parse_port(data, strict=True))
+        return format_port(parse_port(data, strict=True, owner_name=owner_name))
     net = parse_network(data)
     validate_network(net)
     return format_network(net, inactive=True)
@@ -46,7 +48,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = 1
             continue
         try:
-            sys.stdout.write(validate_document(data))
+            owner = "stdin" if path == "-" else os.path.splitext(os.path.basename(path))[0]
+            sys.stdout.write(validate_document(data, owner))
         except NetfsError as e:
             print(f"error: {e.message}", file=sys.stderr)
             status = 1

@@ -1191,9 +1191,9 @@ def test_validate_cli() -> None:
         assert r.returncode == 0 and r.stdout == port.read_text()
 
 
-def test_validate_refuses_a_guest_interface_as_documented() -> None:
-    """man: a guest <interface> cannot be checked by netfs validate (no owner name
-    outside a port directory), although port.xml accepts the same text."""
+def test_validate_checks_a_guest_interface() -> None:
+    """man: netfs validate checks a guest <interface> as port.xml would take it; the
+    owner name is the file's name (stdin for -), like a port directory's name."""
     r = subprocess.run(
         [str(NETFS), "validate", "-"],
         input=OVS_GUEST,
@@ -1201,8 +1201,14 @@ def test_validate_refuses_a_guest_interface_as_documented() -> None:
         text=True,
         timeout=LIVENESS,
     )
-    assert r.returncode == 1
-    assert r.stderr == "error: network port has no owner name\n"
+    assert r.returncode == 0, r.stderr
+    assert "<name>stdin</name>" in r.stdout
+    assert "interfaceid='09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f'" in r.stdout
+    bad = OVS_GUEST.replace("</interface>", "  <ip address='10.0.0.2'/>\n</interface>")
+    r = subprocess.run(
+        [str(NETFS), "validate", "-"], input=bad, capture_output=True, text=True, timeout=LIVENESS
+    )
+    assert r.returncode == 1 and r.stderr.startswith("error: ")
 
 
 _PASSTHROUGH_WITH_IP = """<network>
