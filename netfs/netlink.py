@@ -38,7 +38,12 @@ API (all async):
 - ``set_up(name)``: IFF_UP.
 - ``add_address(ifname, address, prefixlen)``: IPv4 with the broadcast
   address (as ``ip addr add A/P broadcast +``); IPv6 with IFA_F_NODAD.
-- ``add_route(dst, prefixlen, *, gateway, metric, ifname)``.
+- ``add_route(dst, prefixlen, *, gateway, metric, ifname, best_effort=False)``:
+  ``best_effort`` logs a failure instead of raising it (libvirt ignores
+  failures of static routes).
+- ``batch() -> NetlinkBatch``: changes recorded and run in ONE worker
+  submission (one thread hop instead of one per request); queries flush it
+  first; it tracks how many requests completed, for per-step rollback.
 - ``link(name) -> LinkInfo | None``, ``links() -> list[LinkInfo]``.
 - ``addresses(ifname=None) -> list[AddrInfo]``.
 - ``routes(family, *, match=None) -> list[RouteInfo]``: the main table (what
@@ -70,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import inspect
 import ipaddress
 import logging
 import os
@@ -108,6 +114,7 @@ __all__ = [
     "LinkInfo",
     "LinkMonitor",
     "Netlink",
+    "NetlinkBatch",
     "RouteInfo",
 ]
 
@@ -591,6 +598,41 @@ class Netlink:
             ) from None
 
     def _do_add_route(
+        self,
+        dst: str,
+        prefixlen: int,
+        gateway: str | None,
+        metric: int | None,
+        ifname: str | None,
+        best_effort: bool = False,
+    ) -> None:
+        try:
+            self._add_route(dst, prefixlen, gateway, metric, ifname)
+        except (NetfsError, ValueError) as e:
+            if not best_effort:
+                raise
+            log.warning(
+                "static route %s/%s via %s on %s not added: %s",
+                dst,
+                prefixlen,
+                gateway,
+                ifname or "-",
+                e.message if isinstance(e, NetfsError) else e,
+            )
+
+    def _do_batch(
+        self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> tuple[int, BaseException | None]:
+        """Run recorded requests in order; stop at the first failure.
+        Returns how many completed and the failure (None: all did)."""
+        for i, (fn, args) in enumerate(ops):
+            try:
+                fn(*args)
+            except Exception as e:
+                return i, e
+        return len(ops), None
+
+    def _add_route(
         self, dst: str, prefixlen: int, gateway: str | None, metric: int | None, ifname: str | None
     ) -> None:
         spec: dict[str, Any] = {"dst": dst, "dst_len": int(prefixlen)}
@@ -837,8 +879,10 @@ class Netlink:
         gateway: str | None = None,
         metric: int | None = None,
         ifname: str | None = None,
+        best_effort: bool = False,
     ) -> None:
-        await self._call(self._do_add_route, dst, prefixlen, gateway, metric, ifname)
+        """Add a route; ``best_effort``: a failure is logged, not raised."""
+        await self._call(self._do_add_route, dst, prefixlen, gateway, metric, ifname, best_effort)
 
     async def link(self, name: str) -> LinkInfo | None:
         return await self._call(self._do_link, name)
@@ -864,6 +908,10 @@ class Netlink:
     async def read_sysctl(self, path: str) -> str | None:
         """Read a /proc/sys file as seen from the namespace (None if missing)."""
         return await self._call(self._do_read_sysctl, path)
+
+    def batch(self) -> NetlinkBatch:
+        """A recorder of changes that runs them in one worker submission."""
+        return NetlinkBatch(self)
 
     async def ping(self) -> None:
         """A no-op round trip through the worker thread (to measure overhead)."""
@@ -947,3 +995,90 @@ class LinkMonitor:
                 )
             )
         return out
+
+
+class NetlinkBatch:
+    """Changes recorded to run in ONE submission to the worker thread.
+
+    It offers the Netlink API. The changes ``create_bridge`` (which returns
+    None here), ``set_up``, ``add_address``, ``add_route`` and
+    ``set_ipv6_sysctls`` are recorded and return at once, without a
+    checkpoint; every other call (the queries, ``delete_link``, ...) first
+    flushes what is recorded, then goes to the Netlink, so the kernel sees
+    every request in the order it was made. :meth:`flush` runs the recorded
+    requests in order in one worker submission and stops at the first
+    failure, which it raises (the requests after it are dropped).
+
+    ``len(batch)`` is the number of requests made so far (the position of
+    the next one); ``completed`` the number that succeeded in the kernel. A
+    caller that records the position after each of its steps knows, after
+    a failure, exactly which steps were done (their requests all completed):
+    so rollback stays per step, as with one submission per request.
+    """
+
+    def __init__(self, nl: Netlink) -> None:
+        self._nl = nl
+        self._ops: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._made = 0
+        self.completed = 0
+
+    def __len__(self) -> int:
+        return self._made
+
+    def _record(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._ops.append((fn, args))
+        self._made += 1
+
+    def __getattr__(self, attr: str) -> Any:
+        target = getattr(self._nl, attr)
+        if attr.startswith("_") or not inspect.iscoroutinefunction(target):
+            return target
+
+        async def flushed(*args: Any, **kwargs: Any) -> Any:
+            await self.flush()
+            return await target(*args, **kwargs)
+
+        return flushed
+
+    async def flush(self) -> None:
+        if not self._ops:
+            return
+        ops, self._ops = self._ops, []
+        done, error = await self._nl._call(self._nl._do_batch, ops)
+        self.completed += done
+        if error is not None:
+            raise error
+
+    async def create_bridge(
+        self,
+        name: str,
+        *,
+        mac: str | None,
+        mtu: int | None,
+        stp: bool,
+        forward_delay: int,
+        alias: str | None,
+        up: bool = True,
+    ) -> None:
+        self._record(self._nl._do_create_bridge, name, mac, mtu, stp, forward_delay, alias, up)
+
+    async def set_up(self, name: str) -> None:
+        self._record(self._nl._do_set_up, name)
+
+    async def add_address(self, ifname: str, address: str, prefixlen: int) -> None:
+        self._record(self._nl._do_add_address, ifname, address, prefixlen)
+
+    async def add_route(
+        self,
+        dst: str,
+        prefixlen: int,
+        *,
+        gateway: str | None = None,
+        metric: int | None = None,
+        ifname: str | None = None,
+        best_effort: bool = False,
+    ) -> None:
+        self._record(self._nl._do_add_route, dst, prefixlen, gateway, metric, ifname, best_effort)
+
+    async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
+        self._record(self._nl._do_set_ipv6_sysctls, ifname, disable)

@@ -332,3 +332,40 @@ async def test_links_lean_snapshot(nl: Netlink, netns: str) -> None:
     assert by_name["lo"].kind is None and by_name["lo"].alias is None
     with pytest.raises(NetfsError):
         await nl.link("x" * 40)  # the kernel refuses the name
+
+
+async def test_batch_one_submission_in_order_and_stops_at_failure(nl: Netlink, netns: str) -> None:
+    calls: list[object] = []
+    real_call = nl._call
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        calls.append(fn)
+        return await real_call(fn, *args)
+
+    nl._call = counting  # type: ignore[method-assign]
+    b = nl.batch()
+    await b.create_bridge("nfsba0", mac=None, mtu=None, stp=False, forward_delay=0, alias="x")
+    await b.set_ipv6_sysctls("nfsba0", disable=True)
+    await b.add_address("nfsba0", "10.31.0.1", 24)
+    await b.add_route("10.32.0.0", 16, gateway="10.31.0.9", ifname="nfsba0", best_effort=True)
+    await b.add_route("10.99.0.0", 16, gateway="10.98.0.1", ifname="nfsba0", best_effort=True)
+    assert (len(b), b.completed, calls) == (5, 0, [])  # recorded only
+    await b.flush()
+    assert (len(b), b.completed, len(calls)) == (5, 5, 1)  # one submission
+    assert link_json(netns, "nfsba0") is not None
+    assert [a["local"] for a in addr_json(netns, "nfsba0")] == ["10.31.0.1"]
+    assert ns_sysctl(netns, "/proc/sys/net/ipv6/conf/nfsba0/disable_ipv6") == "1"
+    # a query flushes what is recorded before it
+    await b.add_address("nfsba0", "10.33.0.1", 24)
+    addrs = await b.addresses("nfsba0")
+    assert {a.address for a in addrs} == {"10.31.0.1", "10.33.0.1"} and b.completed == 6
+    # the first failure stops the batch and is raised; the rest is dropped
+    await b.add_address("nfsba0", "10.34.0.1", 24)
+    await b.add_address("nfsba0", "10.34.0.1", 24)  # EEXIST
+    await b.add_address("nfsba0", "10.35.0.1", 24)
+    with pytest.raises(NetfsError) as e:
+        await b.flush()
+    assert e.value.errno == errno.EEXIST
+    assert (len(b), b.completed) == (9, 7)  # the one after the failure: dropped
+    assert "10.35.0.1" not in {a["local"] for a in addr_json(netns, "nfsba0")}
+    assert await nl.delete_link("nfsba0")

@@ -12,13 +12,19 @@ issues add):
 3. create the bridge in one request (MAC, STP, delay, up; MTU and the alias
    ``netfs:<uuid>`` in a follow-up, see netfs.netlink). An existing link of
    that name -> EADDRINUSE ``error creating bridge interface X: File exists``;
-   that link is never touched;
+   that link is never touched. The bridge and the requests of the steps
+   below are recorded in a :class:`~netfs.netlink.NetlinkBatch` and made in
+   one submission to the netlink worker thread (a step that queries the
+   kernel flushes what was recorded before it);
 4. then the per-start steps of :attr:`VirtualDriver.steps`, in order:
    ``ipv6-sysctls``, ``addresses``, ``routes``. Hook points for later
    issues: the firewall belongs before ``addresses`` (libvirt adds rules
    before the addresses), IP forwarding and dnsmasq after ``routes``. A step
    is a :class:`Step` with ``start`` and an optional ``stop``; ``stop`` runs
    (in reverse order) when the network stops, and when a later step fails.
+   The three built-in steps are ``batched`` (netlink requests only: they go
+   to the kernel with the bridge, in one submission); a step that is not
+   runs once everything before it is in the kernel.
 
 Any failure once the bridge exists: the ``stop`` of each step already done
 runs (reverse order, errors logged), the bridge we just created is deleted,
@@ -35,13 +41,14 @@ address and then any missing static route.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -58,9 +65,16 @@ StepFn = Callable[["NetworkDef", "Netlink"], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Step:
+    """A per-start step. ``batched``: its ``start`` only makes netlink
+    requests (and queries), so it may be given a NetlinkBatch whose changes
+    reach the kernel later, in one submission with the bridge's creation;
+    a step that is not (the default) runs once everything before it is in
+    the kernel, with the Netlink itself."""
+
     name: str
     start: StepFn
     stop: StepFn | None = None
+    batched: bool = False
 
 
 def alias_of(net: NetworkDef) -> str:
@@ -149,21 +163,16 @@ async def add_addresses(net: NetworkDef, nl: Netlink) -> None:
 
 
 async def _add_route(net: NetworkDef, nl: Netlink, r: RouteDef) -> None:
+    # libvirt ignores failures of static routes; the adapter logs them
     name = bridge_name(net)
-    try:
-        await nl.add_route(
-            r.address, r.prefix_len(), gateway=r.gateway, metric=r.metric, ifname=name
-        )
-    except (NetfsError, ValueError) as e:
-        # libvirt ignores failures of static routes; we log them
-        log.warning(
-            "network %s: static route %s/%s via %s not added: %s",
-            net.name,
-            r.address,
-            r.prefix_len(),
-            r.gateway,
-            e,
-        )
+    await nl.add_route(
+        r.address,
+        r.prefix_len(),
+        gateway=r.gateway,
+        metric=r.metric,
+        ifname=name,
+        best_effort=True,
+    )
 
 
 async def add_routes(net: NetworkDef, nl: Netlink) -> None:
@@ -184,9 +193,9 @@ class VirtualDriver:
         # per-start steps once the bridge exists; later issues insert here:
         # firewall before "addresses", forwarding and dnsmasq after "routes".
         self.steps: list[Step] = [
-            Step("ipv6-sysctls", ipv6_sysctls),
-            Step("addresses", add_addresses),
-            Step("routes", add_routes),
+            Step("ipv6-sysctls", ipv6_sysctls, batched=True),
+            Step("addresses", add_addresses, batched=True),
+            Step("routes", add_routes, batched=True),
         ]
 
     def insert_step(
@@ -205,9 +214,12 @@ class VirtualDriver:
         for check in self.checks:
             await check(net, nl)
         name = bridge_name(net)
+        # the bridge and every step's changes go to the kernel in one worker
+        # submission (a step's query flushes what is recorded before it)
+        batch = nl.batch()
         # EEXIST (a link of that name, ours or not) is refused here and
         # nothing is rolled back: the existing link is never touched
-        await nl.create_bridge(
+        await batch.create_bridge(
             name,
             mac=net.mac,
             mtu=net.mtu,
@@ -216,12 +228,25 @@ class VirtualDriver:
             alias=alias_of(net),
             up=True,
         )
-        done: list[Step] = []
+        ends: list[int] = []  # position in the batch after each step
         try:
             for step in self.steps:
-                await step.start(net, nl)
-                done.append(step)
+                if step.batched:
+                    await step.start(net, cast("Netlink", batch))
+                else:
+                    await batch.flush()
+                    await step.start(net, nl)
+                ends.append(len(batch))
+            await batch.flush()
         except BaseException:
+            # what the steps before the failure asked for happens, as it
+            # would have without the batch; then all of it is undone
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await batch.flush()
+            if batch.completed == 0:
+                raise  # the bridge was not created: nothing to undo
+            # done: the steps that returned and whose requests all completed
+            done = [s for s, end in zip(self.steps, ends, strict=False) if end <= batch.completed]
             # also on cancellation: never leave a half-made network behind
             with trio.CancelScope(shield=True):
                 await self._undo(net, nl, done)
