@@ -148,7 +148,7 @@ class NetworkPort:
     routes: tuple[GuestItem, ...] = field(default=())
     # a guest <interface>'s <source network=...> as written (None: absent, or
     # a <networkport>); the caller checks it names the network. Not formatted.
-    source_network: str | None = None
+    source_network: str | None = field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------------------
