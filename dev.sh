@@ -14,9 +14,9 @@ VENV="$TOP/.venv"
 PY="$VENV/bin/python"
 
 # Debian packages: build and run (python3, libfuse3, iproute2), and what the
-# tests and benchmarks call (inotifywait, groff for the man page check, ps).
+# tests and benchmarks call (inotifywait, groff for the man page check, ps, ed).
 DEB_PKGS="python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 \
-iproute2 inotify-tools groff-base procps kmod util-linux ca-certificates"
+iproute2 inotify-tools groff-base procps kmod util-linux ca-certificates ed"
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then

@@ -181,6 +181,7 @@ class NetworkState:
     error: str
     problem: str | None
     ports: dict[str, NetworkPort]
+    error_seq: int = 0  # how many errors were recorded: a repeated text is a new error
 
 
 @dataclass
@@ -191,6 +192,7 @@ class _Net:
     persistent: bool = True
     autostart: bool = False
     error: str = ""
+    error_seq: int = 0
     problem: str | None = None
     ports: dict[str, NetworkPort] = field(default_factory=dict)
 
@@ -413,6 +415,7 @@ class Driver:
             error=n.error,
             problem=n.problem,
             ports=dict(n.ports),
+            error_seq=n.error_seq,
         )
 
     def definition_xml(self, name: str) -> str:
@@ -450,6 +453,7 @@ class Driver:
         n = self._nets.get(name)
         if n is not None:
             n.error = message
+            n.error_seq += 1
             self._emit(name, "error")
 
     # ------------------------------------------------------------------ helpers

@@ -205,6 +205,7 @@ class NetfsOperations(pyfuse3.Operations):
         # presentation state
         self._pending: set[str] = set()  # mkdir'd networks without a definition
         self._pending_error: dict[str, str] = {}
+        self._pending_error_seq: dict[str, int] = {}
         self._pending_ports: set[tuple[str, str]] = set()
         self._scratch: dict[Path, _Scratch] = {}
         self._scratch_by_ino: dict[int, _Scratch] = {}
@@ -496,6 +497,7 @@ class NetfsOperations(pyfuse3.Operations):
         """A failure found above the core: it becomes the network's error."""
         if name in self._pending:
             self._pending_error[name] = message
+            self._pending_error_seq[name] = self._pending_error_seq.get(name, 0) + 1
             log.warning("network %s: %s", name, message)
         else:
             self.driver.set_error(name, message)
@@ -639,6 +641,7 @@ class NetfsOperations(pyfuse3.Operations):
         if what == "network":
             self._pending.add(n)
             self._pending_error.pop(n, None)
+            self._pending_error_seq.pop(n, None)
             self._pub_nets.add(n)
             self._snap[n] = self._snapshot(n)
         else:
@@ -695,6 +698,7 @@ class NetfsOperations(pyfuse3.Operations):
             if n in self._pending:
                 self._pending.discard(n)
                 self._pending_error.pop(n, None)
+                self._pending_error_seq.pop(n, None)
                 self._forget_net(n)
                 return
             if self._state(n) is None:
@@ -1098,6 +1102,7 @@ class NetfsOperations(pyfuse3.Operations):
         except NetfsError as e:
             if pending:
                 self._pending_error[name] = e.message
+                self._pending_error_seq[name] = self._pending_error_seq.get(name, 0) + 1
                 log.warning("network %s: %s", name, e.message)
             raise
         finally:
@@ -1105,6 +1110,7 @@ class NetfsOperations(pyfuse3.Operations):
         if pending:
             self._pending.discard(name)
             self._pending_error.pop(name, None)
+            self._pending_error_seq.pop(name, None)
         self._touched((name, F_DEFINITION))
 
     async def _act_port(self, name: str, port: str, data: bytes) -> None:
@@ -1260,7 +1266,17 @@ class NetfsOperations(pyfuse3.Operations):
         self._queue("all")
 
     def _snapshot(self, name: str) -> dict[str, bytes | None]:
-        return {f: self._safe_content((name, f)) for f in WATCHED_FILES}
+        snap = {f: self._safe_content((name, f)) for f in WATCHED_FILES}
+        # a new error with the same words as the last is still a change: the
+        # error's sequence number is part of what was announced, so each
+        # recorded error is announced exactly once (by its event or by a
+        # reconcile, whichever comes first)
+        text = snap[F_ERROR]
+        if text is not None:
+            st = self._state(name)
+            seq = st.error_seq if st is not None else self._pending_error_seq.get(name, 0)
+            snap[F_ERROR] = text + b"\0%d" % seq
+        return snap
 
     def publish_initial(self) -> None:
         """Everything the core has at start-up counts as already announced."""
@@ -1290,9 +1306,8 @@ class NetfsOperations(pyfuse3.Operations):
                     try:
                         if kind == "event":
                             if arg.kind in HIDDEN_EVENTS:
-                                # a new error, maybe with the same words: touch
-                                # `error` even if its content did not change
-                                await self._reconcile(arg.network, force=(F_ERROR,))
+                                # a new error: its sequence number changed
+                                await self._reconcile(arg.network)
                             else:
                                 self._wake_event_pollers()
                                 await self._reconcile(arg.network)
@@ -1367,7 +1382,7 @@ class NetfsOperations(pyfuse3.Operations):
         except OSError:
             pass
 
-    async def _reconcile(self, name: str, force: tuple[str, ...] = ()) -> None:
+    async def _reconcile(self, name: str) -> None:
         st = self._state(name)
         if st is None and name not in self._pending:
             if name in self._pub_nets:
@@ -1398,7 +1413,7 @@ class NetfsOperations(pyfuse3.Operations):
         if old is None:
             return
         for f in WATCHED_FILES:
-            if new.get(f) is None or (f not in force and old.get(f) in (None, new.get(f))):
+            if new.get(f) is None or old.get(f) in (None, new.get(f)):
                 continue
             self._announce((name, f))
             if f in POLL_FILES:
