@@ -261,3 +261,51 @@ def test_no_decision_left_open() -> None:
     lines = MANPAGE.read_text().splitlines()
     decisions = [line for line in lines if line.startswith('.\\" DECISION:')]
     assert decisions == []
+
+
+@needs_groff
+def test_recent_behaviour_is_documented() -> None:
+    """Behaviour that changed after the page was first synced: document
+    buffers, connection counts, names, recovery, saved generated values."""
+    sections = _sections()
+    text = _rendered_text()
+    # gone: statements the code no longer makes true
+    assert "starts from an empty buffer" not in text
+    assert "new generated one each time it is loaded" not in text
+    assert "host bridge networks are not watched" not in text
+    editors = sections["EDITORS AND TOOLS"]
+    assert "O_TRUNC" in editors and ">> appends" in editors
+    tree = sections["THE TREE"]
+    assert "connections='N'" in tree
+    assert "interface's source network 'X' does not match network 'NAME'" in tree
+    assert "newline" in tree and "autostarted" in tree
+    assert "changes nothing: nothing is saved and no event" in tree
+    recovery = sections["RECOVERY AND RECONCILIATION"]
+    assert "/sys/fs/fuse/connections/N/abort" in recovery
+    assert "umount -l MOUNTPOINT" in recovery
+    assert "already mounted by a running daemon" in recovery
+    assert "3 seconds" in recovery
+    assert "host bridge network becomes inactive" in recovery
+    state = sections["STATE ON DISK"]
+    assert "saved back atomically in canonical form" in state
+    notifications = sections["NOTIFICATIONS"]
+    assert "never lines of events" in notifications
+    assert "without IN_CLOSE_WRITE" in notifications
+    options = sections["OPTIONS"]
+    assert "/dev/null" in options and "| cat" in options
+    assert "cannot open network namespace" in options
+    assert "new inode numbers" in text
+
+
+def test_quoted_messages_match_the_code() -> None:
+    """Messages the page quotes are the ones the code produces."""
+    root = MANPAGE.parent.parent / "netfs"
+    core = (root / "core.py").read_text()
+    fs = (root / "fs.py").read_text()
+    netlink = (root / "netlink.py").read_text()
+    assert "interface's source network '" in core
+    assert "does not match network '" in core
+    assert "is already mounted by a running daemon" in fs
+    assert "cannot open network namespace" in netlink
+    assert "PROBE_TIMEOUT = 3.0" in fs
+    assert 'FUSECTL = "/sys/fs/fuse/connections"' in fs
