@@ -26,9 +26,11 @@ handler for the same inode deadlocks in the kernel); it only queues work.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import itertools
+import json
 import logging
 import math
 import os
@@ -37,7 +39,7 @@ import select
 import signal
 import stat
 import subprocess
-import threading
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -183,6 +185,106 @@ class _Options:
     group_writable: bool = False
 
 
+# The daemon's own operations through the mount (the inotify announcements)
+# run in a small child process, not in a thread of the daemon: if the daemon
+# is killed with SIGKILL while one of them waits for its answer, the daemon
+# still exits at once (no thread of it is stuck in a request to itself), its
+# /dev/fuse descriptor closes, the kernel aborts the connection, and the mount
+# reads "Transport endpoint is not connected" instead of hanging everyone.
+# The child dies with the daemon (PR_SET_PDEATHSIG) and holds no descriptor
+# of the FUSE device (it is exec'd with close_fds).
+_HANDS_CODE = r"""
+import ctypes, json, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+def touch(p):
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+ops = {
+    "mkdir": os.mkdir,
+    "rmdir": os.rmdir,
+    "unlink": os.unlink,
+    "mknod": lambda p: os.mknod(p, 0o100444),
+    "touch": touch,
+}
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    op, path = json.loads(line)
+    try:
+        ops[op](path)
+        out.write(b"0\n")
+    except OSError as e:
+        out.write(b"%d\n" % (e.errno or 0))
+    out.flush()
+"""
+
+
+class _Hands:
+    """A child process that performs the daemon's own operations (see above)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = -1
+        self._lock = trio.Lock()
+        self._send: trio.lowlevel.FdStream | None = None
+        self._recv: trio.lowlevel.FdStream | None = None
+        self._buf = b""
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _HANDS_CODE, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pid = self.proc.pid
+        self._send = trio.lowlevel.FdStream(os.dup(self.proc.stdin.fileno()))
+        self._recv = trio.lowlevel.FdStream(os.dup(self.proc.stdout.fileno()))
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self._buf = b""
+
+    def start(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.close()
+            self._spawn()
+
+    async def call(self, op: str, path: str) -> None:
+        """Do `op` on `path` through the mount; OSError with the errno on failure."""
+        async with self._lock:
+            self.start()
+            assert self._send is not None and self._recv is not None
+            await self._send.send_all(json.dumps([op, path]).encode() + b"\n")
+            while b"\n" not in self._buf:
+                chunk = await self._recv.receive_some(64)
+                if not chunk:
+                    self.close()
+                    raise OSError(errno.EIO, "the helper process ended")
+                self._buf += chunk
+            line, _, self._buf = self._buf.partition(b"\n")
+        code = int(line)
+        if code:
+            raise OSError(code, os.strerror(code), path)
+
+    def close(self) -> None:
+        for stream in (self._send, self._recv):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._send = self._recv = None
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            with contextlib.suppress(Exception):
+                self.proc.wait(timeout=5)
+            self.proc = None
+
+
 class NetfsOperations(pyfuse3.Operations):
     """pyfuse3 operations over a :class:`netfs.core.Driver`."""
 
@@ -215,7 +317,7 @@ class NetfsOperations(pyfuse3.Operations):
         self._pub_ports: set[tuple[str, str]] = set()
         self._snap: dict[str, dict[str, bytes | None]] = {}
         # the daemon's own worker threads doing self-touches
-        self._self_tids: set[int] = set()
+        self._hands = _Hands()
         # poll() waiters: path -> {fh: PollHandle}
         self._pollers: dict[Path, dict[int, Any]] = {}
         self._event_pollers: dict[int, Any] = {}
@@ -247,7 +349,7 @@ class NetfsOperations(pyfuse3.Operations):
         return path
 
     def _is_self(self, ctx: Any) -> bool:
-        return ctx is not None and ctx.pid in self._self_tids
+        return ctx is not None and ctx.pid == self._hands.pid
 
     def _state(self, name: str) -> Any | None:
         try:
@@ -830,9 +932,9 @@ class NetfsOperations(pyfuse3.Operations):
         target = dst[-1]
         if self._reserved(dpath, target):
             if len(dst) == 2 and target == F_DEFINITION:
-                await self._act_definition(dst[0], bytes(sc.data))
+                await self._act_definition(dst[0], bytes(sc.data), renamed=True)
             elif len(dst) == 4 and target == F_PORT:
-                await self._act_port(dst[0], dst[2], bytes(sc.data))
+                await self._act_port(dst[0], dst[2], bytes(sc.data), renamed=True)
             else:
                 raise _err(errno.EPERM)
             # the kernel now believes the renamed inode is that file
@@ -1093,7 +1195,7 @@ class NetfsOperations(pyfuse3.Operations):
         for parent, n in entries:
             self._invalidate(parent, n)
 
-    async def _act_definition(self, name: str, data: bytes) -> None:
+    async def _act_definition(self, name: str, data: bytes, *, renamed: bool = False) -> None:
         pending = name in self._pending
         before = None if pending else self._state(name)
         try:
@@ -1112,13 +1214,27 @@ class NetfsOperations(pyfuse3.Operations):
             self._pending_error.pop(name, None)
             self._pending_error_seq.pop(name, None)
         self._touched((name, F_DEFINITION))
+        if not renamed:
+            await self._drop_written_size((name,), F_DEFINITION)
 
-    async def _act_port(self, name: str, port: str, data: bytes) -> None:
+    async def _act_port(self, name: str, port: str, data: bytes, *, renamed: bool = False) -> None:
         try:
             await self.driver.create_port(name, port, data)
         finally:
             self._queue("reconcile", name)
         self._pending_ports.discard((name, port))
+        if not renamed:
+            await self._drop_written_size((name, D_PORTS, port), F_PORT)
+
+    async def _drop_written_size(self, parent: Path, name: str) -> None:
+        """The kernel keeps the size the writer left (until the entry times
+        out); the saved document is the canonical form, of another size. Drop
+        the entry so the next open looks it up again: `>>` right after a write
+        then appends at the real end. Never from rename(): the kernel holds
+        the directory's lock until rename returns (and a renamed-over entry is
+        new anyway)."""
+        if not self.closing and parent in self._ino_by_path:
+            await trio.to_thread.run_sync(self._invalidate, parent, name, abandon_on_cancel=True)
 
     def _touched(self, path: Path) -> None:
         self._mtimes[path] = time.time_ns()
@@ -1298,6 +1414,9 @@ class NetfsOperations(pyfuse3.Operations):
         self._todo_send, self._todo_recv = send, recv
         core = self.driver.subscribe()
         self.publish_initial()
+        # start the helper now: spawned at the first change, its start-up
+        # (~20 ms) would delay that change's announcement
+        self._hands.start()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, core, send)
@@ -1334,42 +1453,28 @@ class NetfsOperations(pyfuse3.Operations):
         async for ev in core:
             send.send_nowait(("event", ev))
 
-    def _own_op(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Runs in a worker thread: one of the daemon's own operations through
-        the mount. Handlers recognise it by this thread's id."""
-        tid = threading.get_native_id()
-        self._self_tids.add(tid)
-        try:
-            fn(*args)
-        except OSError as e:
-            log.debug("own %s%s: %s", fn.__name__, args, e)
-        finally:
-            self._self_tids.discard(tid)
-
-    async def _own(self, fn: Callable[..., Any], *args: Any) -> None:
+    async def _own(self, op: str, *parts: str) -> None:
+        """One of the daemon's own operations through the mount, done by the
+        helper process; handlers recognise it by that process's pid."""
         if self.closing:
             return
-        await trio.to_thread.run_sync(self._own_op, fn, *args, abandon_on_cancel=True)
+        try:
+            await self._hands.call(op, self._real(*parts))
+        except OSError as e:
+            log.debug("own %s %s: %s", op, "/".join(parts), e)
+
+    async def _own_new(self, op: str, parent: Path, name: str) -> None:
+        """mkdir or mknod of `name` in `parent`, after dropping a dentry the
+        kernel may have cached for it (from a thread: the kernel takes the
+        directory's lock, and the trio loop must stay free to answer whoever
+        holds it)."""
+        if self.closing:
+            return
+        await trio.to_thread.run_sync(self._invalidate, parent, name, abandon_on_cancel=True)
+        await self._own(op, *parent, name)
 
     def _real(self, *parts: str) -> str:
         return os.path.join(self.mountpoint, *parts)
-
-    def _do_mkdir(self, parent: Path, name: str) -> None:
-        self._invalidate(parent, name)
-        os.mkdir(self._real(*parent, name))
-
-    def _do_create(self, parent: Path, name: str) -> None:
-        # mknod, not open(O_CREAT): IN_CREATE all the same, with two requests
-        # (LOOKUP, MKNOD) instead of four (LOOKUP, CREATE, FLUSH, RELEASE)
-        self._invalidate(parent, name)
-        os.mknod(self._real(*parent, name), stat.S_IFREG | 0o444)
-
-    def _do_touch(self, path: Path) -> None:
-        fd = os.open(self._real(*path), os.O_WRONLY)
-        try:
-            os.write(fd, b"\n")
-        finally:
-            os.close(fd)
 
     def _invalidate(self, parent: Path, name: str) -> None:
         """Drop a dentry the kernel cached, so it asks us again (and our own
@@ -1386,26 +1491,26 @@ class NetfsOperations(pyfuse3.Operations):
         st = self._state(name)
         if st is None and name not in self._pending:
             if name in self._pub_nets:
-                await self._own(os.rmdir, self._real(name))
+                await self._own("rmdir", name)
                 self._forget_net(name)  # also if the rmdir failed
             return
         if name not in self._pub_nets:
-            await self._own(self._do_mkdir, (), name)
+            await self._own_new("mkdir", (), name)
             self._pub_nets.add(name)
             self._snap[name] = self._snapshot(name)
         if st is not None:
             if st.active and name not in self._pub_status:
-                await self._own(self._do_create, (name,), F_STATUS)
+                await self._own_new("mknod", (name,), F_STATUS)
                 self._pub_status.add(name)
             elif not st.active and name in self._pub_status:
-                await self._own(os.unlink, self._real(name, F_STATUS))
+                await self._own("unlink", name, F_STATUS)
                 self._pub_status.discard(name)
             for p in sorted(set(st.ports) - {q for n, q in self._pub_ports if n == name}):
-                await self._own(self._do_mkdir, (name, D_PORTS), p)
+                await self._own_new("mkdir", (name, D_PORTS), p)
                 self._pub_ports.add((name, p))
             for n, p in sorted(self._pub_ports):
                 if n == name and p not in st.ports and (n, p) not in self._pending_ports:
-                    await self._own(os.rmdir, self._real(name, D_PORTS, p))
+                    await self._own("rmdir", name, D_PORTS, p)
                     self._pub_ports.discard((n, p))
         new = self._snapshot(name)
         old = self._snap.get(name)
@@ -1418,10 +1523,11 @@ class NetfsOperations(pyfuse3.Operations):
             self._announce((name, f))
             if f in POLL_FILES:
                 self._wake_pollers((name, f))
-            await self._own(self._do_touch, (name, f))
+            await self._own("touch", name, f)
 
     def cancel_blocked_reads(self) -> None:
         self.closing = True
+        self._hands.close()
         for cs in list(self._blocked_reads):
             cs.cancel()
 

@@ -111,6 +111,21 @@ def test_definition_writers(mounted: Daemon, tmp_path: Path) -> None:
     assert "192.168.151.1" in (mounted.config_dir / "testA.xml").read_text()
 
 
+def test_append_right_after_a_write(mounted: Daemon) -> None:
+    """The saved document is the canonical form, not what was written: `>>`
+    right after a write must append at the end of what the file now holds."""
+    mnt = mounted.mnt
+    (mnt / "n2").mkdir()
+    r = bash(
+        f"printf \"<network><name>n2</name><bridge name='nfsbr2'/></network>\\n\" > {mnt}/n2/definition.xml"
+        f" && echo '<!-- y -->' >> {mnt}/n2/definition.xml"
+    )
+    assert (r.returncode, r.stderr) == (0, "")
+    assert (mnt / "n2" / "error").read_text() == ""
+    text = (mnt / "n2" / "definition.xml").read_text()
+    assert text.startswith("<network>\n  <name>n2</name>\n") and text.endswith("</network>\n")
+
+
 def test_refused_definition_leaves_everything(mounted: Daemon, tmp_path: Path) -> None:
     mnt = mounted.mnt
     define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
