@@ -1,30 +1,15 @@
 """Forward mode hostdev (PCI passthrough pool).
 
-Nothing happens in the kernel when the network starts or stops; such a
-network is always "still running".
+Nothing happens in the kernel when the network starts or stops (the virtual
+functions are handed to guests), and such a network is always "still
+running": the same steps as the macvtap modes, kept as its own table entry so
+that hostdev-specific work (e.g. building the pool from a PF) has its place.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from netfs.model.network import NetworkDef
-    from netfs.netlink import Netlink
+from netfs.subdrivers.direct import DirectDriver
 
 
-class HostdevDriver:
-    async def start(self, net: NetworkDef, nl: Netlink) -> None:
-        return None
-
-    async def stop(self, net: NetworkDef, nl: Netlink) -> None:
-        return None
-
-    async def is_running(self, net: NetworkDef, nl: Netlink) -> bool:
-        return True
-
-    async def repair(self, net: NetworkDef, nl: Netlink) -> None:
-        return None
-
-    def watched_link(self, net: NetworkDef) -> str | None:
-        return None
+class HostdevDriver(DirectDriver):
+    pass
