@@ -58,6 +58,7 @@ log = logging.getLogger("netfs.fs")
 Path = tuple[str, ...]
 
 TIMEOUT = 1.0  # entry and attribute timeouts, seconds
+SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
 MAX_TASKS = 1000  # pyfuse3 worker tasks (each blocked `events` reader holds one)
 
 # network directory
@@ -176,6 +177,7 @@ class _Handle:
     channel: Any = None  # events: the core subscription
     leftover: bytes = b""  # events: undelivered part of a batch
     pid: int = 0  # events: the opener (to notice it has been killed)
+    settle: int = 0  # attr/doc: the notifier's queue position its last act reached
 
 
 @dataclass
@@ -329,6 +331,10 @@ class NetfsOperations(pyfuse3.Operations):
         self._blocked_reads: set[trio.CancelScope] = set()
         self._todo_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
         self._todo_recv: trio.MemoryReceiveChannel[tuple[str, Any]] | None = None
+        # how many items were queued for the notifier, and how many it has done
+        self._todo_seq = 0
+        self._done_seq = 0
+        self._progress = trio.Event()
         self._start_ns = time.time_ns()
         self.closing = False
 
@@ -1085,7 +1091,10 @@ class NetfsOperations(pyfuse3.Operations):
             h.dirty = True
             return len(buf)
         if h.kind == "attr":
-            await self._act_attr(h.path, buf)
+            try:
+                await self._act_attr(h.path, buf)
+            finally:
+                h.settle = self._todo_seq
             return len(buf)
         raise _err(errno.EACCES)
 
@@ -1097,19 +1106,39 @@ class NetfsOperations(pyfuse3.Operations):
         data = bytes(h.buf)
         if not data.strip(b"\0 \t\r\n"):
             return  # nothing written (bash's early flush, `: > file`)
-        if len(h.path) == 2:
-            await self._act_definition(h.path[0], data)
-            self._written(h.path)
-        else:
-            await self._act_port(h.path[0], h.path[2], data)
+        try:
+            if len(h.path) == 2:
+                await self._act_definition(h.path[0], data)
+                self._written(h.path)
+            else:
+                await self._act_port(h.path[0], h.path[2], data)
+        finally:
+            h.settle = self._todo_seq
 
     async def flush(self, fh: FileHandleT) -> None:
         try:
             h = self._handle(fh)
-            if h.kind == "doc" and h.dirty:
-                await self._commit(h)
+            try:
+                if h.kind == "doc" and h.dirty:
+                    await self._commit(h)
+            finally:
+                await self._settle(h)
         except Exception as e:
             raise _fuse_error(e, "flush") from None
+
+    async def _settle(self, h: _Handle) -> None:
+        """Before close() returns to a process whose write acted, let the
+        notifier finish announcing that change (its own operations through the
+        mount): `echo 0 > active; umount /net` must not find the mount busy
+        with them, and watchers have heard of a change once the command that
+        made it is done. Bounded: a wedged notifier delays close() at most
+        SETTLE_TIMEOUT. Never on the helper's own handles (kind "self"), and
+        the kernel holds no lock of ours during FLUSH, so the helper's
+        operations can proceed meanwhile."""
+        target, h.settle = h.settle, 0
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while self._done_seq < target and not self.closing and self._todo_send is not None:
+                await self._progress.wait()
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
@@ -1375,7 +1404,14 @@ class NetfsOperations(pyfuse3.Operations):
             try:
                 self._todo_send.send_nowait((kind, arg))
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                return
+            self._todo_seq += 1
+
+    def _did_one(self) -> None:
+        """The notifier finished one queued item: wake close()s waiting on it."""
+        self._done_seq += 1
+        self._progress.set()
+        self._progress = trio.Event()
 
     def request_reconcile_all(self) -> None:
         """Compare every network with what watchers were told (after SIGHUP)."""
@@ -1419,7 +1455,7 @@ class NetfsOperations(pyfuse3.Operations):
         self._hands.start()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, core, send)
+                nursery.start_soon(self._pump, core)
                 task_status.started()
                 async for kind, arg in recv:
                     try:
@@ -1441,17 +1477,16 @@ class NetfsOperations(pyfuse3.Operations):
                                 await self._reconcile(name)
                     except Exception:
                         log.exception("notifier: %s %s", kind, arg)
+                    finally:
+                        self._did_one()
         finally:
             self.driver.unsubscribe(core)
             self._todo_send = None
+            self._progress.set()
 
-    async def _pump(
-        self,
-        core: trio.MemoryReceiveChannel[Any],
-        send: trio.MemorySendChannel[tuple[str, Any]],
-    ) -> None:
+    async def _pump(self, core: trio.MemoryReceiveChannel[Any]) -> None:
         async for ev in core:
-            send.send_nowait(("event", ev))
+            self._queue("event", ev)
 
     async def _own(self, op: str, *parts: str) -> None:
         """One of the daemon's own operations through the mount, done by the

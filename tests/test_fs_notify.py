@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
+import struct
 import subprocess
 import time
 
@@ -58,6 +60,51 @@ def test_inotify_for_writes_and_for_a_vanished_bridge(mounted: Daemon) -> None:
     finally:
         w.close()
         ev.close()
+
+
+IN_CREATE, IN_DELETE, IN_NONBLOCK = 0x100, 0x200, 0o4000
+
+
+def _pending_inotify(fd: int) -> list[tuple[int, str]]:
+    """(mask, name) of every event the kernel has queued on `fd` right now."""
+    out: list[tuple[int, str]] = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return out
+        at = 0
+        while at < len(data):
+            _wd, mask, _cookie, size = struct.unpack_from("iIII", data, at)
+            name = data[at + 16 : at + 16 + size].rstrip(b"\0").decode()
+            out.append((mask, name))
+            at += 16 + size
+
+
+def test_watchers_are_told_before_the_writers_close_returns(mounted: Daemon) -> None:
+    """When close() of a write that acted returns, its announcements are
+    done: status.xml's IN_CREATE/IN_DELETE is already queued for watchers, and
+    no operation of the daemon's own is left in the mount (so `echo 0 >
+    active; umount /net` never finds the mount busy)."""
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(IN_NONBLOCK)
+    assert fd >= 0
+    try:
+        assert libc.inotify_add_watch(fd, bytes(net), IN_CREATE | IN_DELETE) >= 0
+        for _ in range(5):
+            for value, want in ((b"1\n", IN_CREATE), (b"0\n", IN_DELETE)):
+                w = os.open(net / "active", os.O_WRONLY)
+                try:
+                    os.write(w, value)
+                finally:
+                    os.close(w)
+                # no waiting: the kernel has it queued already, or never will
+                assert (want, "status.xml") in _pending_inotify(fd), value
+    finally:
+        os.close(fd)
 
 
 def test_inotify_for_directories(mounted: Daemon) -> None:
