@@ -1122,7 +1122,8 @@ class NetfsOperations(pyfuse3.Operations):
                 if h.kind == "doc" and h.dirty:
                     await self._commit(h)
             finally:
-                await self._settle(h)
+                if h.settle:
+                    await self._settle(h)
         except Exception as e:
             raise _fuse_error(e, "flush") from None
 
