@@ -363,6 +363,22 @@ class Watch(_LineReader):
         return self.find(match, f"{event} on {want}", timeout)
 
 
+def _has_open(pid: int, path: Path) -> bool:
+    """Does process `pid` hold `path` open?"""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for fd in names:
+        try:
+            if os.readlink(f"{fds}/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 class EventReader(_LineReader):
     """`cat MNT/events` as a subprocess."""
 
@@ -371,6 +387,8 @@ class EventReader(_LineReader):
             ["cat", str(mnt / "events")], stdout=subprocess.PIPE, text=True, bufsize=1
         )
         super().__init__(proc)
+        # subscribed once `cat` holds the file open (events from before are not its)
+        wait_for(lambda: _has_open(proc.pid, mnt / "events"), "`cat` to open events")
 
     def wait(self, network: str, word: str, port: str | None = None) -> str:
         want = [network, word] + ([port] if port else [])

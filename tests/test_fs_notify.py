@@ -36,7 +36,6 @@ def test_inotify_for_writes_and_for_a_vanished_bridge(mounted: Daemon) -> None:
     w = Watch(net, net / "active")
     ev = EventReader(mnt)
     try:
-        time.sleep(0.2)  # `cat` has the events file open (liveness, not asserted)
         r = bash(f"echo 1 > {net}/active")
         assert r.returncode == 0
         w.wait(net / "active", "MODIFY")
@@ -112,7 +111,6 @@ def test_inotify_for_directories(mounted: Daemon) -> None:
     w = Watch(mnt)
     ev = EventReader(mnt)
     try:
-        time.sleep(0.2)
         # a network the daemon itself learns about (SIGHUP reload of the config dir)
         (mounted.config_dir / "fromcfg.xml").write_text(virtual_xml("fromcfg", "nfsbr5"))
         assert mounted.proc is not None
@@ -169,7 +167,6 @@ def test_error_file_is_notified(mounted: Daemon) -> None:
     w = Watch(err)
     ev = EventReader(mnt)
     try:
-        time.sleep(0.2)  # `cat` has the events file open (liveness, not asserted)
         r = bash(f"echo 7 > {mnt}/testA/active")
         assert r.returncode == 1
         w.wait(err, "MODIFY")
