@@ -224,20 +224,45 @@ def _check_filename(path: Path, net: NetworkDef) -> None:
         )
 
 
-def format_status(live: NetworkDef, *, header: bool = True) -> bytes:
+def format_status(
+    live: NetworkDef,
+    *,
+    header: bool = True,
+    class_ids: Iterable[int] = (),
+    floor_sum: int = 0,
+) -> bytes:
     """The status document: ``<networkstatus>`` wrapping the live ``<network>``.
 
-    Structure as libvirt's (§3.4): the reserved QoS class ids ``0-2``, a floor
-    sum of 0 (netfs does no QoS accounting), then the live network.
+    Structure as libvirt's (§3.4): the QoS class ids in use (``0-2`` are
+    always reserved; ``class_ids`` are those of ports with an inbound floor),
+    the sum of those floors, then the live network.
     """
     inner = format_network(live)
     body = "".join("  " + line + "\n" if line else "\n" for line in inner.splitlines())
+    bitmap = format_bitmap({0, 1, 2} | set(class_ids))
     return (
         (_header(live.name) if header else b"")
-        + b"<networkstatus>\n  <class_id bitmap='0-2'/>\n  <floor sum='0'/>\n"
+        + f"<networkstatus>\n  <class_id bitmap='{bitmap}'/>\n  <floor sum='{floor_sum}'/>\n".encode()
         + body.encode()
         + b"</networkstatus>\n"
     )
+
+
+def format_bitmap(bits: Iterable[int]) -> str:
+    """A set of numbers as libvirt prints a bitmap: ranges joined by commas
+    (``0-4,7``)."""
+    out: list[str] = []
+    run: list[int] = []
+    for b in sorted(set(bits)):
+        if run and b == run[-1] + 1:
+            run.append(b)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [b]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
 
 
 def parse_status(data: bytes) -> NetworkDef:
@@ -419,8 +444,13 @@ class StateStore:
 
     # -- status ----------------------------------------------------------------
 
-    def write_status(self, live: NetworkDef) -> None:
-        atomic_write(self.status_path(live.name), format_status(live))
+    def write_status(
+        self, live: NetworkDef, class_ids: Iterable[int] = (), floor_sum: int = 0
+    ) -> None:
+        atomic_write(
+            self.status_path(live.name),
+            format_status(live, class_ids=class_ids, floor_sum=floor_sum),
+        )
 
     def delete_status(self, name: str) -> bool:
         return remove_file(self.status_path(name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import random
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -730,7 +731,14 @@ async def test_ports_openvswitch_testA(driver: Driver, netns: str, nursery: trio
     with pytest.raises(NetfsError) as e:
         await driver.create_port("testA", "vm1", IFACE_OVS)
     assert e.value.errno == errno.EEXIST
+    # a port document read back carries its plug: libvirt takes that only to
+    # reclaim a running guest's port
     same_uuid = driver.port_xml("testA", "vm1")
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm2", same_uuid)
+    assert e.value.errno == errno.EINVAL
+    assert e.value.message == "Port reclaim not requested but plug type is not none"
+    same_uuid = re.sub(r"\s*<plug [^>]*/>", "", same_uuid)
     with pytest.raises(NetfsError) as e:
         await driver.create_port("testA", "vm2", same_uuid)
     assert e.value.errno == errno.EEXIST
@@ -758,6 +766,7 @@ async def test_ports_openvswitch_testA(driver: Driver, netns: str, nursery: trio
         "started",
         "port-created vm1",
         "error",  # EEXIST (name)
+        "error",  # EINVAL (plug)
         "error",  # EEXIST (uuid)
         "error",  # ENOENT
         "error",  # EINVAL
@@ -822,6 +831,76 @@ async def test_status_counts_connections(
     assert d2.status_xml("testA") == status
     await d2.stop("testA")
     assert d2.status_xml("testA") is None
+
+
+QOS_NET = """<network>
+  <name>qos</name>
+  <uuid>{uuid}</uuid>
+  <forward mode='nat'/>
+  <bridge name='nfsqos0'/>
+  <bandwidth>
+    <inbound average='1000' peak='2000' burst='1024'/>
+  </bandwidth>
+  <ip address='192.168.160.1' netmask='255.255.255.0'/>
+</network>
+"""
+
+
+def floor_iface(mac: int, floor: int) -> str:
+    return (
+        "<interface type='network'>\n"
+        f"  <mac address='52:54:00:33:33:{mac:02x}'/>\n"
+        "  <source network='qos'/>\n"
+        f"  <bandwidth><inbound floor='{floor}'/></bandwidth>\n"
+        "</interface>\n"
+    )
+
+
+def status_qos(driver: Driver) -> tuple[str, str]:
+    """(class_id bitmap, floor sum) of the status file on disk."""
+    text = driver.store.status_path("qos").read_text()
+    bitmap = re.search(r"<class_id bitmap='([^']*)'/>", text)
+    floor = re.search(r"<floor sum='(\d+)'/>", text)
+    assert bitmap and floor, text
+    return bitmap.group(1), floor.group(1)
+
+
+async def test_port_floors_are_accounted(driver: Driver, netns: str) -> None:
+    """libvirt's floor accounting: each port with a floor gets its own QoS
+    class id (from 3), the floors add up against the network's inbound peak,
+    and the status file records both (rewritten at each plug and unplug)."""
+    await driver.define(QOS_NET.format(uuid=U.format(20)))
+    await driver.start("qos")
+    assert status_qos(driver) == ("0-2", "0")
+    a = await driver.create_port("qos", "a", floor_iface(1, 500))
+    b = await driver.create_port("qos", "b", floor_iface(2, 600))
+    assert a.bandwidth is not None and a.bandwidth.class_id == 3
+    assert b.bandwidth is not None and b.bandwidth.class_id == 4
+    assert "<bandwidth classID='4'>" in driver.port_xml("qos", "b")
+    assert status_qos(driver) == ("0-4", "1100")
+    status = driver.status_xml("qos")
+    assert status is not None and "<class_id bitmap='0-4'/>\n  <floor sum='1100'/>" in status
+    # 500 + 600 + 1000 > peak 2000
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("qos", "c", floor_iface(3, 1000))
+    assert e.value.errno == errno.EINVAL
+    assert e.value.message == (
+        "Cannot plug '52:54:00:33:33:03' interface into 'nfsqos0' because new combined "
+        "inbound floor=2100 would overcommit peak=2000 on network 'qos'"
+    )
+    assert sorted(driver.get("qos").ports) == ["a", "b"]
+    assert status_qos(driver) == ("0-4", "1100")
+    # a port without a floor takes no class
+    plain_xml = re.sub(r"  <bandwidth>.*</bandwidth>\n", "", floor_iface(4, 0))
+    plain = await driver.create_port("qos", "p", plain_xml)
+    assert plain.bandwidth is None or plain.bandwidth.class_id == 0
+    # unplugging frees the class id and the floor; the next port reuses id 3
+    await driver.delete_port("qos", "a")
+    assert status_qos(driver) == ("0-2,4", "600")
+    c = await driver.create_port("qos", "c", floor_iface(3, 1000))
+    assert c.bandwidth is not None and c.bandwidth.class_id == 3
+    assert status_qos(driver) == ("0-4", "1600")
+    await driver.stop("qos")
 
 
 async def test_port_source_network_must_match(driver: Driver, netns: str) -> None:
