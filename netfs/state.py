@@ -36,6 +36,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,11 @@ def _header(name: str) -> bytes:
 
 def check_name(name: str, what: str = "network") -> None:
     """Refuse names that cannot be a file name in our directories (EINVAL)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # undecodable bytes from the kernel (surrogateescape)
+        shown = name.encode(errors="surrogateescape").decode(errors="replace")
+        raise NetfsError(errno.EINVAL, f"invalid {what} name '{shown}': not UTF-8") from None
     if (
         not name
         or "/" in name
@@ -93,7 +99,8 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync dir."""
     directory = path.parent
-    tmp = directory / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{id(data):x}"
+    # short: a 250-byte network name makes a 254-byte file name already
+    tmp = directory / f"{TMP_PREFIX}{secrets.token_hex(6)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
@@ -117,7 +124,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 def atomic_symlink(path: Path, target: str) -> None:
     """Point the symlink ``path`` at ``target`` atomically."""
     directory = path.parent
-    tmp = directory / f"{TMP_PREFIX}{path.name}.{os.getpid()}.link"
+    tmp = directory / f"{TMP_PREFIX}{secrets.token_hex(6)}.link"
     try:
         os.unlink(tmp)
     except FileNotFoundError:

@@ -271,13 +271,33 @@ def test_saved_port_with_guest_ip_is_reloaded(store: StateStore) -> None:
     assert again["vm8"].ips == ports["vm9"].ips and len(again["vm8"].ips) == 1
 
 
+def test_longest_name_is_saved_and_loaded(store: StateStore) -> None:
+    """A 250-byte name (the longest check_name takes) makes a 254-byte file
+    name; the temporary file beside it must fit in 255 bytes too."""
+    name = "q" * 250
+    check_name(name)
+    store.write_config(net(name))
+    store.set_autostart(name, True)
+    configs, problems = store.load_configs()
+    assert problems == [] and list(configs) == [name] and configs[name].autostart
+
+
+def test_non_utf8_name_is_einval_with_a_printable_reason() -> None:
+    with pytest.raises(NetfsError) as ei:
+        check_name("q\udcff")
+    assert ei.value.errno == errno.EINVAL
+    assert ei.value.message == "invalid network name 'q\ufffd': not UTF-8"
+
+
 def test_autostarted_marker(store: StateStore) -> None:
     assert not store.autostarted()
     store.mark_autostarted()
     assert store.autostarted()
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", ".hidden", "a/b", "autostarted", "x" * 300])
+@pytest.mark.parametrize(
+    "bad", ["", ".", "..", ".hidden", "a/b", "autostarted", "x" * 300, "q\udcff"]
+)
 def test_check_name_refuses(bad: str) -> None:
     with pytest.raises(NetfsError) as ei:
         check_name(bad)
