@@ -373,6 +373,7 @@ class Driver:
         # networks) -> names of the networks (host bridges may be shared)
         self._watched: dict[str, set[str]] = {}
         self._checking: set[str] = set()
+        self._renamed: dict[str, str] = {}  # network -> the new name of its renamed bridge
         self._resyncing = False
         self._resync_again = False
         self.ready = trio.Event()
@@ -723,10 +724,10 @@ class Driver:
         """Create or remove the autostart link; emits ``updated`` on a change."""
         async with self._transition(name):
             n = self._get(name)
+            if n.autostart == bool(on):
+                return  # the current value: a no-op, also for a transient network
             if not n.persistent:
                 raise NetfsError(errno.EINVAL, "cannot set autostart for transient network")
-            if n.autostart == bool(on):
-                return
             await self._store(self.store.set_autostart, name, bool(on))
             n.autostart = bool(on)
             self._emit(name, "updated")
@@ -1003,10 +1004,13 @@ class Driver:
             log.warning("link monitor overrun: resynchronising")
             nursery.start_soon(self.resync)
             return
+        alias = getattr(ev, "alias", None) or ""
+        if kind == "new":
+            self._on_new_link(ev.name, alias, nursery)
+            return
         if kind != "del":
             return
         names: set[str] = set()
-        alias = getattr(ev, "alias", None) or ""
         if alias.startswith(ALIAS_PREFIX):
             uuid = alias[len(ALIAS_PREFIX) :]
             for n in self._nets.values():
@@ -1019,6 +1023,24 @@ class Driver:
             self._checking.add(name)
             nursery.start_soon(self._check_running, name)
 
+    def _on_new_link(self, ifname: str, alias: str, nursery: trio.Nursery) -> None:
+        """A link carrying an active network's tag under another name than
+        the network's bridge: the bridge was renamed behind our back. The
+        network no longer has its bridge (it stops, as for a deletion); the
+        renamed link is left to whoever renamed it."""
+        if not alias.startswith(ALIAS_PREFIX) or not ifname:
+            return
+        uuid = alias[len(ALIAS_PREFIX) :]
+        for n in self._nets.values():
+            if n.live is None or n.live.uuid != uuid:
+                continue
+            bridge = subdrivers.for_mode(n.live.forward.mode, n.live).watched_link(n.live)
+            if bridge and bridge != ifname and n.name not in self._checking:
+                self._renamed[n.name] = ifname
+                self._checking.add(n.name)
+                nursery.start_soon(self._check_running, n.name)
+            return
+
     async def _check_running(self, name: str) -> None:
         try:
             async with self._transition(name):
@@ -1030,13 +1052,35 @@ class Driver:
                 sub = subdrivers.for_mode(live.forward.mode, live)
                 if await sub.is_running(live, self.nl):
                     return
-                log.warning("network %s: its bridge vanished: now inactive", name)
+                renamed = self._renamed.pop(name, None)
+                if renamed is None:
+                    log.warning("network %s: its bridge vanished: now inactive", name)
+                else:
+                    log.warning(
+                        "network %s: its bridge was renamed to %s: now inactive "
+                        "(%s is left as it is, without netfs's tag)",
+                        name,
+                        renamed,
+                        renamed,
+                    )
+                    await self._untag(renamed, live.uuid)
                 await self._store(self.store.delete_status, name)
                 await self._finish_stop(n)
         except Exception:
             log.exception("network %s: reconciling", name)
         finally:
             self._checking.discard(name)
+            self._renamed.pop(name, None)
+
+    async def _untag(self, ifname: str, uuid: str) -> None:
+        """Clear our tag from a link that is no longer a network's bridge (so
+        a later start-up does not take it for an orphan of ours)."""
+        try:
+            link = await self.nl.link(ifname)
+            if link is not None and link.alias == ALIAS_PREFIX + uuid:
+                await self.nl.set_alias(ifname, "")
+        except NetfsError as e:
+            log.warning("cannot clear the tag of %s: %s", ifname, e.message)
 
     async def resync(self) -> None:
         """Compare every active network with the kernel (after an overrun)."""

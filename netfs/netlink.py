@@ -577,6 +577,12 @@ class Netlink:
         except NetlinkError as e:
             raise _kernel_error(e, f"failed to set interface {name} up") from None
 
+    def _do_set_alias(self, name: str, alias: str) -> None:
+        try:
+            self._ipr.link("set", index=self._index(name), ifalias=alias)
+        except NetlinkError as e:
+            raise _kernel_error(e, f"cannot set the alias of {name}") from None
+
     def _do_add_address(self, ifname: str, address: str, prefixlen: int) -> None:
         ip = ipaddress.ip_address(address)
         spec: dict[str, Any] = {
@@ -867,6 +873,10 @@ class Netlink:
 
     async def set_up(self, name: str) -> None:
         await self._call(self._do_set_up, name)
+
+    async def set_alias(self, name: str, alias: str) -> None:
+        """Set the link's IFLA_IFALIAS ('' clears it)."""
+        await self._call(self._do_set_alias, name, alias)
 
     async def add_address(self, ifname: str, address: str, prefixlen: int) -> None:
         await self._call(self._do_add_address, ifname, address, prefixlen)

@@ -314,6 +314,7 @@ async def test_undefine_policies(driver: Driver, netns: str, nursery: trio.Nurse
     with pytest.raises(NetfsError) as e:
         await driver.set_autostart("a", True)
     assert e.value.message == "cannot set autostart for transient network"
+    await driver.set_autostart("a", False)  # the value it has: a no-op, not an error
     await driver.stop("a")
     assert driver.names() == []
     assert bridges(netns) == {}
@@ -594,6 +595,30 @@ async def test_bridge_deleted_behind_our_back(
     await driver.stop("b")
     await settle()
     assert ev.words("b") == ["defined", "started", "stopped"]
+
+
+async def test_bridge_renamed_behind_our_back(
+    driver: Driver, netns: str, nursery: trio.Nursery
+) -> None:
+    """A renamed bridge is no longer the network's bridge: the network stops
+    (as for a deletion), and the renamed link is left alone, without our tag
+    (a later start-up does not delete it as an orphan)."""
+    ev = Events(driver, nursery)
+    await nursery.start(driver.run_monitor)
+    await driver.define(net_xml("a", bridge="nfsa0", ip4="192.168.170.1"))
+    await driver.start("a")
+    ip("link", "set", "nfsa0", "down", netns=netns)
+    ip("link", "set", "nfsa0", "name", "nfsren0", netns=netns)
+    await ev.wait_for("a", "stopped")
+    assert not driver.get("a").active
+    assert not driver.store.status_path("a").exists()
+    renamed = links(netns)["nfsren0"]
+    assert not renamed.get("ifalias"), renamed
+    # starting again makes a new bridge of the right name
+    await driver.start("a")
+    assert set(bridges(netns)) == {"nfsa0", "nfsren0"}
+    await driver.stop("a")
+    assert set(bridges(netns)) == {"nfsren0"}
 
 
 async def test_enobufs_storm_survived(driver: Driver, netns: str, nursery: trio.Nursery) -> None:

@@ -296,6 +296,7 @@ class VirtualDriver:
         if link is None or link.alias != alias_of(net):
             raise NetfsError(errno.ENODEV, f"bridge {name} of network '{net.name}' is gone")
         if not link.up:
+            log.info("network %s: setting %s up again", net.name, name)
             await nl.set_up(name)
         present = {(ipaddress.ip_address(a.address), a.prefixlen) for a in await nl.addresses(name)}
         for ip in net.ips:
@@ -317,6 +318,7 @@ class VirtualDriver:
             except ValueError:
                 continue
             if key not in have:
+                log.info("network %s: re-adding route %s/%d", net.name, r.address, r.prefix_len())
                 await _add_route(net, nl, r)
 
     def watched_link(self, net: NetworkDef) -> str | None:
