@@ -916,9 +916,14 @@ class Driver:
         is (lenient: never dropped because of a bad file).
         """
         configs, problems = await self._store(self.store.load_configs)
-        for path, problem in problems:
-            log.warning("%s: %s", path, problem)
         bad = {p.name[: -len(".xml")] for p, _ in problems if p.parent == self.store.config_dir}
+        for path, problem in problems:
+            stem = path.name[: -len(".xml")]
+            if path.parent == self.store.config_dir and stem in self._nets:
+                # the network stays as it was; its `error` says why the edit was not taken
+                self.set_error(stem, f"cannot reload {path}: {problem}")
+            else:
+                log.warning("%s: %s", path, problem)
         for name, cfg in configs.items():
             async with self._lock(name):
                 n = self._nets.get(name)

@@ -545,6 +545,11 @@ async def test_reload_rereads_configs(driver: Driver, nursery: trio.Nursery) -> 
     assert driver.get("a").definition.bridge.name == "nfsa9"
     await settle()
     assert [w for w in ev.words() if w != "defined"] == ["updated", "undefined"]
+    # a file that no longer parses: the network stays as it was, `error` says why
+    (etc / "a.xml").write_text("<network><name>a</na")
+    await driver.reload()
+    assert driver.get("a").definition.bridge.name == "nfsa9"
+    assert driver.get("a").error.startswith(f"cannot reload {etc / 'a.xml'}: XML error:")
 
 
 async def test_config_without_uuid_or_mac_generated_once(
