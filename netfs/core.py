@@ -547,6 +547,8 @@ class Driver:
                 check_name(name)
                 xml = _with_name(xml, name)
             net = parse_network(xml)
+            if "\n" in net.name:  # libvirt's own refusal, before ours below
+                raise NetfsError(errno.EINVAL, "invalid char in name: \n")
             if name is not None and net.name != name:
                 raise NetfsError(
                     errno.EINVAL,

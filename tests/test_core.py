@@ -251,6 +251,10 @@ async def test_define_rules_and_texts(driver: Driver, netns: str) -> None:
         await driver.define(net_xml("a", n=1, bridge="nfsc0"))
     assert driver.get("a").error == "bridge name 'nfsc0' already in use."
     assert driver.get("a").definition.bridge.name == "nfsa0"
+    # a newline in the name is libvirt's refusal, also when a directory name is given
+    with pytest.raises(NetfsError) as e:
+        await driver.define("<network><name>a&#10;</name></network>", name="a")
+    assert e.value.message == "invalid char in name: \n"
 
 
 async def test_same_definition_again_changes_nothing(
