@@ -51,6 +51,7 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from netfs.errors import NetfsError
+from netfs.model.xmlsafe import MAX_INPUT_BYTES
 from netfs.state import check_name
 
 log = logging.getLogger("netfs.fs")
@@ -60,6 +61,9 @@ Path = tuple[str, ...]
 TIMEOUT = 1.0  # entry and attribute timeouts, seconds
 SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
 MAX_TASKS = 1000  # pyfuse3 worker tasks (each blocked `events` reader holds one)
+# the largest document handle buffer or editor scratch file: what a document
+# may be at parse time (a larger size fails at once with EFBIG)
+MAX_FILE_BYTES = MAX_INPUT_BYTES
 
 # network directory
 F_DEFINITION = "definition.xml"
@@ -173,6 +177,7 @@ class _Handle:
     polled: bool = False  # poll: registered as a waiter at least once
     buf: bytearray = field(default_factory=bytearray)  # doc: content written since open
     dirty: bool = False  # doc: written or truncated since the last act
+    refused: bool = False  # doc: a size past the limit was refused: never acts
     scratch: _Scratch | None = None
     channel: Any = None  # events: the core subscription
     leftover: bytes = b""  # events: undelivered part of a batch
@@ -611,6 +616,20 @@ class NetfsOperations(pyfuse3.Operations):
             self.driver.set_error(name, message)
         self._queue("reconcile", name)
 
+    def _check_size(self, path: Path, size: int) -> None:
+        """A document buffer or scratch file may not grow past the document
+        limit: EFBIG at once, with the reason in the network's error, and
+        nothing allocated."""
+        if size <= MAX_FILE_BYTES:
+            return
+        if path and (self._state(path[0]) is not None or path[0] in self._pending):
+            self._record(
+                path[0],
+                f"{'/'.join(path[1:])}: size {size} is larger than the limit of 1 MiB"
+                f" ({MAX_FILE_BYTES} bytes) for a document or an editor's temporary file",
+            )
+        raise _err(errno.EFBIG)
+
     # ================================================================ lookups
 
     # The handlers on the read path (lookup, getattr, open, read, flush,
@@ -969,6 +988,7 @@ class NetfsOperations(pyfuse3.Operations):
         now = time.time_ns()
         if sc is not None:
             if fields.update_size:
+                self._check_size(path, attr.st_size)
                 _resize(sc.data, attr.st_size)
                 sc.mtime_ns = now
             if fields.update_mode:
@@ -992,8 +1012,13 @@ class NetfsOperations(pyfuse3.Operations):
                 raise _err(errno.EACCES)
             h = self._handles.get(fh) if fh is not None else None
             if h is not None and h.kind == "doc":
+                if attr.st_size > MAX_FILE_BYTES:
+                    h.refused = True
+                self._check_size(path, attr.st_size)
                 _resize(h.buf, attr.st_size)
                 h.dirty = True
+            else:
+                self._check_size(path, attr.st_size)
         return self._attr(inode, path)
 
     # ================================================================ files
@@ -1083,10 +1108,14 @@ class NetfsOperations(pyfuse3.Operations):
             return len(buf)
         if h.kind == "scratch":
             assert h.scratch is not None
+            self._check_size(h.path, off + len(buf))
             _put(h.scratch.data, off, buf)
             h.scratch.mtime_ns = time.time_ns()
             return len(buf)
         if h.kind == "doc":
+            if off + len(buf) > MAX_FILE_BYTES:
+                h.refused = True
+            self._check_size(h.path, off + len(buf))
             _put(h.buf, off, buf)
             h.dirty = True
             return len(buf)
@@ -1103,6 +1132,11 @@ class NetfsOperations(pyfuse3.Operations):
         if h.kind != "doc" or not h.dirty:
             return
         h.dirty = False
+        if h.refused:
+            # part of what was written was refused (EFBIG): the content is
+            # not what the writer meant, and the error says why already
+            h.buf.clear()
+            return
         data = bytes(h.buf)
         if not data.strip(b"\0 \t\r\n"):
             return  # nothing written (bash's early flush, `: > file`)

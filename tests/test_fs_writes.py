@@ -346,3 +346,48 @@ def test_ports_8021qbg(mounted: Daemon) -> None:
         assert attr in vp, vp
     r = bash(f"rmdir {mnt}/testA")
     assert r.returncode == 1 and "Device or resource busy" in r.stderr
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_documents_and_scratch_files_are_capped(mounted: Daemon, tmp_path: Path) -> None:
+    """A size past the document limit (1 MiB) fails at once with EFBIG, with
+    the reason in `error`; nothing is allocated and nothing changes."""
+    mnt = mounted.mnt
+    assert mounted.proc is not None
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    d = net / "definition.xml"
+    before = d.read_text()
+    saved = (mounted.config_dir / "testA.xml").read_text()
+    rss = _rss_kib(mounted.proc.pid)
+    big = tmp_path / "big.xml"
+    big.write_text("<network><name>testA</name><!--" + "x" * (2 << 20) + "--></network>\n")
+    for script in (
+        f"truncate -s 1G {d}",
+        f"truncate -s 256M {net}/tmpfile",
+        f"dd if=/dev/zero of={d} bs=512 count=1 seek=100000 status=none",
+        f"dd if=/dev/zero of={net}/tmp2 bs=512 count=1 seek=100000 status=none",
+        f"cp {big} {d}",
+        f"cp {big} {net}/tmp3",
+    ):
+        r = bash(script)
+        assert r.returncode == 1 and "File too large" in r.stderr, (script, r.stderr)
+        assert d.read_text() == before, script
+        assert "larger than the limit of 1 MiB" in (net / "error").read_text(), script
+    # exactly the limit is still fine for a scratch file
+    r = bash(f"truncate -s 1M {net}/tmp4 && truncate -s 1048577 {net}/tmp4")
+    assert r.returncode == 1 and "File too large" in r.stderr, r.stderr
+    assert os.stat(net / "tmp4").st_size == 1 << 20
+    assert (mounted.config_dir / "testA.xml").read_text() == saved
+    assert _rss_kib(mounted.proc.pid) < rss + 64 * 1024
+    # a pending directory: the reason goes to its error file
+    r = bash(f"mkdir {mnt}/p && truncate -s 2M {mnt}/p/definition.xml")
+    assert r.returncode == 1 and "File too large" in r.stderr, r.stderr
+    assert "larger than the limit" in (mnt / "p" / "error").read_text()
