@@ -18,7 +18,8 @@ Logs go to stderr, one line per record, with ``<N>`` syslog priority prefixes
 when stderr is the journal (JOURNAL_STREAM matches stderr's device and
 inode), or to --log-file with timestamps. A detached daemon keeps none of its
 caller's descriptors: stdin and stdout become /dev/null, and stderr too unless
-it is the journal or a log file is given.
+it is the journal or a log file is given; every other descriptor it inherited
+(recorded first thing, so none of its own) is closed.
 """
 
 from __future__ import annotations
@@ -156,6 +157,41 @@ def detach_stdio(log_fd: int | None) -> None:
     os.close(devnull)
 
 
+def caller_fds() -> dict[int, tuple[int, int]]:
+    """The descriptors above stderr open now (what the caller left us, when
+    called first thing), each with its file's (st_dev, st_ino)."""
+    try:
+        candidates = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: try them all
+        candidates = list(range(3, os.sysconf("SC_OPEN_MAX")))
+    found: dict[int, tuple[int, int]] = {}
+    for fd in candidates:
+        if fd < 3:
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        found[fd] = (st.st_dev, st.st_ino)
+    return found
+
+
+def close_caller_fds(inherited: dict[int, tuple[int, int]], keep: set[int]) -> None:
+    """A detached daemon must not keep what its caller left open (a pipe the
+    caller's shell holds on fd 9 would never see EOF, a lock taken with
+    flock(1) would never be released): close each inherited descriptor that
+    still refers to the same file, except those in `keep`."""
+    for fd, ident in inherited.items():
+        if fd in keep:
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == ident:
+            os.close(fd)
+
+
 def _gid(group: str | None) -> int | None:
     if group is None:
         return None
@@ -243,6 +279,7 @@ def _single(group: BaseExceptionGroup) -> BaseException:
 
 def run(cfg: MountConfig) -> int:
     """`netfs mount`: returns the exit status."""
+    inherited = caller_fds()
     setup_logging()
     from netfs.core import Driver
     from netfs.netlink import Netlink
@@ -302,6 +339,7 @@ def run(cfg: MountConfig) -> int:
         os.close(r)
         os.setsid()
         detach_stdio(log_fd)
+        close_caller_fds(inherited, {w} | ({log_fd} if log_fd is not None else set()))
         ready_fd = w
     if log_fd is not None:
         setup_logging(open(log_fd, "a", buffering=1, closefd=False))

@@ -5,6 +5,7 @@ mount.fuse's calling form, start-up failures."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -300,3 +301,46 @@ def test_detached_daemon_keeps_no_caller_pipe(daemon_factory: object, tmp_path: 
     finally:
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
+
+
+def _fd_targets(pid: int) -> list[str]:
+    targets = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    return targets
+
+
+def test_detached_daemon_keeps_no_inherited_descriptor(
+    daemon_factory: object, tmp_path: Path
+) -> None:
+    """Descriptors above stderr that the caller left open are closed by the
+    detached daemon: `{ netfs mount ...; } 9>&1 | cat` returns once the mount
+    is ready (cat sees EOF on the pipe; the timeout only bounds a hang), and
+    `( flock 8; netfs mount ... ) 8>lock` releases the lock when the caller
+    ends, not when the daemon does."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    lock = tmp_path / "lock"
+    held = tmp_path / "held"
+    cmd = " ".join(shlex.quote(a) for a in d.argv() if a != "-f")
+    script = (
+        f"exec 7>{shlex.quote(str(held))}\n"
+        f"( flock 8 && {{ {cmd} 2>&1; echo status=$?; }} 9>&1 | cat ) 8>{shlex.quote(str(lock))}"
+    )
+    r = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (0, "status=0\n", ""), r
+    pid = _daemon_pid(d)
+    try:
+        assert os.listdir(d.mnt) == ["events"]
+        # the lock is free while the daemon runs
+        assert subprocess.run(["flock", "-n", str(lock), "true"]).returncode == 0
+        targets = _fd_targets(pid)
+        assert str(lock) not in targets and str(held) not in targets, targets
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
+    assert not is_mounted(d.mnt)

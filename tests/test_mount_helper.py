@@ -9,6 +9,7 @@ helper, so nothing is installed on the host.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -380,6 +381,56 @@ def test_helper_mounts_like_mount_fuse_does(mount_env: dict[str, Path | str]) ->
     out = sh("umount", mnt)
     assert out.returncode == 0, out.stderr
     assert not _fuse_mounted(mnt)
+    assert _wait_gone(str(mnt))
+
+
+def _fd_targets(pid: int) -> list[str]:
+    targets = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    return targets
+
+
+@needs_daemon
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_helper_daemon_keeps_no_inherited_descriptor(
+    tmp_path: Path, mount_env: dict[str, Path | str]
+) -> None:
+    """Descriptors above stderr that mount(8)'s caller left open reach the
+    daemon through the helper and the wrapper; the detached daemon closes
+    them: a pipe on fd 9 sees EOF once the mount is ready (the timeout only
+    bounds a hang) and a file open on fd 7 is not held."""
+    mnt = mount_env["mnt"]
+    assert isinstance(mnt, Path)
+    held = tmp_path / "held"
+    helper = Path(mount_env["root"]) / "sbin/mount.fuse.netfs"
+    q = shlex.quote
+    script = (
+        f"exec 7>{q(str(held))}\n"
+        f"{{ env -i {q(str(helper))} netfs {q(str(mnt))} -o {q(str(mount_env['opts']))} 2>&1;"
+        " echo status=$?; } 9>&1 | cat"
+    )
+    done = subprocess.run(
+        ["bash", "-c", script],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "status=0\n", ""), done
+    assert _fuse_mounted(mnt)
+    pids = _pids_mentioning(str(mnt))
+    assert len(pids) == 1, pids
+    targets = _fd_targets(pids[0])
+    assert str(held) not in targets, targets
+    assert "testA" in os.listdir(mnt)
+    out = sh("umount", mnt)
+    assert out.returncode == 0, out.stderr
     assert _wait_gone(str(mnt))
 
 
