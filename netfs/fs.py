@@ -465,6 +465,28 @@ class NetfsOperations(pyfuse3.Operations):
             return len(path) != 2 or path[1] == D_PORTS
         return len(path) >= 2 and path[-1] in WRITABLE_FILES and path[1] != D_PORTGROUPS
 
+    # ================================================================ pending
+
+    def _is_pending(self, name: str, st: Any = _UNSET) -> bool:
+        """Is `name` a directory made by mkdir that has no definition yet? A
+        pending name the core has now (defined through the mount, or from
+        the config directory at SIGHUP) is adopted on the way: from then on
+        it is an ordinary network directory."""
+        if name not in self._pending:
+            return False
+        if st is _UNSET:
+            st = self._state(name)
+        if st is None:
+            return True
+        self._adopt(name)
+        return False
+
+    def _adopt(self, name: str) -> None:
+        """The core has the pending network `name`: drop the pending state."""
+        self._pending.discard(name)
+        self._pending_error.pop(name, None)
+        self._pending_error_seq.pop(name, None)
+
     # ================================================================ content
 
     def _content(self, path: Path, st: Any = _UNSET) -> bytes | None:
@@ -477,13 +499,13 @@ class NetfsOperations(pyfuse3.Operations):
         name = path[0]
         if n == 2:
             f = path[1]
-            if name in self._pending:
+            if st is _UNSET:
+                st = self._state(name)
+            if self._is_pending(name, st):
                 if f == F_ERROR:
                     msg = self._pending_error.get(name, "")
                     return (msg.rstrip("\n") + "\n").encode() if msg else b""
                 return b"" if f == F_DEFINITION else None
-            if st is _UNSET:
-                st = self._state(name)
             if st is None:
                 return b"" if f == F_ERROR else None
             if f == F_ACTIVE:
@@ -608,7 +630,7 @@ class NetfsOperations(pyfuse3.Operations):
 
     def _record(self, name: str, message: str) -> None:
         """A failure found above the core: it becomes the network's error."""
-        if name in self._pending:
+        if self._is_pending(name):
             self._pending_error[name] = message
             self._pending_error_seq[name] = self._pending_error_seq.get(name, 0) + 1
             log.warning("network %s: %s", name, message)
@@ -822,7 +844,7 @@ class NetfsOperations(pyfuse3.Operations):
                 self._pub_ports.discard((ppath[0], n))
             return
         if len(ppath) == 0:
-            if n in self._pending:
+            if self._is_pending(n):
                 self._pending.discard(n)
                 self._pending_error.pop(n, None)
                 self._pending_error_seq.pop(n, None)
@@ -1260,7 +1282,7 @@ class NetfsOperations(pyfuse3.Operations):
             self._invalidate(parent, n)
 
     async def _act_definition(self, name: str, data: bytes, *, renamed: bool = False) -> None:
-        pending = name in self._pending
+        pending = self._is_pending(name)
         before = None if pending else self._state(name)
         try:
             await self.driver.define(data, name=name)
@@ -1274,9 +1296,7 @@ class NetfsOperations(pyfuse3.Operations):
         finally:
             self._queue("reconcile", name)
         if pending:
-            self._pending.discard(name)
-            self._pending_error.pop(name, None)
-            self._pending_error_seq.pop(name, None)
+            self._adopt(name)
         self._touched((name, F_DEFINITION))
         if not renamed:
             await self._drop_written_size((name,), F_DEFINITION)
@@ -1559,6 +1579,7 @@ class NetfsOperations(pyfuse3.Operations):
 
     async def _reconcile(self, name: str) -> None:
         st = self._state(name)
+        self._is_pending(name, st)  # adopts a pending directory the core now has
         if st is None and name not in self._pending:
             if name in self._pub_nets:
                 await self._own("rmdir", name)

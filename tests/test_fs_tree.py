@@ -13,6 +13,7 @@ import pytest
 from fs_support import (
     OVS_TESTA,
     Daemon,
+    EventReader,
     bash,
     daemon_factory,  # noqa: F401  (fixture)
     define,
@@ -318,3 +319,34 @@ def test_no_stale_entries_right_after_a_change(mounted: Daemon) -> None:
     end = text.index("</portgroup>", start) + len("</portgroup>\n")
     (mnt / "testA" / "definition.xml").write_text(text[:start] + text[end:])
     assert not (mnt / "testA" / "portgroups" / "sales").exists()
+
+
+def test_sighup_adopts_a_pending_directory(mounted: Daemon) -> None:
+    """A config file put by hand for a mkdir'd, still undefined directory:
+    after SIGHUP the directory is an ordinary network directory."""
+    mnt = mounted.mnt
+    assert mounted.proc is not None
+    r = bash(f"mkdir {mnt}/qa3q && echo '<network><bad/>' > {mnt}/qa3q/definition.xml")
+    assert r.returncode == 0, r.stderr
+    (mounted.config_dir / "qa3q.xml").write_text(virtual_xml("qa3q", "nfsbr7"))
+    ev = EventReader(mnt)
+    try:
+        mounted.proc.send_signal(signal.SIGHUP)
+        ev.wait("qa3q", "defined")
+        net = mnt / "qa3q"
+        assert (net / "active").read_text() == "0\n"
+        assert (net / "autostart").read_text() == "0\n"
+        uuid = (net / "uuid").read_text().strip()
+        assert len(uuid) == 36
+        assert "<name>qa3q</name>" in (net / "definition.xml").read_text()
+        assert sorted(os.listdir(net)) == sorted(
+            ["definition.xml", "active", "autostart", "uuid", "error", "portgroups", "ports"]
+        )
+        # rmdir undefines it
+        r = bash(f"rmdir {net}")
+        assert r.returncode == 0, r.stderr
+        ev.wait("qa3q", "undefined")
+        assert not (mounted.config_dir / "qa3q.xml").exists()
+        assert "qa3q" not in os.listdir(mnt)
+    finally:
+        ev.close()
