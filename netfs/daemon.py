@@ -298,6 +298,9 @@ def run(cfg: MountConfig) -> int:
         except OSError as e:
             print(f"netfs: log file {cfg.log_file}: {e.strerror}", file=sys.stderr)
             return 1
+        # from here on nothing is logged on stderr, the stale-mount warning
+        # below included (line-buffered: nothing is pending at the fork)
+        setup_logging(open(log_fd, "a", buffering=1, closefd=False))
     mountpoint = os.path.abspath(cfg.mountpoint)
     # before anything stats the mount point: a mount left by a killed daemon
     # may hang any request to it
@@ -341,8 +344,6 @@ def run(cfg: MountConfig) -> int:
         detach_stdio(log_fd)
         close_caller_fds(inherited, {w} | ({log_fd} if log_fd is not None else set()))
         ready_fd = w
-    if log_fd is not None:
-        setup_logging(open(log_fd, "a", buffering=1, closefd=False))
 
     state = {"ready": False}
 

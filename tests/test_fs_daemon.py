@@ -344,3 +344,66 @@ def test_detached_daemon_keeps_no_inherited_descriptor(
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
     assert not is_mounted(d.mnt)
+
+
+def test_stale_mount_warning_goes_to_the_log_file(daemon_factory: object, tmp_path: Path) -> None:
+    """With a log file, the warning about a stale mount left by a killed
+    daemon goes there, not to stderr: detached, in the mount.fuse form with
+    -o log_file=, and in the foreground over a hung mount."""
+    # a dead daemon's mount ("not connected"), then a detached `netfs mount`
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    d.start()
+    killed = d.kill9()
+    assert killed is not None
+    killed.wait(timeout=LIVENESS)
+    logfile = tmp_path / "detached.log"
+    argv = [a for a in d.argv() if a != "-f"] + ["--log-file", str(logfile)]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    assert "stale mount left by a previous daemon" in logfile.read_text()
+    pid = _daemon_pid(d)
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
+    # again, in the form mount -t fuse.netfs runs, with -o log_file=
+    d2: Daemon = daemon_factory()  # type: ignore[operator]
+    d2.start()
+    killed = d2.kill9()
+    assert killed is not None
+    killed.wait(timeout=LIVENESS)
+    logfile = tmp_path / "helper.log"
+    opts = f"netns={d.netns},config_dir={d.config_dir},state_dir={d.state_dir},log_file={logfile}"
+    r = subprocess.run(
+        [PYTHON, "-m", "netfs.cli", "netfs", str(d.mnt), "-o", opts],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=LIVENESS,
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    assert "stale mount left by a previous daemon" in logfile.read_text()
+    pid = _daemon_pid(d)
+    subprocess.run(["umount", str(d.mnt)], check=True)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit after umount")
+    # a hung mount, cleared by a daemon in the foreground with --log-file
+    hung = subprocess.Popen(
+        [PYTHON, "-m", "bench.floorfs", str(d.mnt), "--hang"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    conn = None
+    try:
+        assert hung.stdout is not None
+        assert hung.stdout.readline().strip() == "hanging"
+        conn = connection_of(d.mnt)
+        hung.kill()
+        logfile = tmp_path / "hung.log"
+        d3: Daemon = daemon_factory(["--log-file", str(logfile)])  # type: ignore[operator]
+        d3.start()
+        hung.wait(timeout=LIVENESS)
+        assert "(hung, connection" in logfile.read_text()
+    finally:
+        reap(hung, conn)
+    # the foreground daemons' stderr (the factory's log) never saw it
+    assert "stale mount" not in d.logtext()
