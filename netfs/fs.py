@@ -482,10 +482,21 @@ class NetfsOperations(pyfuse3.Operations):
         return False
 
     def _adopt(self, name: str) -> None:
-        """The core has the pending network `name`: drop the pending state."""
+        """The core has the pending network `name`: drop the pending state.
+        The directory's last error stays the network's error (a success
+        leaves the last error in place), unless the core recorded one of its
+        own already; it is the same error, so it is not announced again."""
         self._pending.discard(name)
-        self._pending_error.pop(name, None)
-        self._pending_error_seq.pop(name, None)
+        msg = self._pending_error.pop(name, None)
+        seq = self._pending_error_seq.pop(name, 0)
+        st = self._state(name)
+        if not msg or st is None or st.error_seq:
+            return
+        self.driver.set_error(name, msg)
+        snap = self._snap.get(name)
+        told = (msg.rstrip("\n") + "\n").encode() + b"\0%d" % seq
+        if snap is not None and snap.get(F_ERROR) == told:
+            snap[F_ERROR] = self._snapshot(name)[F_ERROR]
 
     # ================================================================ content
 
@@ -1285,18 +1296,19 @@ class NetfsOperations(pyfuse3.Operations):
         pending = self._is_pending(name)
         before = None if pending else self._state(name)
         try:
-            await self.driver.define(data, name=name)
-            await self._drop_stale_entries(name, before)
-        except NetfsError as e:
+            try:
+                await self.driver.define(data, name=name)
+            except NetfsError as e:
+                if self._is_pending(name):
+                    self._pending_error[name] = e.message
+                    self._pending_error_seq[name] = self._pending_error_seq.get(name, 0) + 1
+                    log.warning("network %s: %s", name, e.message)
+                raise
             if pending:
-                self._pending_error[name] = e.message
-                self._pending_error_seq[name] = self._pending_error_seq.get(name, 0) + 1
-                log.warning("network %s: %s", name, e.message)
-            raise
+                self._is_pending(name)  # adopted, with its error (no checkpoint before)
+            await self._drop_stale_entries(name, before)
         finally:
             self._queue("reconcile", name)
-        if pending:
-            self._adopt(name)
         self._touched((name, F_DEFINITION))
         if not renamed:
             await self._drop_written_size((name,), F_DEFINITION)

@@ -391,3 +391,25 @@ def test_documents_and_scratch_files_are_capped(mounted: Daemon, tmp_path: Path)
     r = bash(f"mkdir {mnt}/p && truncate -s 2M {mnt}/p/definition.xml")
     assert r.returncode == 1 and "File too large" in r.stderr, r.stderr
     assert "larger than the limit" in (mnt / "p" / "error").read_text()
+
+
+def test_first_definition_keeps_the_pending_error(mounted: Daemon, tmp_path: Path) -> None:
+    """A later success leaves the last error in place, also when it is the
+    first definition of a mkdir'd directory."""
+    mnt = mounted.mnt
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<network><name>d</name><forward mode='bogus'/></network>\n")
+    good = tmp_path / "good.xml"
+    good.write_text(virtual_xml("d", "nfsbr4"))
+    r = bash(f"mkdir {mnt}/d && cp {bad} {mnt}/d/definition.xml")
+    assert r.returncode == 1 and "Invalid argument" in r.stderr
+    text = (mnt / "d" / "error").read_text()
+    assert text != ""
+    r = bash(f"cp {good} {mnt}/d/definition.xml")
+    assert r.returncode == 0, r.stderr
+    assert (mnt / "d" / "active").read_text() == "0\n"
+    assert (mnt / "d" / "error").read_text() == text
+    # the next failure replaces it
+    r = bash(f"echo 2 > {mnt}/d/active")
+    assert r.returncode == 1
+    assert "invalid value for active" in (mnt / "d" / "error").read_text()
