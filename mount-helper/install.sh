@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the netfs plumbing: a /usr/sbin/netfs wrapper (mount.fuse and
-# mount(8) run helpers without PATH), /sbin/mount.fuse.netfs, the systemd
-# unit and the man page.  Idempotent: running it again rewrites the same files.
+# mount(8) run helpers without PATH), the mount helper as
+# /sbin/mount.fuse.netfs and /sbin/mount.netfs, the systemd unit and the man
+# page.  Idempotent: running it again rewrites the same files.
 #
 #   sh mount-helper/install.sh [--netfs PATH] [--prefix DIR] [--sbin-dir DIR]
 #                              [--unit-dir DIR] [--dest-root DIR] [--no-systemd]
@@ -10,7 +11,8 @@
 #                    .venv/bin/netfs, else `command -v netfs`)
 #   --prefix DIR     where the wrapper and man page go (default /usr):
 #                    DIR/sbin/netfs, DIR/share/man/man8/netfs.8
-#   --sbin-dir DIR   where mount(8) looks for mount.fuse.netfs (default /sbin)
+#   --sbin-dir DIR   where mount(8) looks for mount.netfs and mount.fuse.netfs
+#                    (default /sbin)
 #   --unit-dir DIR   where netfs.service goes (default /etc/systemd/system)
 #   --dest-root DIR  staging root: files are written under DIR, but refer to
 #                    each other by their final paths (like DESTDIR)
@@ -64,12 +66,15 @@ case $dest_root in "" | /*) ;; *) dest_root=$(pwd)/$dest_root ;; esac
 dest_root=${dest_root%/}
 
 wrapper=$prefix/sbin/netfs
+# one script, installed under both names: mount(8) runs mount.netfs for
+# `-t netfs`, mount.fuse.netfs for `-t fuse.netfs`
 helper=$sbin_dir/mount.fuse.netfs
+helper_short=$sbin_dir/mount.netfs
 unit=$unit_dir/netfs.service
 manpage=$prefix/share/man/man8/netfs.8
 
 if [ "$uninstall" = 1 ]; then
-    removed="$wrapper $helper $manpage"
+    removed="$wrapper $helper $helper_short $manpage"
     [ "$systemd" = 1 ] && removed="$removed $unit"
     for f in $removed; do rm -f "$dest_root$f"; done
     echo "removed $removed${dest_root:+ under $dest_root}"
@@ -113,7 +118,9 @@ export PATH
 exec '$netfs' "\$@"
 WRAPPER
 
-sed "s|^NETFS=.*|NETFS='$wrapper'|" "$here/mount.fuse.netfs" | install_file "$helper" 755
+for h in "$helper" "$helper_short"; do
+    sed "s|^NETFS=.*|NETFS='$wrapper'|" "$here/mount.fuse.netfs" | install_file "$h" 755
+done
 
 if [ "$systemd" = 1 ]; then
     sed "s|/usr/sbin/netfs|$wrapper|g" "$here/netfs.service" | install_file "$unit" 644

@@ -1,8 +1,9 @@
-"""mount-helper/: install.sh, mount.fuse.netfs and the unit.
+"""mount-helper/: install.sh, mount.fuse.netfs (also installed as
+mount.netfs) and the unit.
 
 The install tests write into a temporary root only.  The mount tests run a
-real daemon in a namespace the test creates; `mount -t fuse.netfs` itself
-runs in a private mount namespace where /usr/sbin is overlaid with the
+real daemon in a namespace the test creates; `mount -t fuse.netfs` and
+`mount -t netfs` themselves run in a private mount namespace where /usr/sbin is overlaid with the
 helper, so nothing is installed on the host.
 """
 
@@ -115,6 +116,10 @@ def test_unit_file() -> None:
 def test_install_writes_everything(root: Path, recorder: Path) -> None:
     wrapper = root / "usr/sbin/netfs"
     helper = root / "sbin/mount.fuse.netfs"
+    # the same helper under the name mount(8) runs for `-t netfs`
+    short = root / "sbin/mount.netfs"
+    assert os.access(short, os.X_OK)
+    assert short.read_bytes() == helper.read_bytes()
     unit = root / "etc/systemd/system/netfs.service"
     manpage = root / "usr/share/man/man8/netfs.8"
     for f in (wrapper, helper):
@@ -147,6 +152,7 @@ def test_dest_root_stages_with_final_paths(tmp_path: Path, recorder: Path) -> No
     assert out.returncode == 0, out.stderr
     helper = stage / "sbin/mount.fuse.netfs"
     assert "NETFS='/usr/sbin/netfs'" in helper.read_text()
+    assert "NETFS='/usr/sbin/netfs'" in (stage / "sbin/mount.netfs").read_text()
     assert (
         "ExecStart=/usr/sbin/netfs mount /net"
         in (stage / "etc/systemd/system/netfs.service").read_text()
@@ -166,9 +172,11 @@ def test_install_refuses_bad_arguments(tmp_path: Path) -> None:
 # -- mount.fuse.netfs: what mount(8) passes, what netfs gets ------------------
 
 
-def run_helper(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_helper(
+    root: Path, *args: str, name: str = "mount.fuse.netfs"
+) -> subprocess.CompletedProcess[str]:
     # As mount(8) and mount.fuse run it: no environment at all.
-    return sh("env", "-i", root / "sbin/mount.fuse.netfs", *args)
+    return sh("env", "-i", root / "sbin" / name, *args)
 
 
 @pytest.mark.parametrize(
@@ -217,6 +225,36 @@ def test_helper_passes_netfs_its_options(
     assert recorded(tmp_path) == expected
     # the wrapper gives the daemon a PATH even though mount(8) gave none
     assert "/usr/sbin" in (tmp_path / "argv.env").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # `mount -t netfs none /net -o netns=lab` (no -t: the type has no dot)
+        (["none", "/net", "-o", "rw,netns=lab"], ["none", "/net", "-o", "rw,netns=lab"]),
+        # fstab `none /net netfs defaults,netns=lab,nofail 0 0`
+        (
+            ["none", "/net", "-n", "-o", "rw,defaults,netns=lab,nofail"],
+            ["none", "/net", "-o", "rw,netns=lab"],
+        ),
+        (["none", "/net"], ["mount", "/net"]),
+    ],
+)
+def test_short_name_helper_passes_netfs_its_options(
+    tmp_path: Path, root: Path, args: list[str], expected: list[str]
+) -> None:
+    out = run_helper(root, *args, name="mount.netfs")
+    assert out.returncode == 0, out.stderr
+    assert recorded(tmp_path) == expected
+
+
+def test_short_name_helper_goes_by_its_name(tmp_path: Path, root: Path) -> None:
+    out = run_helper(root, "none", "/net", "-f", "-o", "netns=lab", name="mount.netfs")
+    assert out.returncode == 0
+    assert out.stderr.startswith("mount.netfs: ") and "-o netns=lab" in out.stderr
+    out = run_helper(root, "none", name="mount.netfs")
+    assert out.returncode == 1 and out.stderr.startswith("usage: mount.netfs ")
+    assert not (tmp_path / "argv").exists()
 
 
 def test_helper_fake_mount_runs_nothing(tmp_path: Path, root: Path) -> None:
@@ -480,4 +518,72 @@ trap - EXIT
     assert "first: " in stdout and len(stdout.split("first: ")[1].split()[0]) == 36
     assert "testA0" in stdout
     assert "fstab: " in stdout and "testA" in stdout.split("fstab: ")[1]
+    assert _wait_gone(str(mnt))
+
+
+@needs_daemon
+@pytest.mark.kernel
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_mount_t_netfs_and_fstab(tmp_path: Path, mount_env: dict[str, Path | str]) -> None:
+    """`mount -t netfs none DIR` and an fstab line of type netfs, for real, in
+    a private mount namespace whose /usr/sbin (/sbin links to it here; mount(8)
+    looks in /sbin) is overlaid with the helper installed as mount.netfs
+    only; `umount` stops each daemon."""
+    mnt = mount_env["mnt"]
+    netns = str(mount_env["netns"])
+    root = Path(mount_env["root"])
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    shutil.copy(root / "sbin/mount.netfs", overlay / "mount.netfs")
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"none {mnt} netfs defaults,{mount_env['opts']} 0 0\n")
+    # netf[s]: the pattern must not match this script's own command line
+    daemon = f"bin/netf[s] none {mnt} "
+    script = f"""
+set -e
+mount -t overlay overlay -o lowerdir={overlay}:/usr/sbin /usr/sbin
+trap 'umount -l {mnt} 2>/dev/null || true' EXIT
+gone() {{
+    i=0
+    while kill -0 "$1" 2>/dev/null; do
+        i=$((i + 1))
+        [ $i -lt 300 ] || return 1
+        sleep 0.1
+    done
+}}
+mount -t netfs none {mnt} -o {mount_env["opts"]}
+grep " {mnt} " /proc/self/mounts
+pid=$(pgrep -f -- "{daemon}")
+echo "first: $(cat {mnt}/testA/uuid)"
+echo 1 > {mnt}/testA/active
+ip -n {netns} -br link show type bridge
+echo 0 > {mnt}/testA/active
+umount {mnt}
+gone "$pid" && echo "first daemon gone"
+mount -T {fstab} {mnt}
+pid=$(pgrep -f -- "{daemon}")
+echo "fstab: $(ls {mnt})"
+umount {mnt}
+gone "$pid" && echo "fstab daemon gone"
+trap - EXIT
+"""
+    # the timeout only bounds a hang
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    stdout = done.stdout
+    assert done.returncode == 0, stdout
+    assert f" {mnt} fuse.netfs " in stdout
+    assert "first: " in stdout and len(stdout.split("first: ")[1].split()[0]) == 36
+    assert "testA0" in stdout
+    assert "first daemon gone" in stdout
+    assert "fstab: " in stdout and "testA" in stdout.split("fstab: ")[1]
+    assert "fstab daemon gone" in stdout
     assert _wait_gone(str(mnt))
