@@ -529,7 +529,8 @@ def test_mount_t_netfs_and_fstab(tmp_path: Path, mount_env: dict[str, Path | str
     """`mount -t netfs none DIR` and an fstab line of type netfs, for real, in
     a private mount namespace whose /usr/sbin (/sbin links to it here; mount(8)
     looks in /sbin) is overlaid with the helper installed as mount.netfs
-    only; `umount` stops each daemon."""
+    only; `umount` stops each daemon, which kept no descriptor of its
+    caller's."""
     mnt = mount_env["mnt"]
     netns = str(mount_env["netns"])
     root = Path(mount_env["root"])
@@ -552,9 +553,12 @@ gone() {{
         sleep 0.1
     done
 }}
+exec 7>{tmp_path}/held
 mount -t netfs none {mnt} -o {mount_env["opts"]}
 grep " {mnt} " /proc/self/mounts
 pid=$(pgrep -f -- "{daemon}")
+# the caller's fd 7 reached the daemon through mount(8): it closed it
+ls -l /proc/$pid/fd | grep -q "{tmp_path}/held" || echo "fd 7 not held"
 echo "first: $(cat {mnt}/testA/uuid)"
 echo 1 > {mnt}/testA/active
 ip -n {netns} -br link show type bridge
@@ -584,6 +588,7 @@ trap - EXIT
     assert "first: " in stdout and len(stdout.split("first: ")[1].split()[0]) == 36
     assert "testA0" in stdout
     assert "first daemon gone" in stdout
+    assert "fd 7 not held" in stdout
     assert "fstab: " in stdout and "testA" in stdout.split("fstab: ")[1]
     assert "fstab daemon gone" in stdout
     assert _wait_gone(str(mnt))
