@@ -95,6 +95,10 @@ PG_ENTRIES = (F_DEFAULT, F_VIRTUALPORT)
 WRITABLE_FILES = frozenset({F_DEFINITION, F_ACTIVE, F_AUTOSTART, F_PORT})
 ATTR_FILES = (F_ACTIVE, F_AUTOSTART)
 POLL_FILES = (F_ACTIVE, F_AUTOSTART, F_ERROR)
+# what a network directory gains when the network is defined (a mkdir'd
+# directory holds only definition.xml and error): announced by the notifier
+DEFINED_FILES = (F_ACTIVE, F_AUTOSTART, F_UUID)
+DEFINED_DIRS = (D_PORTGROUPS, D_PORTS)
 # files whose changes the notifier announces (IN_MODIFY, IN_CLOSE_WRITE)
 WATCHED_FILES = (F_DEFINITION, F_ACTIVE, F_AUTOSTART, F_STATUS, F_UUID, F_ERROR)
 
@@ -322,6 +326,8 @@ class NetfsOperations(pyfuse3.Operations):
         self._pub_nets: set[str] = set()
         self._pub_status: set[str] = set()
         self._pub_ports: set[tuple[str, str]] = set()
+        self._pub_entries: set[tuple[str, str]] = set()  # (network, DEFINED_FILES/DIRS)
+        self._pub_pgs: set[tuple[str, str]] = set()  # (network, portgroup)
         self._snap: dict[str, dict[str, bytes | None]] = {}
         # the daemon's own worker threads doing self-touches
         self._hands = _Hands()
@@ -406,11 +412,18 @@ class NetfsOperations(pyfuse3.Operations):
                 return False
             if sub == F_STATUS:
                 return name in self._pub_status if own else bool(st.active)
-            return sub in (F_ACTIVE, F_AUTOSTART, F_UUID, D_PORTGROUPS, D_PORTS)
+            if sub not in DEFINED_FILES and sub not in DEFINED_DIRS:
+                return False
+            return (name, sub) in self._pub_entries if own else True
         if st is None and sub != D_PORTS:
             return False
+        if own and (name, sub) not in self._pub_entries:
+            return False
         if sub == D_PORTGROUPS:
-            if path[2] not in self._portgroup_names(st):
+            if own:
+                if (name, path[2]) not in self._pub_pgs:
+                    return False
+            elif path[2] not in self._portgroup_names(st):
                 return False
             if n == 3:
                 return True
@@ -776,8 +789,12 @@ class NetfsOperations(pyfuse3.Operations):
         if self._is_self(ctx):
             if len(ppath) == 0:
                 self._pub_nets.add(n)
+            elif len(ppath) == 1 and n in DEFINED_DIRS:
+                self._pub_entries.add((ppath[0], n))
             elif len(ppath) == 2 and ppath[1] == D_PORTS:
                 self._pub_ports.add((ppath[0], n))
+            elif len(ppath) == 2 and ppath[1] == D_PORTGROUPS:
+                self._pub_pgs.add((ppath[0], n))
             return self._own_entry(path)
         net = ppath[0] if ppath else ""
         if len(ppath) == 0:
@@ -817,6 +834,8 @@ class NetfsOperations(pyfuse3.Operations):
         self._pub_nets.discard(name)
         self._pub_status.discard(name)
         self._pub_ports = {(n, p) for n, p in self._pub_ports if n != name}
+        self._pub_entries = {(n, e) for n, e in self._pub_entries if n != name}
+        self._pub_pgs = {(n, g) for n, g in self._pub_pgs if n != name}
         self._pending_ports = {(n, p) for n, p in self._pending_ports if n != name}
         self._snap.pop(name, None)
         for cache in (self._texts, self._gens):
@@ -853,6 +872,8 @@ class NetfsOperations(pyfuse3.Operations):
                 self._forget_net(n)
             elif len(ppath) == 2 and ppath[1] == D_PORTS:
                 self._pub_ports.discard((ppath[0], n))
+            elif len(ppath) == 2 and ppath[1] == D_PORTGROUPS:
+                self._pub_pgs.discard((ppath[0], n))
             return
         if len(ppath) == 0:
             if self._is_pending(n):
@@ -888,6 +909,13 @@ class NetfsOperations(pyfuse3.Operations):
 
     # ================================================================ scratch files
 
+    def _own_made_file(self, ppath: Path, n: str) -> None:
+        """The daemon's own mknod (or create) of `n` in `ppath`: published."""
+        if len(ppath) == 1 and n == F_STATUS:
+            self._pub_status.add(ppath[0])
+        elif len(ppath) == 1 and n in DEFINED_FILES:
+            self._pub_entries.add((ppath[0], n))
+
     def _new_scratch(self, path: Path, mode: int, ctx: pyfuse3.RequestContext) -> _Scratch:
         now = time.time_ns()
         sc = _Scratch(next(self._inos), bytearray(), mode & 0o7777, ctx.uid, ctx.gid, now, now, now)
@@ -909,8 +937,7 @@ class NetfsOperations(pyfuse3.Operations):
         n = _name(name)
         path = ppath + (n,)
         if self._is_self(ctx):
-            if len(ppath) == 1 and n == F_STATUS:
-                self._pub_status.add(ppath[0])
+            self._own_made_file(ppath, n)
             return self._open_handle(_Handle(path, self._ino(path), "self")), self._own_entry(path)
         if not self._is_dir(ppath) or not self._exists(ppath):
             raise _err(errno.ENOENT)
@@ -935,8 +962,7 @@ class NetfsOperations(pyfuse3.Operations):
         n = _name(name)
         path = ppath + (n,)
         if self._is_self(ctx):
-            if len(ppath) == 1 and n == F_STATUS:
-                self._pub_status.add(ppath[0])
+            self._own_made_file(ppath, n)
             return self._own_entry(path)
         if not self._is_dir(ppath) or not self._exists(ppath):
             raise _err(errno.ENOENT)
@@ -1506,6 +1532,10 @@ class NetfsOperations(pyfuse3.Operations):
                 continue
             if st.active:
                 self._pub_status.add(name)
+            for e in DEFINED_FILES + DEFINED_DIRS:
+                self._pub_entries.add((name, e))
+            for g in self._portgroup_names(st):
+                self._pub_pgs.add((name, g))
             for p in st.ports:
                 self._pub_ports.add((name, p))
             self._snap[name] = self._snapshot(name)
@@ -1575,6 +1605,23 @@ class NetfsOperations(pyfuse3.Operations):
         await trio.to_thread.run_sync(self._invalidate, parent, name, abandon_on_cancel=True)
         await self._own(op, *parent, name)
 
+    async def _own_new_all(self, items: list[tuple[str, Path, str]]) -> None:
+        """Several _own_new (op, parent, name) in order, with one thread hop
+        for dropping the cached dentries."""
+        if self.closing or not items:
+            return
+        await trio.to_thread.run_sync(
+            self._invalidate_all, [(parent, n) for _op, parent, n in items], abandon_on_cancel=True
+        )
+        for op, parent, n in items:
+            await self._own(op, *parent, n)
+            if op == "mkdir" and len(parent) == 2:
+                self._pub_pgs.add((parent[0], n))
+            elif op == "mkdir":
+                self._pub_entries.add((parent[0], n))
+            else:
+                self._own_made_file(parent, n)
+
     def _real(self, *parts: str) -> str:
         return os.path.join(self.mountpoint, *parts)
 
@@ -1602,6 +1649,19 @@ class NetfsOperations(pyfuse3.Operations):
             self._pub_nets.add(name)
             self._snap[name] = self._snapshot(name)
         if st is not None:
+            new_entries: list[tuple[str, Path, str]] = [
+                (op, (name,), e)
+                for op, group in (("mknod", DEFINED_FILES), ("mkdir", DEFINED_DIRS))
+                for e in group
+                if (name, e) not in self._pub_entries
+            ]
+            pgs = set(self._portgroup_names(st))
+            told = {g for n, g in self._pub_pgs if n == name}
+            new_entries += [("mkdir", (name, D_PORTGROUPS), g) for g in sorted(pgs - told)]
+            await self._own_new_all(new_entries)
+            for g in sorted(told - pgs):
+                await self._own("rmdir", name, D_PORTGROUPS, g)
+                self._pub_pgs.discard((name, g))
             if st.active and name not in self._pub_status:
                 await self._own_new("mknod", (name,), F_STATUS)
                 self._pub_status.add(name)

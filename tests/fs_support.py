@@ -332,8 +332,8 @@ class _LineReader:
 class Watch(_LineReader):
     """`inotifywait -m` on some paths, as a subprocess."""
 
-    def __init__(self, *paths: Path, events: str | None = None) -> None:
-        cmd = ["inotifywait", "-m", "--format", "%w%f %e"]
+    def __init__(self, *paths: Path, events: str | None = None, recursive: bool = False) -> None:
+        cmd = ["inotifywait", "-m", "--format", "%w%f %e"] + (["-r"] if recursive else [])
         if events:
             cmd += ["-e", events]
         proc = subprocess.Popen(
@@ -351,6 +351,18 @@ class Watch(_LineReader):
             if not line or "Watches established" in line:
                 break
         super().__init__(proc)
+
+    def watches(self) -> int:
+        """How many inotify watches inotifywait holds now (fdinfo)."""
+        count = 0
+        fds = f"/proc/{self.proc.pid}/fdinfo"
+        for fd in os.listdir(fds):
+            try:
+                with open(f"{fds}/{fd}") as f:
+                    count += sum(1 for line in f if line.startswith("inotify wd:"))
+            except OSError:
+                continue
+        return count
 
     def wait(self, path: Path | str, event: str, timeout: float = LIVENESS) -> str:
         """Wait for a line about `path` that carries `event`."""

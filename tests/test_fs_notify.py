@@ -275,3 +275,54 @@ def test_events_blocks_and_reader_can_be_killed(mounted: Daemon) -> None:
     # the daemon is still fine
     define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
     wait_for(lambda: "testA" in os.listdir(mnt), "testA")
+
+
+PG_XML = """<network>
+  <name>h</name>
+  <bridge name='nfsbr6'/>
+{portgroups}</network>
+"""
+
+
+def _pg_xml(*names: str) -> str:
+    return PG_XML.format(portgroups="".join(f"  <portgroup name='{n}'/>\n" for n in names))
+
+
+def test_entries_a_definition_brings_are_announced(mounted: Daemon) -> None:
+    """A recursive watcher started before the definition hears of every entry
+    it brings (and so watches ports/), and of portgroups a redefinition adds
+    or drops, whether written through the mount or loaded at SIGHUP."""
+    mnt = mounted.mnt
+    net = mnt / "h"
+    w = Watch(mnt, recursive=True)
+    try:
+        assert bash(f"mkdir {net}").returncode == 0
+        w.wait(net, "CREATE")
+        wait_for(lambda: w.watches() >= 2, "the watch on the new directory")
+        r = bash(f"cat > {net}/definition.xml <<'EOF'\n{_pg_xml('pg1')}EOF")
+        assert r.returncode == 0, r.stderr
+        # (pg1 is made right after portgroups/: whether inotifywait watches
+        # portgroups/ by then is a race of any recursive watch)
+        for f in ("active", "autostart", "uuid", "portgroups", "ports"):
+            w.wait(net / f, "CREATE")
+        wait_for(lambda: w.watches() >= 5, "the watches on ports/ and portgroups/")
+        assert bash(f"mkdir {net}/ports/vm1 && rmdir {net}/ports/vm1").returncode == 0
+        w.wait(net / "ports" / "vm1", "CREATE")
+        w.wait(net / "ports" / "vm1", "DELETE")
+        # a redefinition through the mount
+        r = bash(f"cat > {net}/definition.xml <<'EOF'\n{_pg_xml('pg2')}EOF")
+        assert r.returncode == 0, r.stderr
+        w.wait(net / "portgroups" / "pg2", "CREATE")
+        w.wait(net / "portgroups" / "pg1", "DELETE")
+        # and one loaded at SIGHUP
+        assert mounted.proc is not None
+        text = (mounted.config_dir / "h.xml").read_text()
+        (mounted.config_dir / "h.xml").write_text(
+            text.replace("<portgroup name='pg2'", "<portgroup name='pg3'")
+        )
+        mounted.proc.send_signal(signal.SIGHUP)
+        w.wait(net / "portgroups" / "pg3", "CREATE")
+        w.wait(net / "portgroups" / "pg2", "DELETE")
+        assert os.listdir(net / "portgroups") == ["pg3"]
+    finally:
+        w.close()
