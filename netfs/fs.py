@@ -179,6 +179,7 @@ class _Handle:
     last_read: bytes | None = None  # poll: value this handle has seen
     seen: int = 0  # poll: the file's change count when this handle last read it
     polled: bool = False  # poll: registered as a waiter at least once
+    ahead: bytes | None = None  # poll: a value read before it was announced
     buf: bytearray = field(default_factory=bytearray)  # doc: content written since open
     dirty: bool = False  # doc: written or truncated since the last act
     refused: bool = False  # doc: a size past the limit was refused: never acts
@@ -1158,6 +1159,7 @@ class NetfsOperations(pyfuse3.Operations):
             if off == 0:
                 h.last_read = data
                 h.seen = self._gens.get(h.path, 0)
+                h.ahead = self._ahead(h.path, data)
         return data[off : off + size]
 
     @_handler
@@ -1466,7 +1468,17 @@ class NetfsOperations(pyfuse3.Operations):
             return 0
         mask = DEFAULT_POLLMASK
         if h.kind in ("attr", "read") and len(h.path) == 2 and h.path[1] in POLL_FILES:
-            if self._gens.get(h.path, 0) != h.seen or (
+            gen = self._gens.get(h.path, 0)
+            if (
+                h.ahead is not None
+                and gen == h.seen + 1
+                and self._snap.get(h.path[0], {}).get(h.path[1]) == h.ahead
+            ):
+                # the announcement of the value this handle read already
+                # (it changed before the notifier announced it): one change,
+                # one wake-up
+                h.seen, h.ahead = gen, None
+            if gen != h.seen or (
                 h.last_read is not None and self._safe_content(h.path) != h.last_read
             ):
                 return mask | CHANGED_POLLMASK
@@ -1474,6 +1486,20 @@ class NetfsOperations(pyfuse3.Operations):
                 self._pollers.setdefault(h.path, {})[fh] = poll_handle
                 h.polled = True
         return mask
+
+    def _ahead(self, path: Path, data: bytes) -> bytes | None:
+        """`data`, just read from `path`, in the form the notifier announces
+        (an error with its sequence number), when it is not yet what has been
+        announced; else None."""
+        name, f = path[0], path[-1]
+        if len(path) != 2 or f not in POLL_FILES:
+            return None
+        if f == F_ERROR:
+            st = self._state(name)
+            seq = st.error_seq if st is not None else self._pending_error_seq.get(name, 0)
+            data = data + b"\0%d" % seq
+        told = self._snap.get(name, {}).get(f)
+        return data if told is not None and told != data else None
 
     def _wake_pollers(self, path: Path) -> None:
         for ph in self._pollers.pop(path, {}).values():

@@ -9,7 +9,9 @@ import select
 import signal
 import struct
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from fs_support import (
@@ -326,3 +328,53 @@ def test_entries_a_definition_brings_are_announced(mounted: Daemon) -> None:
         assert os.listdir(net / "portgroups") == ["pg3"]
     finally:
         w.close()
+
+
+def _wake_ups_for_one_bridge_deletion(active: Path, ns: str, bridge: str) -> list[bytes]:
+    """Values a non-blocking poll() loop on `active` read when woken, from
+    before the bridge is deleted until after the daemon announced it."""
+    fd = os.open(active, os.O_RDONLY)
+    w = Watch(active)
+    try:
+        seen = [os.pread(fd, 16, 0)]
+        p = select.poll()
+        p.register(fd, select.POLLPRI | select.POLLERR)
+        stop = threading.Event()
+        rounds = [0]
+
+        def spin() -> None:
+            # poll without blocking, as fast as possible: catches the value
+            # in the gap between the change and its announcement
+            while not stop.is_set():
+                if p.poll(0):
+                    seen.append(os.pread(fd, 16, 0))
+                rounds[0] += 1
+
+        t = threading.Thread(target=spin)
+        t.start()
+        try:
+            subprocess.run(["ip", "-n", ns, "link", "del", bridge], check=True)
+            # the daemon's own touch comes after its announcement
+            w.wait(active, "CLOSE_WRITE")
+            after = rounds[0]
+            wait_for(lambda: rounds[0] > after + 10, "more polls")
+        finally:
+            stop.set()
+            t.join(LIVENESS)
+        return seen
+    finally:
+        w.close()
+        os.close(fd)
+
+
+def test_one_wake_up_per_change_made_by_the_daemon(mounted: Daemon) -> None:
+    """A reader that re-reads the value after the daemon changed it but before
+    the notifier announced it is not woken a second time by that
+    announcement: one change, one POLLPRI."""
+    mnt, ns = mounted.mnt, mounted.netns
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    active = mnt / "testA" / "active"
+    for _ in range(3):
+        assert bash(f"echo 1 > {active}").returncode == 0
+        seen = _wake_ups_for_one_bridge_deletion(active, ns, "nfsbr0")
+        assert seen == [b"1\n", b"0\n"], seen
