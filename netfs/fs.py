@@ -476,7 +476,8 @@ class NetfsOperations(pyfuse3.Operations):
         if path in self._scratch:
             return True
         if self._is_dir(path):
-            return len(path) != 2 or path[1] == D_PORTS
+            # where mkdir or editors' temporary files may create something
+            return len(path) <= 1 or path[1] == D_PORTS
         return len(path) >= 2 and path[-1] in WRITABLE_FILES and path[1] != D_PORTGROUPS
 
     # ================================================================ pending
@@ -910,6 +911,18 @@ class NetfsOperations(pyfuse3.Operations):
 
     # ================================================================ scratch files
 
+    def _refuse_reserved(self, ppath: Path, n: str) -> None:
+        """Creating a file with the name of an entry of the tree: EACCES (a
+        read-only file, like status.xml of an inactive network), but ENOENT
+        in a directory made by mkdir that has no definition yet: `active`,
+        `uuid` and the rest do not exist there."""
+        if not self._reserved(ppath, n):
+            return
+        if len(ppath) == 1 and n not in (F_DEFINITION, F_ERROR) and self._is_pending(ppath[0]):
+            self._record(ppath[0], f"network '{ppath[0]}' has no definition yet")
+            raise _err(errno.ENOENT)
+        raise _err(errno.EACCES)
+
     def _own_made_file(self, ppath: Path, n: str) -> None:
         """The daemon's own mknod (or create) of `n` in `ppath`: published."""
         if len(ppath) == 1 and n == F_STATUS:
@@ -944,8 +957,7 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         if not self._scratch_dir(ppath):
             raise _err(errno.EPERM)
-        if self._reserved(ppath, n):
-            raise _err(errno.EACCES)
+        self._refuse_reserved(ppath, n)
         sc = self._new_scratch(path, mode, ctx)
         h = _Handle(path, sc.ino, "scratch", scratch=sc)
         return self._open_handle(h), self._attr(sc.ino, path)
@@ -969,10 +981,29 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         if not stat.S_ISREG(mode) or not self._scratch_dir(ppath):
             raise _err(errno.EPERM)
-        if self._reserved(ppath, n):
-            raise _err(errno.EACCES)
+        self._refuse_reserved(ppath, n)
         sc = self._new_scratch(path, mode, ctx)
         return self._attr(sc.ino, path)
+
+    @_handler
+    async def symlink(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        target: FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise _err(errno.EPERM)  # a change of structure the tree does not allow
+
+    @_handler
+    async def link(
+        self,
+        inode: InodeT,
+        new_parent_inode: InodeT,
+        new_name: FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise _err(errno.EPERM)
 
     @_handler
     async def unlink(
@@ -1275,8 +1306,9 @@ class NetfsOperations(pyfuse3.Operations):
         name, f = path
         value = {b"0": False, b"0\n": False, b"1": True, b"1\n": True}.get(bytes(buf))
         if value is None:
-            shown = bytes(buf[:40]).decode(errors="replace").rstrip("\n")
-            self._record(name, f"invalid value for {f}: '{shown}' (write 0 or 1)")
+            # every byte shown, control characters escaped ('1\n\n')
+            shown = repr(bytes(buf[:40]).decode(errors="replace"))
+            self._record(name, f"invalid value for {f}: {shown} (write 0 or 1)")
             raise _err(errno.EINVAL)
         before = self._state(name)
         try:
@@ -1704,6 +1736,9 @@ class NetfsOperations(pyfuse3.Operations):
         new = self._snapshot(name)
         old = self._snap.get(name)
         self._snap[name] = new
+        for f in WATCHED_FILES:
+            if new.get(f) is not None and (old is None or old.get(f) is None):
+                self._touched((name, f))  # it appeared now (status.xml at a start)
         if old is None:
             return
         for f in WATCHED_FILES:

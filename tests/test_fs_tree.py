@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,16 @@ def test_group_option(daemon_factory: object) -> None:
     assert mode(net / "active") == "-rw-rw-r--"
     assert mode(net / "uuid") == "-r--r--r--"
     assert os.stat(net / "active").st_gid == 65534
+    # fixed directories, where nothing can be created, are 0755
+    r = bash(
+        f"mkdir {mnt}/pgn && echo \"<network><bridge name='nfsbr8'/>"
+        f"<portgroup name='pg1'/></network>\" > {mnt}/pgn/definition.xml"
+    )
+    assert r.returncode == 0, r.stderr
+    assert mode(mnt / "pgn" / "portgroups" / "pg1") == "drwxr-xr-x"
+    assert mode(mnt / "pgn" / "portgroups") == "drwxr-xr-x"
+    assert mode(mnt / "pgn" / "ports") == "drwxrwxr-x"
+    assert mode(mnt / "pgn") == "drwxrwxr-x"
     # a member of the group may write; anyone else may not
     member = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     import subprocess
@@ -350,3 +361,41 @@ def test_sighup_adopts_a_pending_directory(mounted: Daemon) -> None:
         assert "qa3q" not in os.listdir(mnt)
     finally:
         ev.close()
+
+
+def test_small_contract_details(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    # a refused value is shown unambiguously
+    fd = os.open(net / "active", os.O_WRONLY)
+    try:
+        os.write(fd, b"1\n\n")  # one write(2)
+    except OSError as e:
+        assert e.errno == errno.EINVAL
+    else:
+        raise AssertionError("accepted")
+    finally:
+        os.close(fd)
+    assert (net / "active").read_text() == "0\n"
+    assert (net / "error").read_text() == "invalid value for active: '1\\n\\n' (write 0 or 1)\n"
+    # a directory without a definition has no `active`
+    r = bash(f"mkdir {mnt}/g && echo 1 > {mnt}/g/active")
+    assert r.returncode == 1 and "No such file or directory" in r.stderr, r.stderr
+    assert (mnt / "g" / "error").read_text() == "network 'g' has no definition yet\n"
+    assert sorted(os.listdir(mnt / "g")) == ["definition.xml", "error"]
+    # symlink and link are changes of structure the tree does not allow
+    for call in (
+        lambda: os.symlink("x", net / "sym"),
+        lambda: os.link(net / "uuid", net / "hard"),
+    ):
+        try:
+            call()
+        except OSError as e:
+            assert e.errno == errno.EPERM, e
+        else:
+            raise AssertionError("succeeded")
+    # status.xml appears with the time it appeared, not the mount's
+    before = time.time_ns()
+    assert bash(f"echo 1 > {net}/active").returncode == 0
+    assert os.stat(net / "status.xml").st_mtime_ns >= before
