@@ -57,7 +57,8 @@ ERRNOS = [
     "EPERM",
     "EINTR",
     "ESPIPE",
-    "ENOSYS",
+    "EFBIG",
+    "EOPNOTSUPP",
 ]
 
 EVENT_WORDS = [
