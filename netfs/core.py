@@ -921,7 +921,7 @@ class Driver:
         bad = {p.name[: -len(".xml")] for p, _ in problems if p.parent == self.store.config_dir}
         for path, problem in problems:
             stem = path.name[: -len(".xml")]
-            if path.parent == self.store.config_dir and stem in self._nets:
+            if path.parent == self.store.config_dir and stem in self._nets and stem not in configs:
                 # the network stays as it was; its `error` says why the edit was not taken
                 self.set_error(stem, f"cannot reload {path}: {problem}")
             else:
