@@ -656,3 +656,25 @@ def test_root_name_and_attr_helpers() -> None:
     assert xmlsafe.escape("<a&'\">") == "&lt;a&amp;&apos;&quot;&gt;"
     assert xmlsafe.attr("k", "a'b") == " k='a&apos;b'"
     assert xmlsafe.attr("k", None) == ""
+
+
+def test_quotes_and_ampersands_in_names_round_trip() -> None:
+    """Free text in attributes libvirt prints unescaped (a DHCP host name,
+    which only needs a letter first) or that we printed unescaped (portgroup
+    and domain names): the output must parse back to the same document."""
+    xml = (
+        "<network><name>q</name><uuid>81ff0d90-c91e-6742-64da-4a736edb9a9b</uuid>"
+        "<bridge name='virbr9'/><mac address='52:54:00:00:00:09'/>"
+        '<domain name="ex\'ample&amp;co"/>'
+        "<ip address='192.168.122.1' netmask='255.255.255.0'><dhcp>"
+        "<host mac='00:16:3e:77:e2:ed' name=\"a'.example.com\" ip='192.168.122.10'/>"
+        "</dhcp></ip>"
+        '<portgroup name="p&amp;g\'1"/></network>'
+    )
+    out = format_network(parse_network(xml), inactive=True)
+    assert "name='a&apos;.example.com'" in out
+    assert "<portgroup name='p&amp;g&apos;1'>" in out
+    assert "<domain name='ex&apos;ample&amp;co'/>" in out
+    again = parse_network(out)
+    assert again.ips[0].hosts[0].name == "a'.example.com"
+    assert format_network(again, inactive=True) == out

@@ -26,8 +26,9 @@ DATA = Path(
 CORPUS = sorted(DATA.glob("network*/*.xml")) if DATA.is_dir() else []
 CORPUS_TEXT = [p.read_bytes() for p in CORPUS]
 
+# NETFS_HYPOTHESIS_EXAMPLES=5000 for a longer hunt than the suite's
 SETTINGS = settings(
-    max_examples=200,
+    max_examples=int(os.environ.get("NETFS_HYPOTHESIS_EXAMPLES", "200")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -1442,8 +1442,11 @@ def _yn(v: bool) -> str:
 
 
 def _raw_attr(name: str, value: str | None) -> str:
-    """An attribute libvirt prints without escaping (virBufferAsprintf)."""
-    return "" if value is None else f" {name}='{value}'"
+    """An attribute libvirt prints without escaping (virBufferAsprintf). We
+    escape it anyway: the same bytes for every value without < > & ' ", and
+    for one with them (a DHCP host name "a'b" passes libvirt's checks) a
+    document that still parses instead of libvirt's broken one."""
+    return "" if value is None else f" {name}='{escape(value)}'"
 
 
 def _esc_attr(name: str, value: str | None) -> str:
@@ -1631,7 +1634,7 @@ def _format_bridge(net: NetworkDef, indent: int) -> str:
 
 def _format_portgroup(pg: PortGroupDef, indent: int) -> str:
     pad = " " * indent
-    s = f"{pad}<portgroup name='{pg.name}'"
+    s = f"{pad}<portgroup name='{escape(pg.name)}'"
     if pg.default:
         s += " default='yes'"
     if pg.trust_guest_rx_filters is not None:
@@ -1676,7 +1679,7 @@ def format_network(net: NetworkDef, *, inactive: bool = False) -> str:
         s += f"{p1}<mac address='{net.mac}'/>\n"
     dom = net.domain
     if dom is not None and dom.name is not None:
-        s += f"{p1}<domain name='{dom.name}'"
+        s += f"{p1}<domain name='{escape(dom.name)}'"
         if dom.local_only is not None:
             s += f" localOnly='{_yn(dom.local_only)}'"
         if dom.register is not None:
