@@ -465,10 +465,12 @@ class Driver:
             raise NetfsError(errno.ENOENT, f"network '{name}' has no portgroup '{portgroup}'")
         return format_virtualport(portgroup_virtualport(net, portgroup), 0) or None
 
-    def set_error(self, name: str, message: str) -> None:
+    def set_error(self, name: str, message: str, *, logged: bool = False) -> None:
         """Record ``message`` as the network's error (if it exists) and emit
-        an ``error`` event; every error the core records goes through here."""
-        log.warning("network %s: %s", name, message)
+        an ``error`` event; every error the core records goes through here.
+        ``logged``: the caller has logged it already (not logged twice)."""
+        if not logged:
+            log.warning("network %s: %s", name, message)
         n = self._nets.get(name)
         if n is not None:
             n.error = message

@@ -507,7 +507,7 @@ class NetfsOperations(pyfuse3.Operations):
         st = self._state(name)
         if not msg or st is None or st.error_seq:
             return
-        self.driver.set_error(name, msg)
+        self.driver.set_error(name, msg, logged=True)  # logged when it was recorded
         snap = self._snap.get(name)
         told = (msg.rstrip("\n") + "\n").encode() + b"\0%d" % seq
         if snap is not None and snap.get(F_ERROR) == told:
