@@ -431,7 +431,7 @@ class NetfsOperations(pyfuse3.Operations):
             if n == 4 and path[3] == F_DEFAULT:
                 return True
             if n == 4 and path[3] == F_VIRTUALPORT:
-                return self._content(path, st) is not None
+                return self._merged_exists(path, st)
             return False
         if sub == D_PORTS:
             port = path[2]
@@ -442,12 +442,18 @@ class NetfsOperations(pyfuse3.Operations):
             if n == 4 and path[3] == F_PORT:
                 return True
             if n == 4 and path[3] == F_VIRTUALPORT:
-                return (
-                    name,
-                    port,
-                ) not in self._pending_ports and self._content(path, st) is not None
+                return (name, port) not in self._pending_ports and self._merged_exists(path, st)
             return False
         return False
+
+    def _merged_exists(self, path: Path, st: Any) -> bool:
+        """A merged virtualport.xml exists when the merge gives a profile,
+        and also when it fails (conflicting profiles: the file is listed, and
+        reading it is EINVAL), so that its directory still lists and stats."""
+        try:
+            return self._content(path, st) is not None
+        except NetfsError:
+            return True
 
     def _is_dir(self, path: Path) -> bool:
         n = len(path)

@@ -87,6 +87,32 @@ def test_portgroups(mounted: Daemon) -> None:
     assert r.returncode == 1 and "Operation not permitted" in r.stderr
 
 
+CONFLICTING_PG = """<network><name>qbg</name>
+  <forward mode='vepa'><interface dev='eth1'/></forward>
+  <virtualport type='802.1Qbg'><parameters typeid='1193047' typeidversion='2'/></virtualport>
+  <portgroup name='eng'>
+    <virtualport type='802.1Qbh'><parameters profileid='eng'/></virtualport>
+  </portgroup>
+</network>
+"""
+
+
+def test_conflicting_portgroup_profile_still_lists(mounted: Daemon) -> None:
+    """libvirt accepts a portgroup whose profile conflicts with the network's
+    (merges happen for ports): its directory lists and stats, `find` and
+    recursive watches work, and only reading virtualport.xml is EINVAL."""
+    mnt = mounted.mnt
+    define(mnt, "qbg", CONFLICTING_PG)
+    eng = mnt / "qbg" / "portgroups" / "eng"
+    assert sorted(os.listdir(eng)) == ["default", "virtualport.xml"]
+    assert mode(eng / "virtualport.xml") == "-r--r--r--"
+    r = bash(f"cat {eng}/virtualport.xml")
+    assert r.returncode == 1 and "Invalid argument" in r.stderr
+    r = bash(f"find {mnt}/qbg > /dev/null && inotifywait -r -t 1 {mnt}")
+    assert "Invalid argument" not in r.stderr, r.stderr
+    assert r.returncode == 2, r.stderr  # inotifywait: timed out, watches were set
+
+
 def test_mkdir_pending_and_rmdir(mounted: Daemon) -> None:
     mnt = mounted.mnt
     r = bash(f"mkdir {mnt}/pend && ls {mnt}/pend && cat {mnt}/pend/definition.xml")
