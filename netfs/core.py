@@ -567,6 +567,13 @@ class Driver:
             links = await self._link_names() if auto else set()
             # no checkpoint from here to the reservation below
             old = self._nets.get(net.name)
+            # libvirt's order: the uuid is looked up first, then the name
+            for other in self._nets.values():
+                if other.name != net.name and other.uuid == net.uuid:
+                    raise NetfsError(
+                        errno.EEXIST,
+                        f"network '{other.name}' is already defined with uuid {net.uuid}",
+                    )
             if old is not None and old.uuid != net.uuid:
                 if explicit_uuid:
                     raise NetfsError(
@@ -574,12 +581,6 @@ class Driver:
                         f"network '{net.name}' already exists with uuid {old.uuid}",
                     )
                 net.uuid = old.uuid
-            for other in self._nets.values():
-                if other.name != net.name and other.uuid == net.uuid:
-                    raise NetfsError(
-                        errno.EEXIST,
-                        f"network '{other.name}' is already defined with uuid {net.uuid}",
-                    )
             in_use: set[str] = set()
             for other in self._nets.values():
                 if other.name != net.name:
@@ -970,6 +971,8 @@ class Driver:
                     continue
                 if await self._store(self.store.config_path(name).exists):
                     continue
+                if n.autostart:  # undefined by hand: its autostart link goes too
+                    await self._store(self.store.set_autostart, name, False)
                 n.autostart = False
                 if n.active:
                     n.persistent = False

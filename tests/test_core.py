@@ -251,6 +251,11 @@ async def test_define_rules_and_texts(driver: Driver, netns: str) -> None:
         await driver.define(net_xml("a", n=1, bridge="nfsc0"))
     assert driver.get("a").error == "bridge name 'nfsc0' already in use."
     assert driver.get("a").definition.bridge.name == "nfsa0"
+    # a redefinition carrying another network's uuid: libvirt looks the uuid up first
+    with pytest.raises(NetfsError) as e:
+        await driver.define(net_xml("a", n=3, bridge="nfsa0"))
+    assert e.value.errno == errno.EEXIST
+    assert e.value.message == f"network 'c' is already defined with uuid {U.format(3)}"
     # a newline in the name is libvirt's refusal, also when a directory name is given
     with pytest.raises(NetfsError) as e:
         await driver.define("<network><name>a&#10;</name></network>", name="a")
@@ -554,6 +559,37 @@ async def test_reload_rereads_configs(driver: Driver, nursery: trio.Nursery) -> 
     await driver.reload()
     assert driver.get("a").definition.bridge.name == "nfsa9"
     assert driver.get("a").error.startswith(f"cannot reload {etc / 'a.xml'}: XML error:")
+
+
+async def test_config_file_removed_by_hand_makes_active_network_transient(
+    driver: Driver, nursery: trio.Nursery
+) -> None:
+    """SIGHUP after the config file of an active autostart network was
+    removed: one `updated`, the network is transient, and its autostart link
+    goes too (a later network of that name must not inherit it)."""
+    ev = Events(driver, nursery)
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.set_autostart("a", True)
+    await driver.start("a")
+    driver.store.config_path("a").unlink()
+    await driver.reload()
+    st = driver.get("a")
+    assert st.active and not st.persistent and not st.autostart
+    assert not driver.store.autostart_path("a").is_symlink()
+    await driver.stop("a")
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.reload()
+    assert not driver.get("a").autostart and not driver.get("a").active
+    await settle()
+    assert ev.words("a") == [
+        "defined",
+        "updated",
+        "started",
+        "updated",
+        "stopped",
+        "undefined",
+        "defined",
+    ]
 
 
 async def test_config_without_uuid_or_mac_generated_once(
