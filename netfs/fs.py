@@ -1147,7 +1147,7 @@ class NetfsOperations(pyfuse3.Operations):
                 sc.mtime_ns = time.time_ns()
             return self._open_handle(_Handle(path, inode, "scratch", scratch=sc))
         if path == ("events",):
-            if write:
+            if write or flags & os.O_TRUNC:
                 raise _err(errno.EACCES)
             h = _Handle(path, inode, "events", channel=self.driver.subscribe(), pid=ctx.pid)
             return self._open_handle(h, nonseekable=True)
@@ -1155,8 +1155,8 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.EISDIR)
         if not self._exists(path):
             raise _err(errno.ENOENT)
-        if write and not self._writable(path):
-            raise _err(errno.EACCES)
+        if (write or flags & os.O_TRUNC) and not self._writable(path):
+            raise _err(errno.EACCES)  # O_RDONLY|O_TRUNC too: it asks to truncate
         # content is made at the first read; a poll() before it compares
         # change counts (as sysfs: an open has seen the current value)
         seen = self._gens.get(path, 0)

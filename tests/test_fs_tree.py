@@ -113,6 +113,17 @@ def test_conflicting_portgroup_profile_still_lists(mounted: Daemon) -> None:
     assert r.returncode == 2, r.stderr  # inotifywait: timed out, watches were set
 
 
+def test_read_only_files_refuse_o_trunc_even_read_only(mounted: Daemon) -> None:
+    """EACCES for truncating a read-only file, also as root and also with
+    O_RDONLY|O_TRUNC (the kernel lets root through: the daemon refuses)."""
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    for f in (mnt / "testA" / "uuid", mnt / "testA" / "error", mnt / "events"):
+        with pytest.raises(PermissionError):
+            os.close(os.open(f, os.O_RDONLY | os.O_TRUNC))
+    assert len((mnt / "testA" / "uuid").read_text()) == 37
+
+
 def test_mkdir_pending_and_rmdir(mounted: Daemon) -> None:
     mnt = mounted.mnt
     r = bash(f"mkdir {mnt}/pend && ls {mnt}/pend && cat {mnt}/pend/definition.xml")
