@@ -374,6 +374,14 @@ class Driver:
         self._watched: dict[str, set[str]] = {}
         self._checking: set[str] = set()
         self._renamed: dict[str, str] = {}  # network -> the new name of its renamed bridge
+        # bridge being started -> its network, until the network is live (a
+        # deletion seen then is checked once the start is over)
+        self._starting: dict[str, str] = {}
+        self._lost_in_start: set[str] = set()
+        # define/undefine/autostart changes made through the core, numbered:
+        # a reload does not apply what it read before such a change
+        self._change_seq = 0
+        self._changed_at: dict[str, int] = {}
         self._resyncing = False
         self._resync_again = False
         self.ready = trio.Event()
@@ -609,14 +617,22 @@ class Driver:
                 except BaseException:
                     del self._nets[net.name]
                     raise
+                self._note_change(net.name)
                 self._emit(net.name, "defined")
             else:
                 await self._store(self.store.write_config, net)
+                self._note_change(net.name)
                 old.definition = net
                 old.problem = None
                 old.persistent = True
                 self._emit(net.name, "updated")
             return net.name
+
+    def _note_change(self, name: str) -> None:
+        """A config-directory change of ``name`` made through the core (a
+        reload that read the directory before it must not undo it)."""
+        self._change_seq += 1
+        self._changed_at[name] = self._change_seq
 
     # ------------------------------------------------------------------ undefine
 
@@ -636,6 +652,7 @@ class Driver:
             if if_active == "refuse" and (n.active or n.ports):
                 raise NetfsError(errno.EBUSY, f"network '{name}' is active")
             await self._store(self.store.delete_config, name)
+            self._note_change(name)
             n.autostart = False
             if n.active:
                 n.persistent = False
@@ -664,25 +681,43 @@ class Driver:
             live.mac = random_mac()  # a lenient-loaded definition without one
         await self._store(self._prepare_start, n.name, live)
         sub = subdrivers.for_mode(mode, live)
-        committed = False
+        link = sub.watched_link(live)
+        self._lost_in_start.discard(n.name)
+        if link:
+            self._starting[link] = n.name
         try:
-            await sub.start(live, self.nl)
+            committed = False
             try:
-                # status written, then the intent removed: one thread hop
-                await self._store(self._commit_start, n.name, live)
-                committed = True
-            except BaseException:
+                await sub.start(live, self.nl)
                 try:
-                    await sub.stop(live, self.nl)
-                except Exception:
-                    log.exception("network %s: undoing a failed start", n.name)
-                raise
+                    # status written, then the intent removed: one thread hop
+                    await self._store(self._commit_start, n.name, live)
+                    committed = True
+                except BaseException:
+                    try:
+                        await sub.stop(live, self.nl)
+                    except Exception:
+                        log.exception("network %s: undoing a failed start", n.name)
+                    raise
+            finally:
+                if not committed:
+                    await self._store(self.store.delete_intent, n.name)
+            n.ports = {}
+            self._set_live(n, live)
         finally:
-            if not committed:
-                await self._store(self.store.delete_intent, n.name)
-        n.ports = {}
-        self._set_live(n, live)
+            if link:
+                self._starting.pop(link, None)
         self._emit(n.name, "started")
+        if n.name in self._lost_in_start:
+            # its bridge was deleted while it started (before the monitor
+            # could know it as this network's)
+            self._lost_in_start.discard(n.name)
+            if not await sub.is_running(live, self.nl):
+                log.warning(
+                    "network %s: its bridge vanished while it started: now inactive", n.name
+                )
+                await self._store(self.store.delete_status, n.name)
+                await self._finish_stop(n)
 
     def _prepare_start(self, name: str, live: NetworkDef) -> None:
         self.store.delete_ports(name)
@@ -734,6 +769,7 @@ class Driver:
             if not n.persistent:
                 raise NetfsError(errno.EINVAL, "cannot set autostart for transient network")
             await self._store(self.store.set_autostart, name, bool(on))
+            self._note_change(name)
             n.autostart = bool(on)
             self._emit(name, "updated")
 
@@ -920,17 +956,27 @@ class Driver:
         (``updated``). A file that no longer parses leaves the network as it
         is (lenient: never dropped because of a bad file).
         """
+        # what this reload reads may be overtaken by a define, undefine or
+        # autostart change made while it runs: those networks are skipped
+        mark = self._change_seq
         configs, problems = await self._store(self.store.load_configs)
         bad = {p.name[: -len(".xml")] for p, _ in problems if p.parent == self.store.config_dir}
         for path, problem in problems:
             stem = path.name[: -len(".xml")]
-            if path.parent == self.store.config_dir and stem in self._nets and stem not in configs:
+            if (
+                path.parent == self.store.config_dir
+                and stem in self._nets
+                and stem not in configs
+                and self._changed_at.get(stem, 0) <= mark
+            ):
                 # the network stays as it was; its `error` says why the edit was not taken
                 self.set_error(stem, f"cannot reload {path}: {problem}")
             else:
                 log.warning("%s: %s", path, problem)
         for name, cfg in configs.items():
             async with self._lock(name):
+                if self._changed_at.get(name, 0) > mark:
+                    continue
                 n = self._nets.get(name)
                 if n is None:
                     self._nets[name] = _Net(
@@ -967,7 +1013,7 @@ class Driver:
                 continue
             async with self._lock(name):
                 n = self._nets.get(name)
-                if n is None or not n.persistent:
+                if n is None or not n.persistent or self._changed_at.get(name, 0) > mark:
                     continue
                 if await self._store(self.store.config_path(name).exists):
                     continue
@@ -1031,6 +1077,9 @@ class Driver:
                     break
         if getattr(ev, "name", None):
             names.update(self._watched.get(ev.name, ()))
+            starting = self._starting.get(ev.name)
+            if starting is not None:
+                self._lost_in_start.add(starting)
         for name in sorted(names - self._checking):
             self._checking.add(name)
             nursery.start_soon(self._check_running, name)

@@ -592,6 +592,50 @@ async def test_config_file_removed_by_hand_makes_active_network_transient(
     ]
 
 
+async def test_reload_never_undoes_a_change_made_while_it_ran(
+    driver: Driver, nursery: trio.Nursery
+) -> None:
+    """A SIGHUP reload reads the config directory first and applies it one
+    network at a time: a redefinition, an undefine or an autostart change
+    made through the core after the read is newer and must stay."""
+    await driver.define(net_xml("a", n=1, bridge="nfsa0"))
+    await driver.define(net_xml("b", n=2, bridge="nfsb0", ip4="10.77.1.1"))
+    await driver.define(net_xml("c", n=3, bridge="nfsc0"))
+    await driver.define(net_xml("d", n=4, bridge="nfsd0"))
+    read = trio.Event()
+    load = driver.store.load_configs
+    token = trio.lowlevel.current_trio_token()
+
+    def load_then_tell(*args: Any, **kwargs: Any) -> Any:
+        configs, problems = load(*args, **kwargs)
+        trio.from_thread.run_sync(read.set, trio_token=token)
+        return dict(sorted(configs.items())), problems  # "a" first
+
+    driver.store.load_configs = load_then_tell  # type: ignore[method-assign]
+    done = trio.Event()
+
+    async def reload_once() -> None:
+        await driver.reload()
+        done.set()
+
+    async with driver._lock("a"):  # the reload waits at "a", after reading
+        nursery.start_soon(reload_once)
+        await read.wait()
+        await driver.define(net_xml("b", n=2, bridge="nfsb0", ip4="10.77.2.1"))
+        await driver.undefine("c")
+        await driver.set_autostart("d", True)
+    await done.wait()
+    assert driver.names() == ["a", "b", "d"]
+    assert [ip.address for ip in driver.get("b").definition.ips] == ["10.77.2.1"]
+    assert driver.get("d").autostart
+    await driver.reload()  # and one that reads the directory as it is now agrees
+    assert driver.names() == ["a", "b", "d"]
+    b = driver.get("b").definition
+    assert [ip.address for ip in b.ips] == ["10.77.2.1"]
+    assert "10.77.2.1" in driver.store.config_path("b").read_text()
+    assert driver.get("d").autostart
+
+
 async def test_config_without_uuid_or_mac_generated_once(
     driver: Driver, nursery: trio.Nursery
 ) -> None:
@@ -640,6 +684,29 @@ async def test_bridge_deleted_behind_our_back(
     await driver.stop("b")
     await settle()
     assert ev.words("b") == ["defined", "started", "stopped"]
+
+
+async def test_bridge_deleted_while_its_network_starts(
+    driver: Driver, netns: str, nursery: trio.Nursery
+) -> None:
+    """A deletion seen between the bridge's creation and the network being
+    live (before the monitor knows the bridge as the network's) is checked
+    once the start is over: the network does not stay active without it."""
+    ev = Events(driver, nursery)
+    await nursery.start(driver.run_monitor)
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    commit = driver._commit_start
+
+    def delete_then_commit(name: str, live: Any) -> None:
+        ip("link", "del", "nfsa0", netns=netns)
+        commit(name, live)
+
+    driver._commit_start = delete_then_commit  # type: ignore[method-assign]
+    await driver.start("a")
+    await ev.wait_for("a", "stopped")
+    assert not driver.get("a").active
+    assert not driver.store.status_path("a").exists()
+    assert "nfsa0" not in links(netns)
 
 
 async def test_bridge_renamed_behind_our_back(
