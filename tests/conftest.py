@@ -54,3 +54,14 @@ def conformance_dir() -> Path:
     if not CONFORMANCE.is_dir():
         pytest.skip(f"conformance data not found at {CONFORMANCE}")
     return CONFORMANCE
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What the descriptors of process `pid` point to (readlink of /proc/PID/fd/*)."""
+    targets = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    return targets

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import fd_targets
 from fs_support import (
     LIVENESS,
     PYTHON,
@@ -207,6 +208,18 @@ def test_kill9_during_notification_storm_then_remount(daemon_factory: object) ->
         assert sum(line.split()[4] == str(d2.mnt) for line in f) == 1
 
 
+def _hanging_fs(mnt: Path) -> subprocess.Popen[str]:
+    """bench/floorfs.py --hang on `mnt`: it looks itself up through its
+    mount and never answers (prints "hanging" once it does)."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "bench.floorfs", str(mnt), "--hang"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 def test_remount_over_a_hung_mount_frees_its_killed_daemon(daemon_factory: object) -> None:
     """The exact state a SIGKILL during one of the daemon's own requests
     leaves, made on purpose: bench/floorfs.py --hang looks itself up through
@@ -214,13 +227,7 @@ def test_remount_over_a_hung_mount_frees_its_killed_daemon(daemon_factory: objec
     the mount point hangs. `netfs mount` there must abort that connection
     (mounting fusectl if need be), unmount it and mount."""
     d: Daemon = daemon_factory()  # type: ignore[operator]
-    hung = subprocess.Popen(
-        [PYTHON, "-m", "bench.floorfs", str(d.mnt), "--hang"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    hung = _hanging_fs(d.mnt)
     conn = None
     try:
         assert hung.stdout is not None
@@ -303,16 +310,6 @@ def test_detached_daemon_keeps_no_caller_pipe(daemon_factory: object, tmp_path: 
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
 
 
-def _fd_targets(pid: int) -> list[str]:
-    targets = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-        except OSError:
-            pass
-    return targets
-
-
 def test_detached_daemon_keeps_no_inherited_descriptor(
     daemon_factory: object, tmp_path: Path
 ) -> None:
@@ -338,7 +335,7 @@ def test_detached_daemon_keeps_no_inherited_descriptor(
         assert os.listdir(d.mnt) == ["events"]
         # the lock is free while the daemon runs
         assert subprocess.run(["flock", "-n", str(lock), "true"]).returncode == 0
-        targets = _fd_targets(pid)
+        targets = fd_targets(pid)
         assert str(lock) not in targets and str(held) not in targets, targets
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -385,13 +382,7 @@ def test_stale_mount_warning_goes_to_the_log_file(daemon_factory: object, tmp_pa
     subprocess.run(["umount", str(d.mnt)], check=True)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit after umount")
     # a hung mount, cleared by a daemon in the foreground with --log-file
-    hung = subprocess.Popen(
-        [PYTHON, "-m", "bench.floorfs", str(d.mnt), "--hang"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    hung = _hanging_fs(d.mnt)
     conn = None
     try:
         assert hung.stdout is not None

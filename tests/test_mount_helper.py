@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, ip
+from tests.conftest import EXAMPLES, fd_targets, ip
 
 TOP = Path(__file__).resolve().parent.parent
 HELPER_DIR = TOP / "mount-helper"
@@ -373,6 +373,21 @@ def mount_env(tmp_path: Path, netns: str) -> Iterator[dict[str, Path | str]]:
         ip("link", "del", "testA0", netns=netns, check=False)
 
 
+def _private_sh(script: str) -> subprocess.CompletedProcess[str]:
+    """`sh -c script` in a private mount namespace, its output to a pipe
+    (so the daemons `mount` leaves behind must keep none of the caller's
+    descriptors; the timeout only bounds a hang)."""
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
 def _wait_gone(marker: str) -> bool:
     deadline = time.monotonic() + 10
     while _pids_mentioning(marker):
@@ -422,16 +437,6 @@ def test_helper_mounts_like_mount_fuse_does(mount_env: dict[str, Path | str]) ->
     assert _wait_gone(str(mnt))
 
 
-def _fd_targets(pid: int) -> list[str]:
-    targets = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-        except OSError:
-            pass
-    return targets
-
-
 @needs_daemon
 @pytest.mark.kernel
 @pytest.mark.slow
@@ -464,7 +469,7 @@ def test_helper_daemon_keeps_no_inherited_descriptor(
     assert _fuse_mounted(mnt)
     pids = _pids_mentioning(str(mnt))
     assert len(pids) == 1, pids
-    targets = _fd_targets(pids[0])
+    targets = fd_targets(pids[0])
     assert str(held) not in targets, targets
     assert "testA" in os.listdir(mnt)
     out = sh("umount", mnt)
@@ -502,17 +507,7 @@ echo "fstab: $(ls {mnt})"
 umount {mnt}
 trap - EXIT
 """
-    # Output to a pipe: the daemons `mount` leaves behind keep none of the
-    # caller's descriptors (the timeout only bounds a hang).
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    done = _private_sh(script)
     stdout = done.stdout
     assert done.returncode == 0, stdout
     assert "first: " in stdout and len(stdout.split("first: ")[1].split()[0]) == 36
@@ -572,16 +567,7 @@ umount {mnt}
 gone "$pid" && echo "fstab daemon gone"
 trap - EXIT
 """
-    # the timeout only bounds a hang
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    done = _private_sh(script)
     stdout = done.stdout
     assert done.returncode == 0, stdout
     assert f" {mnt} fuse.netfs " in stdout
