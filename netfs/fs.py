@@ -764,7 +764,9 @@ class NetfsOperations(pyfuse3.Operations):
         if not self._is_dir(path) or not self._exists(path, self._is_self(ctx)):
             raise _err(errno.ENOENT)
         fh = next(self._fhs)
-        self._dir_handles[fh] = [(e, path + (e,)) for e in self._list(path)]
+        # "." and ".." first, as sysfs and configfs list them
+        dots = [(".", path), ("..", path[:-1])]
+        self._dir_handles[fh] = dots + [(e, path + (e,)) for e in self._list(path)]
         return FileHandleT(fh)
 
     @_handler

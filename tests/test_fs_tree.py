@@ -124,6 +124,17 @@ def test_read_only_files_refuse_o_trunc_even_read_only(mounted: Daemon) -> None:
     assert len((mnt / "testA" / "uuid").read_text()) == 37
 
 
+def test_directories_list_dot_and_dotdot(mounted: Daemon) -> None:
+    """As sysfs and configfs: `ls -a` shows . and .. (os.listdir leaves them out)."""
+    mnt = mounted.mnt
+    define(mnt, "testA", OVS_TESTA)
+    for d in (mnt, mnt / "testA", mnt / "testA" / "portgroups", mnt / "testA" / "ports"):
+        r = bash(f"ls -a {d}")
+        assert r.returncode == 0 and r.stdout.split()[:2] == [".", ".."], r
+    assert sorted(os.listdir(mnt / "testA" / "portgroups")) == ["engineering", "sales"]
+    assert os.stat(mnt / "testA" / ".").st_ino == os.stat(mnt / "testA").st_ino
+
+
 def test_mkdir_pending_and_rmdir(mounted: Daemon) -> None:
     mnt = mounted.mnt
     r = bash(f"mkdir {mnt}/pend && ls {mnt}/pend && cat {mnt}/pend/definition.xml")
