@@ -14,9 +14,11 @@ VENV="$TOP/.venv"
 PY="$VENV/bin/python"
 
 # Debian packages: build and run (python3, libfuse3, iproute2), and what the
-# tests and benchmarks call (inotifywait, groff for the man page check, ps, ed).
+# tests and benchmarks call (inotifywait, groff for the man page check, ps, ed),
+# and the traffic of virtual networks: dnsmasq, nft; udhcpc (busybox) and dig as guests.
 DEB_PKGS="python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 \
-iproute2 inotify-tools groff-base procps kmod util-linux ca-certificates ed"
+iproute2 inotify-tools groff-base procps kmod util-linux ca-certificates ed \
+dnsmasq-base nftables busybox bind9-dnsutils"
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then

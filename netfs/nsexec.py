@@ -1,0 +1,141 @@
+"""Programs run inside the network namespace netfs manages.
+
+The netlink adapter talks to the kernel itself; everything that needs a real
+program (``nft``, ``dnsmasq``) goes through this module. A program is started
+with its network namespace switched by setns(2) in the child between fork and
+exec, so no ``ip netns exec`` or ``nsenter`` process sits in between. Errors
+come back as :class:`~netfs.errors.NetfsError`: a missing program is named
+with the Debian package that has it, a failing one carries its own words.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from netfs.errors import NetfsError
+
+CLONE_NEWNET = 0x40000000
+
+# program -> the Debian package that installs it (named when it is missing)
+PACKAGES = {"nft": "nftables", "dnsmasq": "dnsmasq-base"}
+
+
+def netns_path(netns: str) -> str:
+    """A namespace given by name (as `ip netns add` makes it) or by path."""
+    return netns if "/" in netns else f"/run/netns/{netns}"
+
+
+def setns_fd(fd: int) -> None:
+    """setns(2) the calling thread into the network namespace open on fd."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def open_netns(netns: str) -> int:
+    """Open a namespace (O_CLOEXEC); NetfsError with the reason if it cannot."""
+    try:
+        return os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetfsError(
+            e.errno or errno.ENOENT, f"cannot open network namespace {netns}: {e.strerror}"
+        ) from None
+
+
+def find_program(name: str) -> str:
+    """The absolute path of a program, or ENOENT naming it and its package."""
+    for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        path = os.path.join(d, name)
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if found:
+        return found
+    pkg = PACKAGES.get(name)
+    hint = f" (install the Debian package {pkg})" if pkg else ""
+    raise NetfsError(errno.ENOENT, f"program {name} not found{hint}")
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def _preexec(fd: int | None) -> Callable[[], None] | None:
+    if fd is None:
+        return None
+
+    def enter() -> None:
+        setns_fd(fd)
+
+    return enter
+
+
+def run_sync(
+    netns: str | None,
+    argv: Sequence[str],
+    *,
+    stdin: bytes | None = None,
+    timeout: float = 30.0,
+    check: bool = True,
+) -> Completed:
+    """Run argv (argv[0] a program name) inside netns and wait for it.
+
+    With check, a non-zero exit is NetfsError(EIO) carrying the program's
+    own words (its stderr, else its stdout)."""
+    prog = find_program(argv[0])
+    fd = open_netns(netns) if netns else None
+    try:
+        try:
+            p = subprocess.run(
+                [prog, *argv[1:]],
+                input=stdin,
+                capture_output=True,
+                timeout=timeout,
+                preexec_fn=_preexec(fd),
+                pass_fds=(fd,) if fd is not None else (),
+                close_fds=True,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+            )
+        except subprocess.TimeoutExpired:
+            raise NetfsError(errno.EIO, f"{argv[0]} did not finish in {timeout:g} s") from None
+        except OSError as e:
+            raise NetfsError(e.errno or errno.EIO, f"cannot run {argv[0]}: {e.strerror}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    done = Completed(p.returncode, p.stdout, p.stderr)
+    if check and p.returncode != 0:
+        raise NetfsError(errno.EIO, f"{argv[0]} failed: {words(done)}")
+    return done
+
+
+async def run(
+    netns: str | None,
+    argv: Sequence[str],
+    *,
+    stdin: bytes | None = None,
+    timeout: float = 30.0,
+    check: bool = True,
+) -> Completed:
+    """run_sync from trio, in a worker thread (the event loop keeps serving)."""
+    return await trio.to_thread.run_sync(
+        lambda: run_sync(netns, argv, stdin=stdin, timeout=timeout, check=check)
+    )
+
+
+def words(done: Completed) -> str:
+    """A program's own words, for an error file: stderr, else stdout, one line."""
+    text = (done.stderr or done.stdout).decode("utf-8", "replace").strip()
+    return " ".join(text.split()) or f"exit status {done.returncode}"
