@@ -1,0 +1,379 @@
+"""dnsmasq's files for a network, against libvirt's corpus and own cases (pure)."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from conftest import CONFORMANCE
+
+from netfs.errors import NetfsError
+from netfs.model import dnsmasq
+from netfs.model.dnsmasq import needs_dnsmasq, render
+from netfs.model.network import NetworkDef, parse_network
+from netfs.model.validate import validate_network
+
+LIBVIRT_DIR = "/var/lib/libvirt/dnsmasq"
+CORPUS = CONFORMANCE / "networkxml2confdata-dnsmasq"
+PAIRS = sorted(p.stem for p in CORPUS.glob("*.xml")) if CORPUS.is_dir() else []
+
+HEADER = (
+    "##WARNING:  THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE\n"
+    "##OVERWRITTEN AND LOST.  Changes to this configuration should be made using:\n"
+    "##    virsh net-edit {name}\n"
+    "## or other application using the libvirt API.\n"
+    "##\n"
+    "## dnsmasq conf file created by libvirt\n"
+)
+
+
+def defined(xml: str | bytes) -> NetworkDef:
+    """What `virsh net-define` keeps: parse and define-time validation."""
+    net = parse_network(xml)
+    validate_network(net)
+    return net
+
+
+def corpus_result(stem: str) -> tuple[bool, bool | None]:
+    """(conf equal, hostsfile equal or None when libvirt has none)."""
+    net = defined((CORPUS / f"{stem}.xml").read_bytes())
+    files = render(net, LIBVIRT_DIR)
+    conf_ok = files.conf == (CORPUS / f"{stem}.conf").read_text()
+    hosts = CORPUS / f"{stem}.hostsfile"
+    if hosts.exists():
+        return conf_ok, files.hosts == hosts.read_text()
+    # the harness fails when a hosts file is produced that libvirt has not
+    return conf_ok, None if files.hosts == "" else False
+
+
+@pytest.mark.parametrize("stem", PAIRS)
+def test_corpus_pair(stem: str) -> None:
+    net = defined((CORPUS / f"{stem}.xml").read_bytes())
+    files = render(net, LIBVIRT_DIR)
+    assert files.conf == (CORPUS / f"{stem}.conf").read_text()
+    hosts = CORPUS / f"{stem}.hostsfile"
+    assert files.hosts == (hosts.read_text() if hosts.exists() else "")
+
+
+def test_corpus_count(capsys: pytest.CaptureFixture[str], conformance_dir: Path) -> None:
+    """Every pair of libvirt's corpus, byte for byte; the count is printed."""
+    assert PAIRS, "no pairs found"
+    confs = hosts = hosts_total = 0
+    failed = []
+    for stem in PAIRS:
+        conf_ok, hosts_ok = corpus_result(stem)
+        confs += conf_ok
+        if hosts_ok is not None:
+            hosts_total += 1
+            hosts += hosts_ok
+        if not conf_ok or hosts_ok is False:
+            failed.append(stem)
+    with capsys.disabled():
+        print(
+            f"\ndnsmasq conformance: {confs}/{len(PAIRS)} .conf, "
+            f"{hosts}/{hosts_total} .hostsfile byte for byte"
+        )
+    assert not failed
+
+
+# ---------------------------------------------------------------------------
+# Own cases: branches the corpus lacks
+
+
+def net_xml(body: str, *, mode: str | None = "nat", name: str = "t", extra: str = "") -> str:
+    fwd = f"<forward mode='{mode}'/>" if mode else ""
+    return (
+        f"<network{extra}><name>{name}</name><uuid>81ff0d90-c91e-6742-64da-4a736edb9a9b</uuid>"
+        f"{fwd}<bridge name='br7'/>{body}</network>"
+    )
+
+
+def conf(body: str, mode: str | None = "nat") -> str:
+    return render(defined(net_xml(body, mode=mode)), "/d").conf
+
+
+def test_dual_stack_dhcp() -> None:
+    net = defined(
+        net_xml(
+            "<ip address='10.1.0.1' prefix='16'><dhcp>"
+            "<range start='10.1.0.10' end='10.1.0.19'><lease expiry='2' unit='hours'/></range>"
+            "<range start='10.1.1.0' end='10.1.1.4'><lease expiry='0'/></range>"
+            "<host mac='52:54:00:AA:bb:01' ip='10.1.0.50'><lease expiry='30'/></host>"
+            "<host name='n1' ip='10.1.0.51'/>"
+            "</dhcp></ip>"
+            "<ip family='ipv6' address='fd00::1' prefix='64'><dhcp>"
+            "<range start='fd00::100' end='fd00::1ff'><lease expiry='600' unit='seconds'/></range>"
+            "<host id='0:3:0:1:0:16:3e:11:22:33' name='h6' ip='fd00::20'/>"
+            "<host name='only' ip='fd00::21'><lease expiry='5' unit='minutes'/></host>"
+            "<host id='0:3:0:1:0:16:3e:11:22:34' ip='fd00::22'/>"
+            "</dhcp></ip>"
+            "<ip family='ipv6' address='fd01::1' prefix='64'/>"
+        )
+    )
+    files = render(net, "/d")
+    assert files.conf == HEADER.format(name="t") + (
+        "strict-order\n"
+        "except-interface=lo\n"
+        "bind-dynamic\n"
+        "interface=br7\n"
+        "dhcp-range=10.1.0.10,10.1.0.19,255.255.0.0,2h\n"
+        "dhcp-range=10.1.1.0,10.1.1.4,255.255.0.0,infinite\n"
+        "dhcp-no-override\n"
+        "dhcp-authoritative\n"
+        "dhcp-range=fd00::100,fd00::1ff,64,600s\n"
+        "dhcp-lease-max=271\n"
+        "dhcp-hostsfile=/d/t.hostsfile\n"
+        "addn-hosts=/d/t.addnhosts\n"
+        "enable-ra\n"
+    )
+    # IPv4 hosts first, the MAC as written, then IPv6 in brackets
+    assert files.hosts == (
+        "52:54:00:AA:bb:01,10.1.0.50,30m\n"
+        "n1,10.1.0.51\n"
+        "id:0:3:0:1:0:16:3e:11:22:33,h6,[fd00::20]\n"
+        "only,[fd00::21],5m\n"
+        "id:0:3:0:1:0:16:3e:11:22:34,[fd00::22]\n"
+    )
+    assert files.addnhosts == ""
+    assert (files.conf_path, files.hosts_path, files.addnhosts_path) == (
+        "/d/t.conf",
+        "/d/t.hostsfile",
+        "/d/t.addnhosts",
+    )
+
+
+def test_static_only_dhcp() -> None:
+    c = conf(
+        "<ip address='10.2.0.1' netmask='255.255.255.0'><dhcp>"
+        "<host mac='52:54:00:00:00:01' name='a' ip='10.2.0.5'/></dhcp></ip>"
+        "<ip family='ipv6' address='fd02::1' prefix='80'><dhcp>"
+        "<host name='b' ip='fd02::5'/></dhcp></ip>",
+        mode="route",
+    )
+    assert c.endswith(
+        "interface=br7\n"
+        "dhcp-range=10.2.0.1,static\n"
+        "dhcp-no-override\n"
+        "dhcp-authoritative\n"
+        "dhcp-range=fd02::1,static,80\n"
+        "dhcp-hostsfile=/d/t.hostsfile\n"
+        "addn-hosts=/d/t.addnhosts\n"
+        "enable-ra\n"
+    )
+    assert "dhcp-lease-max" not in c
+
+
+def test_tftp_and_bootp() -> None:
+    c = conf(
+        "<ip address='10.3.0.1' prefix='24'><tftp root='/srv/a'/></ip>"
+        "<ip address='10.4.0.1' prefix='24'><tftp root='/srv/b'/><dhcp>"
+        "<range start='10.4.0.2' end='10.4.0.3'/>"
+        "<bootp file='pxelinux.0' server='10.4.0.9'/></dhcp></ip>",
+        mode="open",
+    )
+    # TFTP lines come before the DHCP lines, enable-tftp once
+    assert c == HEADER.format(name="t") + (
+        "strict-order\n"
+        "except-interface=lo\n"
+        "bind-dynamic\n"
+        "interface=br7\n"
+        "enable-tftp\n"
+        "tftp-root=/srv/a\n"
+        "tftp-root=/srv/b\n"
+        "dhcp-range=10.4.0.2,10.4.0.3,255.255.255.0\n"
+        "dhcp-no-override\n"
+        "dhcp-authoritative\n"
+        "dhcp-boot=pxelinux.0,,10.4.0.9\n"
+        "dhcp-lease-max=2\n"
+        "dhcp-hostsfile=/d/t.hostsfile\n"
+        "addn-hosts=/d/t.addnhosts\n"
+    )
+    c2 = conf(
+        "<ip address='10.4.0.1' prefix='24'><dhcp><range start='10.4.0.2' end='10.4.0.3'/>"
+        "<bootp file='boot.img'/></dhcp></ip>"
+    )
+    assert "dhcp-authoritative\ndhcp-boot=boot.img\ndhcp-lease-max=2\n" in c2
+
+
+def test_dns_lines() -> None:
+    c = conf(
+        "<domain name='lab.example' localOnly='yes'/>"
+        "<dns forwardPlainNames='no'>"
+        "<forwarder addr='192.0.2.53'/>"
+        "<forwarder domain='corp.example' addr='2001:db8::35' port='5353'/>"
+        "<forwarder domain='blocked.example'/>"
+        "<txt name='info' value='hello, world'/>"
+        "<srv service='ldap' protocol='tcp' domain='lab.example' target='dc.lab.example' "
+        "port='389' priority='10' weight='5'/>"
+        "<srv service='a' protocol='udp' target='x.example' priority='3'/>"
+        "<srv service='b' protocol='tcp' target='x.example' weight='7'/>"
+        "<srv service='c' protocol='tcp' target='x.example'/>"
+        "<srv service='d' protocol='tcp' target='.' port='9'/>"
+        "<host ip='10.5.0.7'><hostname>one</hostname><hostname>uno</hostname></host>"
+        "<host ip='fd05::7'><hostname>six</hostname></host>"
+        "<host ip='10.5.0.7'><hostname>eins</hostname></host>"
+        "</dns>"
+        "<mtu size='9000'/>"
+        "<ip address='10.5.0.1' netmask='255.255.255.0' localPtr='yes'/>"
+        "<ip address='10.6.0.1' prefix='16' localPtr='yes'/>"
+        "<ip family='ipv6' address='fd05::1' prefix='64' localPtr='yes'/>"
+        "<ip family='ipv6' address='fd06::1' prefix='48'/>",
+        mode=None,
+    )
+    assert c == HEADER.format(name="t") + (
+        "strict-order\n"
+        "server=192.0.2.53\n"
+        "server=/corp.example/2001:db8::35#5353\n"
+        "server=/blocked.example/#\n"
+        "no-resolv\n"
+        "local=/lab.example/\n"
+        "domain=lab.example\n"
+        "expand-hosts\n"
+        "local=/0.5.10.in-addr.arpa/\n"
+        "local=/6.10.in-addr.arpa/\n"
+        "local=/0.0.0.0.0.0.0.0.0.0.0.0.5.0.d.f.ip6.arpa/\n"
+        "domain-needed\n"
+        "local=//\n"
+        "except-interface=lo\n"
+        "bind-dynamic\n"
+        "interface=br7\n"
+        "dhcp-option=3\n"
+        "no-resolv\n"
+        "ra-param=*,0,0\n"
+        "txt-record=info,hello, world\n"
+        "srv-host=_ldap._tcp.lab.example,dc.lab.example,389,10,5\n"
+        "srv-host=_a._udp,x.example,1,3\n"
+        "srv-host=_b._tcp,x.example,1,0,7\n"
+        "srv-host=_c._tcp,x.example\n"
+        "srv-host=_d._tcp\n"
+        "addn-hosts=/d/t.addnhosts\n"
+        "dhcp-option=option:mtu,9000\n"
+        "dhcp-range=fd05::1,ra-only\n"
+        "dhcp-range=fd06::1,ra-only\n"
+    )
+    net = defined(net_xml(
+        "<dns><host ip='10.5.0.7'><hostname>one</hostname><hostname>uno</hostname></host>"
+        "<host ip='fd05::7'><hostname>six</hostname></host>"
+        "<host ip='10.5.0.7'><hostname>eins</hostname></host></dns>"
+        "<ip address='10.5.0.1' prefix='24'/>"
+    ))  # fmt: skip
+    assert render(net, "/d").addnhosts == "10.5.0.7\tone\tuno\teins\t\nfd05::7\tsix\t\n"
+
+
+def test_forwarders_with_domains_only_keep_resolv() -> None:
+    c = conf(
+        "<dns forwardPlainNames='yes'><forwarder domain='a.example' addr='192.0.2.1'/>"
+        "<forwarder domain='b.example'/></dns><ip address='10.7.0.1' prefix='24'/>"
+    )
+    assert "server=/a.example/192.0.2.1\nserver=/b.example/#\nexcept-interface=lo\n" in c
+    assert "no-resolv" not in c and "domain-needed" not in c
+
+
+def test_dns_disabled_with_dhcp() -> None:
+    net = defined(
+        net_xml(
+            "<domain name='quiet.example'/><dns enable='no'/>"
+            "<ip address='10.8.0.1' prefix='24' localPtr='yes'><dhcp>"
+            "<range start='10.8.0.2' end='10.8.0.2'/></dhcp></ip>",
+            mode="route",
+        )
+    )
+    assert needs_dnsmasq(net)
+    assert render(net, "/d").conf == HEADER.format(name="t") + (
+        "strict-order\n"
+        "port=0\n"
+        "domain=quiet.example\n"
+        "expand-hosts\n"
+        "except-interface=lo\n"
+        "bind-dynamic\n"
+        "interface=br7\n"
+        "dhcp-range=10.8.0.2,10.8.0.2,255.255.255.0\n"
+        "dhcp-no-override\n"
+        "dhcp-authoritative\n"
+        "dhcp-lease-max=1\n"
+        "dhcp-hostsfile=/d/t.hostsfile\n"
+    )
+
+
+def test_pidfile_line_and_options_order() -> None:
+    net = defined(
+        net_xml(
+            "<dns forwardPlainNames='no'/><ip address='10.9.0.1' prefix='24'/>"
+            "<dnsmasq:options><dnsmasq:option value='z=1'/><dnsmasq:option value='a=2'/>"
+            "</dnsmasq:options>",
+            extra=" xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'",
+        )
+    )
+    c = render(net, "/d", pidfile="/run/x/t.pid").conf
+    assert "local=//\npid-file=/run/x/t.pid\nexcept-interface=lo\n" in c
+    assert c.endswith("addn-hosts=/d/t.addnhosts\nz=1\na=2\n")
+    assert dnsmasq.has_raw_options(net)
+    assert not dnsmasq.has_raw_options(defined(net_xml("", mode=None)))
+
+
+def test_name_escaped_in_paths_only() -> None:
+    net = defined(net_xml("<ip address='10.10.0.1' prefix='24'/>", name="a&amp;b&lt;'c"))
+    files = render(net, "/d")
+    assert "##    virsh net-edit a&b<'c\n" in files.conf
+    assert files.addnhosts_path == "/d/a&amp;b&lt;&apos;c.addnhosts"
+    assert files.conf_path == "/d/a&b<'c.conf"
+
+
+@pytest.mark.parametrize(
+    ("body", "mode", "needed"),
+    [
+        ("<ip address='10.0.0.1' prefix='24'/>", "nat", True),
+        ("<ip address='10.0.0.1' prefix='24'/>", "open", True),
+        ("<ip address='10.0.0.1' prefix='24'/>", None, True),
+        ("", None, False),
+        ("<dns enable='no'/><ip address='10.0.0.1' prefix='24'/>", "route", False),
+        ("<dns enable='no'/><ip address='10.0.0.1' prefix='24'><tftp root='/t'/></ip>", None, True),
+        (
+            "<dns enable='no'/><ip family='ipv6' address='fd00::1' prefix='64'><dhcp>"
+            "<host name='x' ip='fd00::9'/></dhcp></ip>",
+            "route",
+            True,
+        ),
+    ],
+)
+def test_needs_dnsmasq(body: str, mode: str | None, needed: bool) -> None:
+    assert needs_dnsmasq(defined(net_xml(body, mode=mode))) is needed
+
+
+def test_no_dnsmasq_for_other_modes() -> None:
+    net = defined("<network><name>h</name><forward mode='bridge'/><bridge name='br0'/></network>")
+    assert not needs_dnsmasq(net)
+    with pytest.raises(NetfsError) as e:
+        render(net)
+    assert e.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize(
+    ("ip", "message"),
+    [
+        (
+            "<ip address='10.0.0.1' prefix='20' localPtr='yes'/>",
+            "PTR domain for IPv4 network with prefix 20 cannot be automatically created",
+        ),
+        (
+            "<ip family='ipv6' address='fd00::1' prefix='62' localPtr='yes'/>",
+            "PTR domain for IPv6 network with prefix 62 cannot be automatically created",
+        ),
+    ],
+)
+def test_start_time_refusals(ip: str, message: str) -> None:
+    net = defined(net_xml(ip))
+    with pytest.raises(NetfsError) as e:
+        render(net)
+    assert (e.value.errno, e.value.message) == (errno.EINVAL, message)
+    # with DNS disabled the reverse zone is not needed
+    assert "in-addr" not in render(defined(net_xml("<dns enable='no'/>" + ip))).conf
+
+
+def test_default_dir_is_the_daemons() -> None:
+    from netfs.daemon import DEFAULT_STATE_DIR
+
+    assert f"{DEFAULT_STATE_DIR}/dnsmasq" == dnsmasq.DEFAULT_DIR
+    net = defined(net_xml("<ip address='10.0.0.1' prefix='24'/>"))
+    assert render(net).addnhosts_path == f"{DEFAULT_STATE_DIR}/dnsmasq/t.addnhosts"
