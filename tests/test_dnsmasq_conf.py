@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import CONFORMANCE
 
+from netfs.cli import main
 from netfs.errors import NetfsError
 from netfs.model import dnsmasq
 from netfs.model.dnsmasq import needs_dnsmasq, render
@@ -35,11 +40,21 @@ def defined(xml: str | bytes) -> NetworkDef:
     return net
 
 
+def dnsmasq_conf(*args: str) -> tuple[int, str, str]:
+    """`netfs dnsmasq-conf ARGS` run in this process: (status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(["dnsmasq-conf", *args])
+    return status, out.getvalue(), err.getvalue()
+
+
 def corpus_result(stem: str) -> tuple[bool, bool | None]:
-    """(conf equal, hostsfile equal or None when libvirt has none)."""
-    net = defined((CORPUS / f"{stem}.xml").read_bytes())
-    files = render(net, LIBVIRT_DIR)
-    conf_ok = files.conf == (CORPUS / f"{stem}.conf").read_text()
+    """(conf equal, hostsfile equal or None when libvirt has none): the
+    configuration through `netfs dnsmasq-conf --dir`, the hosts file from
+    the renderer."""
+    status, out, _ = dnsmasq_conf("--dir", LIBVIRT_DIR, str(CORPUS / f"{stem}.xml"))
+    conf_ok = status == 0 and out == (CORPUS / f"{stem}.conf").read_text()
+    files = render(defined((CORPUS / f"{stem}.xml").read_bytes()), LIBVIRT_DIR)
     hosts = CORPUS / f"{stem}.hostsfile"
     if hosts.exists():
         return conf_ok, files.hosts == hosts.read_text()
@@ -49,9 +64,10 @@ def corpus_result(stem: str) -> tuple[bool, bool | None]:
 
 @pytest.mark.parametrize("stem", PAIRS)
 def test_corpus_pair(stem: str) -> None:
-    net = defined((CORPUS / f"{stem}.xml").read_bytes())
-    files = render(net, LIBVIRT_DIR)
-    assert files.conf == (CORPUS / f"{stem}.conf").read_text()
+    status, out, err = dnsmasq_conf("--dir", LIBVIRT_DIR, str(CORPUS / f"{stem}.xml"))
+    assert (status, out) == (0, (CORPUS / f"{stem}.conf").read_text()), err
+    files = render(defined((CORPUS / f"{stem}.xml").read_bytes()), LIBVIRT_DIR)
+    assert files.conf == out
     hosts = CORPUS / f"{stem}.hostsfile"
     assert files.hosts == (hosts.read_text() if hosts.exists() else "")
 
@@ -377,3 +393,77 @@ def test_default_dir_is_the_daemons() -> None:
     assert f"{DEFAULT_STATE_DIR}/dnsmasq" == dnsmasq.DEFAULT_DIR
     net = defined(net_xml("<ip address='10.0.0.1' prefix='24'/>"))
     assert render(net).addnhosts_path == f"{DEFAULT_STATE_DIR}/dnsmasq/t.addnhosts"
+
+
+# ---------------------------------------------------------------------------
+# The command
+
+
+def test_command_as_users_run_it(tmp_path: Path) -> None:
+    """A subprocess with the default directory."""
+    f = tmp_path / "n.xml"
+    f.write_text(net_xml("<ip address='10.0.0.1' prefix='24'/>", name="n"))
+    p = subprocess.run(
+        [sys.executable, "-m", "netfs.cli", "dnsmasq-conf", str(f)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().endswith(
+        f"interface=br7\naddn-hosts={dnsmasq.DEFAULT_DIR}/n.addnhosts\n"
+    )
+    assert p.stderr == b""
+
+
+def test_command_needs_no_pyfuse3(tmp_path: Path) -> None:
+    """The command's own work runs where pyfuse3 cannot be imported."""
+    f = tmp_path / "n.xml"
+    f.write_text(net_xml("<ip address='10.0.0.1' prefix='24'/>", name="n"))
+    code = (
+        "import argparse, sys; sys.modules['pyfuse3'] = None; "
+        "from netfs.cli import cmd_dnsmasq_conf; "
+        "sys.exit(cmd_dnsmasq_conf(argparse.Namespace(file=sys.argv[1], dir='/x')))"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().endswith("addn-hosts=/x/n.addnhosts\n")
+
+
+def test_command_stdin_and_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(net_xml(
+        "<ip address='10.0.0.1' prefix='24'><dhcp><range start='10.0.0.2' end='10.0.0.3'/>"
+        "</dhcp></ip>").encode())))  # fmt: skip
+    status, out, err = dnsmasq_conf("--dir", "/srv/dm/", "-")
+    assert (status, err) == (0, "")
+    assert "dhcp-hostsfile=/srv/dm/t.hostsfile\naddn-hosts=/srv/dm/t.addnhosts\n" in out
+
+
+def test_command_refuses_bad_documents(tmp_path: Path) -> None:
+    f = tmp_path / "bad.xml"
+    # define-time rule (validate), not only parse
+    f.write_text(
+        "<network><name>br</name><forward mode='bridge'/><bridge name='br0'/>"
+        "<ip address='10.0.0.1' prefix='24'/></network>"
+    )
+    assert dnsmasq_conf(str(f)) == (
+        1,
+        "",
+        "error: Unsupported <ip> element in network br with forward mode='bridge'\n",
+    )
+    f.write_text(net_xml("<ip address='10.0.0.1' prefix='24'><dhcp><range start='10.0.1.2' "
+                         "end='10.0.1.3'/></dhcp></ip>"))  # fmt: skip
+    status, out, err = dnsmasq_conf(str(f))
+    assert (status, out) == (1, "")
+    assert err == "error: range 10.0.1.2 - 10.0.1.3 is not entirely within network 10.0.0.1/24\n"
+    status, out, err = dnsmasq_conf(str(tmp_path / "missing.xml"))
+    assert (status, out) == (1, "")
+    assert "No such file or directory" in err
+
+
+def test_command_network_without_dnsmasq(tmp_path: Path) -> None:
+    f = tmp_path / "quiet.xml"
+    f.write_text(net_xml("<dns enable='no'/><ip address='10.0.0.1' prefix='24'/>", mode="route"))
+    status, out, err = dnsmasq_conf(str(f))
+    assert status == 0
+    assert out.endswith("port=0\nexcept-interface=lo\nbind-dynamic\ninterface=br7\n")
+    assert err == "note: network 't' needs no dnsmasq: none is started\n"
