@@ -17,6 +17,7 @@ element and attribute.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from netfs.errors import NetfsError, invalid
@@ -26,11 +27,13 @@ __all__ = [
     "DEFAULT_DIR",
     "DnsmasqFiles",
     "addnhosts_path",
+    "check_values",
     "conf_path",
     "has_raw_options",
     "hostsfile_path",
     "needs_dnsmasq",
     "render",
+    "value_problem",
 ]
 
 DEFAULT_DIR = "/run/netfs/networks/dnsmasq"
@@ -365,3 +368,117 @@ def render(
         hosts_path=hosts_path,
         addnhosts_path=addn_path,
     )
+
+
+# ---------------------------------------------------------------------------
+# Trust: no value may add a line, an option or a field to dnsmasq's files
+
+_HOSTNAME_CHARS = re.compile(r"[A-Za-z0-9._-]*")
+# what dnsmasq reads in a dhcp-host field before it takes it as a name
+_DHCP_NOT_A_NAME = re.compile(r"infinite|ignore|[0-9]+[wWdDhHmMsS]?|[0-9.]+")
+
+
+def _control(value: str) -> str | None:
+    for ch in value:
+        if ord(ch) < 0x20:
+            return ch
+    return None
+
+
+def _where(element: str, attribute: str | None, net: NetworkDef) -> str:
+    what = (
+        f"attribute '{attribute}' of element '{element}'" if attribute else f"element '{element}'"
+    )
+    return f"{what} in network '{net.name}'"
+
+
+def _check(
+    net: NetworkDef,
+    value: str | None,
+    element: str,
+    attribute: str | None,
+    forbidden: str = "",
+) -> None:
+    """Refuse a control character (a new line in dnsmasq's files) and any of
+    ``forbidden`` (a field separator in the line the value goes to)."""
+    if value is None:
+        return
+    ch = _control(value)
+    if ch is not None:
+        raise invalid(
+            f"control character U+{ord(ch):04X} in {_where(element, attribute, net)}: "
+            "values that reach dnsmasq's files cannot contain line breaks or control characters"
+        )
+    for ch in forbidden:
+        if ch in value:
+            shown = "space" if ch == " " else f"'{ch}'"
+            raise invalid(
+                f"{shown} in {_where(element, attribute, net)}: it would add a field "
+                "to a file written for dnsmasq"
+            )
+
+
+def _check_dhcp_name(net: NetworkDef, name: str | None) -> None:
+    if name is None:
+        return
+    _check(net, name, "host", "name", ",")
+    where = _where("host", "name", net)
+    if not _HOSTNAME_CHARS.fullmatch(name):
+        raise invalid(
+            f"DHCP host name '{name}' in {where}: only letters, digits, '-', '.' and '_' "
+            "can be used (dnsmasq reads other characters as other fields)"
+        )
+    if _DHCP_NOT_A_NAME.fullmatch(name):
+        raise invalid(
+            f"DHCP host name '{name}' in {where}: dnsmasq would read it as a lease time, "
+            "an address or a keyword, not as a name"
+        )
+
+
+def _check_mac(net: NetworkDef, mac: str | None) -> None:
+    # libvirt accepts (and writes as written) anything after a control
+    # character or space that follows the sixth group
+    if mac is not None and not re.fullmatch(r"[0-9A-Fa-f:]*", mac):
+        _check(net, mac, "host", "mac", " ")
+        raise invalid(f"invalid characters in {_where('host', 'mac', net)}")
+
+
+def check_values(net: NetworkDef) -> None:
+    """Raise NetfsError(EINVAL) when a value of ``net`` could add a line, an
+    option or a field to a file written for dnsmasq (values libvirt passes
+    through as they are). Runs at define time (``validate_network``)."""
+    _check(net, net.bridge.name, "bridge", "name", ", ")
+    if net.domain is not None:
+        _check(net, net.domain.name, "domain", "name", ",")
+    dns = net.dns
+    for fwd in dns.forwarders:
+        _check(net, fwd.domain, "forwarder", "domain")
+    for txt in dns.txts:
+        _check(net, txt.name, "txt", "name")
+        _check(net, txt.value, "txt", "value")
+    for srv in dns.srvs:
+        _check(net, srv.service, "srv", "service", ",")
+        _check(net, srv.protocol, "srv", "protocol", ",")
+        _check(net, srv.domain, "srv", "domain", ",")
+        _check(net, srv.target, "srv", "target", ",")
+    for host in dns.hosts:
+        for hostname in host.hostnames:
+            _check(net, hostname, "hostname", None, " ")
+    for ip in net.ips:
+        _check(net, ip.tftp_root, "tftp", "root", ",")
+        _check(net, ip.bootp_file, "bootp", "file", ",")
+        for h in ip.hosts:
+            _check_mac(net, h.mac)
+            _check(net, h.id, "host", "id", ",")
+            _check_dhcp_name(net, h.name)
+    for opt in net.dnsmasq_options:
+        _check(net, opt, "dnsmasq:option", "value")
+
+
+def value_problem(net: NetworkDef) -> str | None:
+    """What :func:`check_values` would say about ``net`` (None if nothing)."""
+    try:
+        check_values(net)
+    except NetfsError as e:
+        return e.message
+    return None

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Callable, Iterable
 
 from netfs.errors import NetfsError, invalid
+from netfs.model.dnsmasq import check_values as check_dnsmasq_values
 from netfs.model.network import NetworkDef, is_virtual
 
 __all__ = [
@@ -215,6 +216,9 @@ def validate_network(
                     f"unsupported <bandwidth> element in <portgroup name='{pg.name}'> of "
                     f"network '{name}' with forward mode='{mode}'"
                 )
+
+    # netfs's own rule: nothing may add a line, option or field to dnsmasq's files
+    check_dnsmasq_values(net)
 
 
 def network_problems(net: NetworkDef) -> str | None:
