@@ -62,11 +62,14 @@ __all__ = [
     "Diff",
     "Listing",
     "NetRules",
+    "MAPS",
+    "QTABLE",
     "add_script",
     "chain_name",
     "compare",
     "expected_rules",
     "forwarding_sysctls",
+    "key_text",
     "network_of_chain",
     "parse_listing",
     "remove_script",
@@ -356,7 +359,7 @@ def forwarding_sysctls(net: NetworkDef) -> list[str]:
 # ---------------------------------------------------------------- scripts
 
 
-def _key_text(mapname: str, key: str) -> str:
+def key_text(mapname: str, key: str) -> str:
     return f'"{key}"' if MAPS[mapname][0] == "ifname" else key
 
 
@@ -384,7 +387,7 @@ def _fill(rules: NetRules) -> list[str]:
         lines.extend(f"add rule {QTABLE} {c} {r}" for r in body)
     for m, elems in rules.elements.items():
         for key, c in elems.items():
-            lines.append(f"add element {QTABLE} {m} {{ {_key_text(m, key)} : jump {c} }}")
+            lines.append(f"add element {QTABLE} {m} {{ {key_text(m, key)} : jump {c} }}")
     return lines
 
 
@@ -396,7 +399,7 @@ def _drop(found: NetRules, keep: NetRules | None = None) -> list[str]:
         want = keep.elements.get(m, {}) if keep else {}
         for key, c in elems.items():
             if want.get(key) != c:
-                lines.append(f"delete element {QTABLE} {m} {{ {_key_text(m, key)} }}")
+                lines.append(f"delete element {QTABLE} {m} {{ {key_text(m, key)} }}")
     for c in found.chains:
         if keep is None or c not in keep.chains:
             lines.append(f"flush chain {QTABLE} {c}")
@@ -427,7 +430,7 @@ def remove_script(what: NetworkDef | NetRules) -> str:
         lines = _base(list(rules.chains))
         for m, elems in rules.elements.items():
             for key, c in elems.items():
-                lines.append(f"add element {QTABLE} {m} {{ {_key_text(m, key)} : jump {c} }}")
+                lines.append(f"add element {QTABLE} {m} {{ {key_text(m, key)} : jump {c} }}")
         lines += _drop(rules)
         return "\n".join(lines) + "\n"
     if what.empty():
