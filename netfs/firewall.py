@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Sequence
+import os
+import subprocess
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +39,7 @@ __all__ = [
     "apply",
     "check",
     "listing",
+    "monitor",
     "read",
     "remove",
     "repair",
@@ -79,9 +82,16 @@ def _lock(netns: str | None) -> trio.Lock:
     return lock
 
 
+# Every transaction of netfs's own ends by adding and deleting this chain:
+# `nft monitor` shows it, so :func:`monitor` tells netfs's changes from
+# anyone else's without knowing nft's process id.
+MARK = "netfs_own"
+_MARK_LINES = f"add chain {model.QTABLE} {MARK}\ndelete chain {model.QTABLE} {MARK}\n"
+
+
 async def _run(netns: str | None, script: str, what: str) -> None:
     try:
-        await nsexec.run(netns, [NFT, "-f", "-"], stdin=script.encode())
+        await nsexec.run(netns, [NFT, "-f", "-"], stdin=(script + _MARK_LINES).encode())
     except NetfsError as e:
         if e.errno == errno.ENOENT:
             raise
@@ -185,23 +195,29 @@ def _report(
     return Report(diffs, [o.name for o in orphans], base_ok)
 
 
-async def check(netns: str | None, nets: Sequence[NetworkDef]) -> Report:
+async def check(
+    netns: str | None, nets: Sequence[NetworkDef], *, keep: Collection[str] = ()
+) -> Report:
     """Read the table once and compare: which of ``nets`` (the active
     networks) have rules missing or changed, which rules belong to no
     network of ``nets`` (orphans). Changes nothing."""
     lst = await read(netns)
-    _script, diffs, orphans = model.repair_script(list(nets), lst)
+    _script, diffs, orphans = model.repair_script(list(nets), lst, keep)
     return _report(lst, nets, diffs, orphans)
 
 
-async def repair(netns: str | None, nets: Sequence[NetworkDef]) -> Report:
+async def repair(
+    netns: str | None, nets: Sequence[NetworkDef], *, keep: Collection[str] = ()
+) -> Report:
     """Make the table what ``nets`` (every active network) expect, reading
     it once and changing it in one transaction: missing or changed rules
     put back (no duplicates), orphans removed, the base chains and maps put
-    back. Returns what was wrong (clean: nothing was done)."""
+    back. ``keep``: names of networks in the middle of a start or stop,
+    whose rules are left as they are (neither put back nor orphans).
+    Returns what was wrong (clean: nothing was done)."""
     async with _lock(netns):
         lst = await read(netns)
-        script, diffs, orphans = model.repair_script(list(nets), lst)
+        script, diffs, orphans = model.repair_script(list(nets), lst, keep)
         report = _report(lst, nets, diffs, orphans)
         if script:
             await _run(netns, script, "cannot repair the firewall rules")
@@ -210,6 +226,74 @@ async def repair(netns: str | None, nets: Sequence[NetworkDef]) -> Report:
         for o in report.orphans:
             log.info("firewall rules of inactive network %s removed", o)
         return report
+
+
+# ------------------------------------------------------------ changes
+
+
+def _foreign(batch: list[str]) -> bool:
+    """One transaction as `nft monitor` prints it: does it touch our table,
+    and was it made by someone other than netfs?"""
+    ours = f" {model.QTABLE} "
+    touches = any(ours in f"{line} " for line in batch)
+    return touches and not any(f"chain {model.QTABLE} {MARK}" in line for line in batch)
+
+
+async def monitor(
+    netns: str | None,
+    notify: Callable[[list[str]], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Watch the namespace's ruleset with `nft monitor` until cancelled and
+    call ``notify(lines)`` after each transaction that changed ``table inet
+    netfs`` and was not made by netfs (a rule deleted, a chain flushed, the
+    table deleted ...), with that transaction as nft printed it (for the
+    log): the moment to :func:`repair`. Costs nothing while nobody touches
+    the table (no polling). Changes made before ``started`` may be missed:
+    repair once after it (recovery does)."""
+    prog = nsexec.find_program(NFT)
+    fd = nsexec.open_netns(netns) if netns else None
+
+    def enter() -> None:
+        if fd is not None:
+            nsexec.setns_fd(fd)
+
+    try:
+        proc = await trio.lowlevel.open_process(
+            [prog, "monitor"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=enter,
+            pass_fds=(fd,) if fd is not None else (),
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+        )
+    finally:
+        if fd is not None:
+            os.close(fd)
+    try:
+        assert proc.stdout is not None
+        task_status.started()
+        buf = b""
+        batch: list[str] = []
+        async for chunk in proc.stdout:
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                if line.startswith("# new generation"):
+                    if _foreign(batch):
+                        notify(batch)
+                    batch = []
+                elif line:
+                    batch.append(line)
+        raise NetfsError(errno.EIO, "nft monitor exited")
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
 
 
 # ------------------------------------------------------------ start steps

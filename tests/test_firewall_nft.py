@@ -261,3 +261,45 @@ def test_missing_nft_is_named(netns: str) -> None:
         f"{errno.ENOENT} program nft not found (install the Debian package nftables)"
     ), p.stderr
     assert ip("link", netns=netns).returncode == 0
+
+
+def test_monitor_reports_foreign_changes_only(netns: str) -> None:
+    """Own transactions (apply, repair) are not reported; someone else's
+    flush and element deletion are, in order."""
+    a = make("a", "nfbra", "10.20.1")
+    seen: list[list[str]] = []
+
+    def has(line: str) -> bool:
+        return any(line in x for batch in seen for x in batch)
+
+    async def until(line: str) -> None:
+        with trio.fail_after(10):
+            while not has(line):
+                await trio.sleep(0.02)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(firewall.monitor, netns, seen.append)
+            # the monitor is subscribed once a foreign change shows up
+            nft(netns, "add", "table", "inet", "netfs")
+            with trio.fail_after(10):
+                i = 0
+                while not seen:
+                    nft(netns, "add", "chain", "inet", "netfs", f"probe{i}")
+                    i += 1
+                    with trio.move_on_after(0.5):
+                        while not seen:
+                            await trio.sleep(0.02)
+            await firewall.apply(netns, a)
+            nft(netns, "flush", "chain", "inet", "netfs", "guest_input.a")
+            await until("delete rule inet netfs guest_input.a")
+            assert not has("add rule inet netfs guest_input.a")  # ours: not reported
+            report = await firewall.repair(netns, [a])
+            assert [d.name for d in report.diffs] == ["a"]
+            nft(netns, "delete", "element", "inet", "netfs", "nat_ipv4", "{ 10.20.1.0/24 }")
+            await until("delete element inet netfs nat_ipv4")
+            assert not has("add rule inet netfs guest_input.a")  # the repair: ours
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert not any(firewall.MARK in x for batch in seen for x in batch)

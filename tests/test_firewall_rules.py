@@ -484,3 +484,10 @@ def test_repair_of_a_deleted_table() -> None:
     assert [d.state for d in diffs] == ["missing"]
     assert script.startswith("table inet netfs {")
     assert "add rule inet netfs forward oifname vmap @to_bridge" in script
+
+
+def test_repair_leaves_networks_in_transition_alone() -> None:
+    net = _net("nat-default")
+    lst = fw.parse_listing(LISTING)
+    script, diffs, orphans = fw.repair_script([net], lst, keep=["gone", "default"])
+    assert (script, diffs, orphans) == ("", [], [])

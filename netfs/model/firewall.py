@@ -50,6 +50,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from netfs.errors import NetfsError
@@ -614,15 +615,20 @@ def compare(expected: NetRules, found: NetRules) -> Diff:
     return Diff(expected.name, "changed" if details else "ok", details)
 
 
-def repair_script(nets: list[NetworkDef], lst: Listing) -> tuple[str, list[Diff], list[NetRules]]:
+def repair_script(
+    nets: list[NetworkDef], lst: Listing, keep: Collection[str] = ()
+) -> tuple[str, list[Diff], list[NetRules]]:
     """One transaction that makes the table what ``nets`` (the active
     networks) expect: missing or changed networks put back (without
     duplicates), orphans (parts of networks not in ``nets``) removed, the
-    base put back if broken. Returns (script, the networks that differed,
-    the orphans); the script is '' when everything is in place."""
+    base put back if broken. The networks named in ``keep`` (starting or
+    stopping right now) are left as they are. Returns (script, the
+    networks that differed, the orphans); '' when everything is in place."""
+    kept = {_enc_of(name) for name in keep}
     wanted: dict[str, tuple[NetworkDef, NetRules]] = {}
     for net in nets:
-        wanted[_enc_of(net.name)] = (net, expected_rules(net))
+        if _enc_of(net.name) not in kept:
+            wanted[_enc_of(net.name)] = (net, expected_rules(net))
     diffs = []
     fix: list[str] = []
     chains: list[str] = []
@@ -635,7 +641,7 @@ def repair_script(nets: list[NetworkDef], lst: Listing) -> tuple[str, list[Diff]
         fix += _drop(found, exp)
         chains += list(exp.chains)
         fix += _fill(exp)
-    orphans = [nr for enc, nr in lst.nets.items() if enc not in wanted]
+    orphans = [nr for enc, nr in lst.nets.items() if enc not in wanted and enc not in kept]
     for nr in orphans:
         fix += _drop(nr)
     base_broken = not lst.base_ok() and any(not w[1].empty() for w in wanted.values())
