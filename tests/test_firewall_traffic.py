@@ -32,7 +32,8 @@ WAIT = 10.0  # seconds: every wait is bounded
 LISTEN = textwrap.dedent(
     """
     import socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((sys.argv[1], int(sys.argv[2])))
     s.listen(1)
@@ -51,9 +52,10 @@ LISTEN = textwrap.dedent(
 CONNECT = textwrap.dedent(
     """
     import errno, socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    v6 = ":" in sys.argv[1]
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     if sys.argv[3] != "0":
-        s.bind(("0.0.0.0", int(sys.argv[3])))
+        s.bind(("::" if v6 else "0.0.0.0", int(sys.argv[3])))
     s.settimeout(float(sys.argv[4]))
     try:
         s.connect((sys.argv[1], int(sys.argv[2])))
@@ -156,7 +158,18 @@ def topo() -> Iterator[Topology]:
             ip("addr", "add", f"{un}/24", "dev", f"uv{i}", netns=u)
             ip("link", "set", f"uv{i}", "up", netns=u)
         ip("route", "add", "10.71.0.0/24", "via", "198.51.100.1", netns=u)
+        # IPv6 beside it (no duplicate address detection: usable at once)
+        for ns_, dev, addr in [
+            (h, "nfbr0", "fd71::1/64"),
+            (g, "gv0", "fd71::2/64"),
+            (h, "uh0", "fd51::1/64"),
+            (u, "uv0", "fd51::2/64"),
+        ]:
+            ip("addr", "add", addr, "dev", dev, "nodad", netns=ns_)
+        ip("-6", "route", "add", "default", "via", "fd71::1", netns=g)
+        ip("-6", "route", "add", "fd71::/64", "via", "fd51::1", netns=u)
         # IP forwarding on inside the host namespace (as a start does for nat/route)
+        nsexec.run_sync(h, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
         nsexec.run_sync(h, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         assert nsexec.run_sync(h, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == b"1"
         yield t
@@ -172,13 +185,16 @@ def topo() -> Iterator[Topology]:
             subprocess.run(["ip", "netns", "del", n], check=False)
 
 
-def network(mode: str, dev: str | None = None) -> NetworkDef:
+def network(mode: str, dev: str | None = None, v6: str | None = None) -> NetworkDef:
+    """v6: None (IPv4 only), "routed" or "nat" (<nat ipv6='yes'>)."""
     fwd = ""
     if mode != "none":
-        fwd = f"<forward mode='{mode}'" + (f" dev='{dev}'" if dev else "") + "/>"
+        nat = "<nat ipv6='yes'/>" if v6 == "nat" else ""
+        fwd = f"<forward mode='{mode}'" + (f" dev='{dev}'" if dev else "") + f">{nat}</forward>"
+    ip6 = "<ip family='ipv6' address='fd71::1' prefix='64'/>" if v6 else ""
     return parse_network(
         f"<network><name>t{mode}</name><bridge name='nfbr0'/>{fwd}"
-        "<ip address='10.71.0.1' netmask='255.255.255.0'/></network>"
+        f"<ip address='10.71.0.1' netmask='255.255.255.0'/>{ip6}</network>"
     )
 
 
@@ -261,3 +277,34 @@ def test_rules_deleted_behind_our_back_stop_nothing_once_repaired(topo: Topology
     assert [d.name for d in report.diffs] == ["tnat"]
     lis = topo.listen(topo.guest, "10.71.0.2", 5042)
     assert topo.connect(topo.up, "10.71.0.2", 5042) == "ECONNREFUSED"
+
+
+def test_ipv6_masqueraded_only_with_nat_ipv6(topo: Topology) -> None:
+    net = network("nat", v6="nat")
+    topo.apply(net)
+    lis = topo.listen(topo.up, "fd51::2", 5051)
+    assert topo.connect(topo.guest, "fd51::2", 5051, sport=700) == "ok"
+    addr, port = topo.peer(lis)
+    assert addr == "fd51::1" and 1024 <= port <= 65535
+    lis = topo.listen(topo.guest, "fd71::2", 5052)
+    assert topo.connect(topo.up, "fd71::2", 5052) == "ECONNREFUSED"
+    # the same network with IPv6 routed (no ipv6='yes'): in and out untranslated
+    topo.remove(net)
+    topo.apply(network("nat", v6="routed"))
+    assert topo.connect(topo.up, "fd71::2", 5052) == "ok"
+    assert topo.peer(lis)[0] == "fd51::2"
+    lis = topo.listen(topo.up, "fd51::2", 5053)
+    assert topo.connect(topo.guest, "fd51::2", 5053) == "ok"
+    assert topo.peer(lis)[0] == "fd71::2"
+
+
+def test_ipv4_only_network_leaves_ipv6_unfiltered(topo: Topology) -> None:
+    """libvirt's ip table does not see IPv6: a network without an IPv6
+    address (and without ipv6='yes') filters only IPv4."""
+    topo.apply(network("none"))
+    lis = topo.listen(topo.guest, "10.71.0.2", 5061)
+    assert topo.connect(topo.up, "10.71.0.2", 5061) == "ECONNREFUSED"
+    lis6 = topo.listen(topo.guest, "fd71::2", 5062)
+    assert topo.connect(topo.up, "fd71::2", 5062) == "ok"
+    assert topo.peer(lis6)[0] == "fd51::2"
+    topo.stop(lis)
