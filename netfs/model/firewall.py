@@ -364,9 +364,9 @@ def key_text(mapname: str, key: str) -> str:
     return f'"{key}"' if MAPS[mapname][0] == "ifname" else key
 
 
-def _base(chains: list[str]) -> list[str]:
+def _base(chains: list[str], *, dispatch: bool = True) -> list[str]:
     """Declare the table, maps, base chains and the given chains (a no-op
-    for what exists), then put the base chains' dispatch rules back."""
+    for what exists), then (dispatch) put the base chains' rules back."""
     lines = [f"table {QTABLE} {{"]
     for m, (typ, interval) in MAPS.items():
         flags = " flags interval;" if interval else ""
@@ -375,9 +375,10 @@ def _base(chains: list[str]) -> list[str]:
         lines.append(f"\tchain {c} {{ {hook} }}")
     lines.extend(f"\tchain {c} {{ }}" for c in chains)
     lines.append("}")
-    for c, (_h, body) in BASE_CHAINS.items():
-        lines.append(f"flush chain {QTABLE} {c}")
-        lines.extend(f"add rule {QTABLE} {c} {r}" for r in body)
+    if dispatch:
+        for c, (_h, body) in BASE_CHAINS.items():
+            lines.append(f"flush chain {QTABLE} {c}")
+            lines.extend(f"add rule {QTABLE} {c} {r}" for r in body)
     return lines
 
 
@@ -428,7 +429,7 @@ def remove_script(what: NetworkDef | NetRules) -> str:
         rules = expected_rules(what)
         if rules.empty():
             return ""
-        lines = _base(list(rules.chains))
+        lines = _base(list(rules.chains), dispatch=False)
         for m, elems in rules.elements.items():
             for key, c in elems.items():
                 lines.append(f"add element {QTABLE} {m} {{ {key_text(m, key)} : jump {c} }}")
