@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["core", "fs"]
+MODULES = ["core", "fs", "firewall"]
 
 
 def main(argv: list[str]) -> int:
