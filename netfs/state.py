@@ -44,6 +44,8 @@ from pathlib import Path
 from lxml import etree
 
 from netfs.errors import NetfsError
+from netfs.model.names import name_problem
+from netfs.model.names import shown as shown_name
 from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
 from netfs.model.port import NetworkPort, format_port, parse_port
 from netfs.model.validate import random_mac, validate_network
@@ -70,8 +72,9 @@ def _header(name: str) -> bytes:
     ).encode()
 
 
-def check_name(name: str, what: str = "network") -> None:
-    """Refuse names that cannot be a file name in our directories (EINVAL)."""
+def _check_component(name: str, what: str = "network") -> None:
+    """Refuse names that cannot be a file name in our directories (EINVAL):
+    what every path built from a name checks (loading too)."""
     try:
         name.encode()
     except UnicodeEncodeError:  # undecodable bytes from the kernel (surrogateescape)
@@ -85,7 +88,18 @@ def check_name(name: str, what: str = "network") -> None:
         or name == AUTOSTARTED
         or len(name.encode()) > 250
     ):
-        raise NetfsError(errno.EINVAL, f"invalid {what} name '{name}'")
+        raise NetfsError(errno.EINVAL, f"invalid {what} name '{shown_name(name)}'")
+
+
+def check_name(name: str, what: str = "network") -> None:
+    """Refuse a new network or port name (EINVAL) that could not be saved and
+    read back identical: not a file name (see _check_component), or holding a
+    control character (XML cannot hold most; a carriage return reads back
+    as a newline). Loading is lenient: a saved name is only path-checked."""
+    _check_component(name, what)
+    problem = name_problem(name)
+    if problem is not None:
+        raise NetfsError(errno.EINVAL, f"invalid {what} name '{shown_name(name)}': {problem}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -245,7 +259,12 @@ def format_status(
     the sum of those floors, then the live network.
     """
     inner = format_network(live)
-    body = "".join("  " + line + "\n" if line else "\n" for line in inner.splitlines())
+    # split at newlines only: splitlines() would also split at U+2028 and
+    # other line breaks a name may hold, and change it
+    lines = inner.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    body = "".join("  " + line + "\n" if line else "\n" for line in lines)
     bitmap = format_bitmap({0, 1, 2} | set(class_ids))
     return (
         (_header(live.name) if header else b"")
@@ -297,23 +316,23 @@ class StateStore:
     # -- paths ---------------------------------------------------------------
 
     def config_path(self, name: str) -> Path:
-        check_name(name)
+        _check_component(name)
         return self.config_dir / f"{name}.xml"
 
     def autostart_path(self, name: str) -> Path:
-        check_name(name)
+        _check_component(name)
         return self.autostart_dir / f"{name}.xml"
 
     def status_path(self, name: str) -> Path:
-        check_name(name)
+        _check_component(name)
         return self.state_dir / f"{name}.xml"
 
     def ports_dir(self, name: str) -> Path:
-        check_name(name)
+        _check_component(name)
         return self.state_dir / name / "ports"
 
     def port_path(self, name: str, port: str) -> Path:
-        check_name(port, "port")
+        _check_component(port, "port")
         return self.ports_dir(name) / f"{port}.xml"
 
     # -- set-up --------------------------------------------------------------
@@ -526,7 +545,7 @@ class StateStore:
         for path in _xml_files(self.ports_dir(name)):
             try:
                 port_name = path.name[: -len(".xml")]
-                check_name(port_name, "port")
+                _check_component(port_name, "port")
                 ports[port_name] = parse_port(path.read_bytes(), strict=False, owner_name=port_name)
             except Exception as e:
                 problems.append((path, _as_oserror_problem(e)))

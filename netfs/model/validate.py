@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from netfs.errors import NetfsError, invalid
+from netfs.model.names import entry_name_problem, shown
 from netfs.model.network import NetworkDef, is_virtual
 
 __all__ = [
@@ -218,6 +219,15 @@ def validate_network(
                     f"unsupported <bandwidth> element in <portgroup name='{pg.name}'> of "
                     f"network '{name}' with forward mode='{mode}'"
                 )
+
+    # netfs's own rule, after libvirt's: a portgroup is a directory entry
+    # (NAME/portgroups/PG), so its name must be one that can be
+    for pg in pgs:
+        problem = entry_name_problem(pg.name)
+        if problem is not None:
+            raise invalid(
+                f"invalid portgroup name '{shown(pg.name)}' in network '{shown(name)}': {problem}"
+            )
 
 
 def network_problems(net: NetworkDef) -> str | None:
