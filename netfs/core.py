@@ -108,6 +108,7 @@ import trio
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
+from netfs.model.names import escape_field
 from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
 from netfs.model.port import (
     NetworkPort,
@@ -168,8 +169,12 @@ class Event:
     port: str | None = None
 
     def line(self) -> str:
-        text = f"{self.time.isoformat(timespec='milliseconds')} {self.network} {self.kind}"
-        return text if self.port is None else f"{text} {self.port}"
+        """``TIMESTAMP NAME EVENT [PORT]``, one space between fields; in the
+        names every byte that is not printable ASCII, and space and
+        backslash, is written ``\\xNN`` (netfs.model.names.escape_field)."""
+        network = escape_field(self.network)
+        text = f"{self.time.isoformat(timespec='milliseconds')} {network} {self.kind}"
+        return text if self.port is None else f"{text} {escape_field(self.port)}"
 
 
 @dataclass(frozen=True)

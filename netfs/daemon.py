@@ -29,6 +29,7 @@ import gc
 import grp
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -84,6 +85,14 @@ def apply_options(cfg: MountConfig, option_lists: list[str] | None) -> None:
                 cfg.fuse_options.append(opt)
 
 
+# what a terminal would act on: C0 (the newline is a space), DEL and C1
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _hex(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group()):02x}"
+
+
 class _Formatter(logging.Formatter):
     PRIORITY = {
         logging.CRITICAL: 2,
@@ -102,7 +111,7 @@ class _Formatter(logging.Formatter):
         msg = record.getMessage()
         if record.exc_info:
             msg += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        msg = msg.replace("\n", " ")
+        msg = _CONTROL.sub(_hex, msg.replace("\n", " "))
         if self.journal:
             return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
         line = f"netfs[{os.getpid()}]: {record.levelname.lower()}: {msg}"
