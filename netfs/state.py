@@ -49,7 +49,7 @@ from netfs.model.names import shown as shown_name
 from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
 from netfs.model.port import NetworkPort, format_port, parse_port
 from netfs.model.validate import random_mac, validate_network
-from netfs.model.xmlsafe import parse_document
+from netfs.model.xmlsafe import MAX_INPUT_BYTES, parse_document
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,23 @@ def check_name(name: str, what: str = "network") -> None:
     problem = name_problem(name)
     if problem is not None:
         raise NetfsError(errno.EINVAL, f"invalid {what} name '{shown_name(name)}': {problem}")
+
+
+class TooLarge(NetfsError, OSError):
+    """EFBIG: a file would be larger than its loader accepts, so it is not
+    written (what is saved must load again). Also an OSError, so that the
+    callers that tolerate a failed rewrite (a status file's QoS counts, a
+    generated uuid saved back) tolerate this one too."""
+
+
+def check_loadable(data: bytes, what: str) -> None:
+    """Refuse (EFBIG) to save ``data`` when the loader would refuse it."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise TooLarge(
+            errno.EFBIG,
+            f"{what} would be saved as {len(data)} bytes, over the "
+            f"{MAX_INPUT_BYTES} bytes (1 MiB) that loading accepts",
+        )
 
 
 def fsync_dir(path: Path) -> None:
@@ -366,7 +383,11 @@ class StateStore:
     # -- definitions -----------------------------------------------------------
 
     def write_config(self, net: NetworkDef) -> None:
+        """Save a definition; EFBIG (nothing written) when it, or the status
+        file that starting it writes, would be too large to load again."""
         data = _header(net.name) + format_network(net, inactive=True).encode()
+        check_loadable(data, f"the definition of network '{shown_name(net.name)}'")
+        check_loadable(format_status(net), f"the status file of network '{shown_name(net.name)}'")
         atomic_write(self.config_path(net.name), data)
 
     def delete_config(self, name: str) -> None:
@@ -473,10 +494,9 @@ class StateStore:
     def write_status(
         self, live: NetworkDef, class_ids: Iterable[int] = (), floor_sum: int = 0
     ) -> None:
-        atomic_write(
-            self.status_path(live.name),
-            format_status(live, class_ids=class_ids, floor_sum=floor_sum),
-        )
+        data = format_status(live, class_ids=class_ids, floor_sum=floor_sum)
+        check_loadable(data, f"the status file of network '{shown_name(live.name)}'")
+        atomic_write(self.status_path(live.name), data)
 
     def delete_status(self, name: str) -> bool:
         return remove_file(self.status_path(name))
@@ -514,8 +534,10 @@ class StateStore:
 
     def write_port(self, name: str, port_name: str, port: NetworkPort) -> None:
         path = self.port_path(name, port_name)
+        data = format_port(port).encode()
+        check_loadable(data, f"port '{shown_name(port_name)}'")
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, format_port(port).encode())
+        atomic_write(path, data)
 
     def delete_port(self, name: str, port_name: str) -> bool:
         return remove_file(self.port_path(name, port_name))

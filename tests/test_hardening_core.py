@@ -4,6 +4,7 @@ defined). Pure: no root."""
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -12,8 +13,10 @@ import pytest
 
 from netfs import core as core_mod
 from netfs.core import Driver
+from netfs.errors import NetfsError
 from netfs.model.network import NetworkDef
 from netfs.netlink import Netlink
+from netfs.state import StateStore
 
 
 def bridge_net(name: str, portgroups: int = 0) -> str:
@@ -44,3 +47,51 @@ async def test_large_definition_is_parsed_off_the_event_loop(
     await driver.define(bridge_net("big", 20000))
     assert threads and threads[0] is not threading.main_thread()
     assert len(driver.get("big").definition.portgroups) == 20000
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+async def test_definition_whose_saved_form_is_too_large_is_refused(driver: Driver) -> None:
+    # 180 KB of apostrophes saved as &apos; would be 1.08 MB
+    doc = (
+        "<network><name>big</name><forward mode='bridge'/><bridge name='br0'/>"
+        f"<description>{chr(39) * 180_000}</description></network>"
+    )
+    with pytest.raises(NetfsError) as e:
+        await driver.define(doc)
+    assert e.value.errno == errno.EFBIG
+    assert "1048576 bytes" in e.value.message and "loading accepts" in e.value.message
+    assert "big" not in driver.names()
+    assert sorted(p.name for p in driver.store.config_dir.iterdir()) == ["autostart"]
+
+
+async def test_compact_30000_portgroups_refused_previous_definition_kept(driver: Driver) -> None:
+    await driver.define(bridge_net("big", 10))
+    before = driver.store.config_path("big").read_bytes()
+    with pytest.raises(NetfsError) as e:
+        await driver.define(bridge_net("big", 30000))
+    assert e.value.errno == errno.EFBIG
+    assert driver.store.config_path("big").read_bytes() == before
+    assert len(driver.get("big").definition.portgroups) == 10
+
+
+async def test_largest_accepted_definition_loads_again(tmp_path: Path) -> None:
+    """Whatever define acknowledges loads again after a restart (config and,
+    once started, the status file): the largest under the limit."""
+    d = Driver(tmp_path / "etc", tmp_path / "run", cast(Netlink, None))
+    d.store.ensure_dirs()
+    n = 23000
+    while True:
+        try:
+            await d.define(bridge_net("big", n))
+            break
+        except NetfsError as e:
+            assert e.errno == errno.EFBIG
+            n -= 500
+    net = d.get("big").definition
+    d.store.write_status(net)  # what a start writes
+    loaded = StateStore(tmp_path / "etc", tmp_path / "run").load()
+    assert loaded.problems == []
+    assert len(loaded.configs["big"].definition.portgroups) == n
+    assert len(loaded.statuses["big"].live.portgroups) == n
