@@ -102,7 +102,7 @@ def check_name(name: str, what: str = "network") -> None:
         raise NetfsError(errno.EINVAL, f"invalid {what} name '{shown_name(name)}': {problem}")
 
 
-class TooLarge(NetfsError, OSError):
+class TooLarge(NetfsError, OSError):  # type: ignore[misc]
     """EFBIG: a file would be larger than its loader accepts, so it is not
     written (what is saved must load again). Also an OSError, so that the
     callers that tolerate a failed rewrite (a status file's QoS counts, a
