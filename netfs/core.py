@@ -863,11 +863,7 @@ class Driver:
         loaded = await self._store(self.store.load)
         for path, problem in loaded.problems:
             log.warning("%s: %s", path, problem)
-        bad_status = {
-            p.name[: -len(".xml")]: msg
-            for p, msg in loaded.problems
-            if p.parent == self.store.state_dir and p.name.endswith(".xml")
-        }
+        bad_status = loaded.bad_statuses
         for name, cfg in loaded.configs.items():
             self._nets[name] = _Net(
                 name=name,

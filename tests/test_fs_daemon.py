@@ -51,7 +51,7 @@ def test_sigterm_unmounts_cleanly(daemon_factory: object) -> None:
     assert not is_mounted(d.mnt)
     # networks keep running without the daemon
     assert "nfsbr0" in bridges(d.netns)
-    assert (d.state_dir / "testA.xml").exists()
+    assert (d.state_dir / "testA" / "status.xml").exists()
     # SIGINT too
     d2: Daemon = daemon_factory()  # type: ignore[operator]
     d2.start()
