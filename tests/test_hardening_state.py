@@ -54,7 +54,7 @@ def store(tmp_path: Path) -> StateStore:
     return s
 
 
-def previous_state_module() -> ModuleType | None:
+def previous_state_module(tmp: Path) -> ModuleType | None:
     """netfs/state.py as the previous version had it (from git)."""
     try:
         src = subprocess.run(
@@ -64,8 +64,7 @@ def previous_state_module() -> ModuleType | None:
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    path = ROOT / ".pytest_cache" / "previous_state.py"
-    path.parent.mkdir(exist_ok=True)
+    path = tmp / "previous_state.py"
     path.write_bytes(src)
     spec = importlib.util.spec_from_file_location("previous_state", path)
     assert spec is not None and spec.loader is not None
@@ -95,7 +94,7 @@ def test_network_names_never_meet(store: StateStore) -> None:
 
 
 def test_previous_layout_loads_identically(tmp_path: Path) -> None:
-    old = previous_state_module()
+    old = previous_state_module(tmp_path)
     if old is None:
         pytest.skip("no git history here")
     etc, run = tmp_path / "etc", tmp_path / "run"
