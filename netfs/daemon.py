@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 import trio
 
-from netfs import fs
+from netfs import fs, guard
 from netfs.errors import NetfsError
 
 log = logging.getLogger("netfs")
@@ -298,11 +298,20 @@ def run(cfg: MountConfig) -> int:
     except NetfsError as e:
         print(f"netfs: {e.message}", file=sys.stderr)
         return 1
+    # umask, trusted directories, one daemon per state directory: before
+    # anything is written or the mount point is touched
+    try:
+        lock_fd = guard.prepare(Path(cfg.config_dir), Path(cfg.state_dir))
+    except guard.Refused as e:
+        print(f"netfs: {e}", file=sys.stderr)
+        return 1
     log_fd: int | None = None
     if cfg.log_file:
         try:
             log_fd = os.open(
-                cfg.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+                cfg.log_file,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
             )
         except OSError as e:
             print(f"netfs: log file {cfg.log_file}: {e.strerror}", file=sys.stderr)
@@ -349,6 +358,7 @@ def run(cfg: MountConfig) -> int:
             sys.stderr.flush()
             os._exit(1)
         os.close(r)
+        guard.record_pid(lock_fd)  # the lock is this process's now
         os.setsid()
         detach_stdio(log_fd)
         close_caller_fds(inherited, {w} | ({log_fd} if log_fd is not None else set()))
