@@ -5,6 +5,7 @@ directory (item 12)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from fs_support import (
     Daemon,
     daemon_factory,  # noqa: F401  (fixture)
     is_mounted,
+    wait_for,
 )
 
 from netfs import guard
@@ -138,3 +140,21 @@ def test_second_daemon_on_one_state_dir_refused(daemon_factory: object, tmp_path
     r = subprocess.run(d1.argv(), cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
     assert r.returncode == 1 and "in use by another netfs daemon" in r.stderr
     assert d1.proc.poll() is None and "events" in os.listdir(d1.mnt)
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_detached_daemon_holds_the_lock_with_its_own_pid(daemon_factory: object) -> None:
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    argv = [a for a in d.argv() if a != "-f"]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert r.returncode == 0, r.stderr
+    pid = int((d.state_dir / ".lock").read_text())
+    try:
+        assert b"netfs.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()  # not the parent's
+        with pytest.raises(guard.Refused, match=f"pid {pid}"):
+            guard.lock_state_dir(d.state_dir)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
+    os.close(guard.lock_state_dir(d.state_dir))  # released when it exited
