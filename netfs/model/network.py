@@ -1009,19 +1009,26 @@ def _parse_srv(net_name: str, node: Element) -> DNSSrv:
 
 
 def _parse_portgroup(node: Element) -> PortGroupDef:
-    name = _xstr(node, "./@name")
+    # attributes and children read directly, not by XPath (the same values:
+    # an empty attribute counts as absent; the first child of each name):
+    # a definition may hold tens of thousands of portgroups
+    name = node.get("name") or None
     if name is None:
         raise invalid("Missing required name attribute in portgroup")
-    is_default = _xstr(node, "./@default")
+    is_default = node.get("default") or None
     pg = PortGroupDef(name=name, default=bool(is_default and is_default.lower() == "yes"))
     pg.trust_guest_rx_filters = _tristate(node, "trustGuestRxFilters")
-    vp = _xnode(node, "./virtualport")
+    first: dict[str, Element] = {}
+    for c in node:
+        if isinstance(c.tag, str) and c.tag in ("virtualport", "bandwidth", "vlan"):
+            first.setdefault(c.tag, c)
+    vp = first.get("virtualport")
     if vp is not None:
         pg.virtualport = parse_virtualport(vp)
-    bw = _xnode(node, "./bandwidth")
+    bw = first.get("bandwidth")
     if bw is not None:
         pg.bandwidth = parse_bandwidth(bw, allow_floor=False)
-    vl = _xnode(node, "./vlan")
+    vl = first.get("vlan")
     if vl is not None:
         pg.vlan = parse_vlan(vl)
     return pg
