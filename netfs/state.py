@@ -523,7 +523,7 @@ class StateStore:
     def set_autostart(self, name: str, on: bool) -> None:
         link = self.autostart_path(name)
         if on:
-            self.autostart_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.autostart_dir)
             atomic_symlink(link, os.path.join("..", f"{name}.xml"))
         else:
             try:

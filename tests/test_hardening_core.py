@@ -5,6 +5,7 @@ defined). Pure: no root."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -12,6 +13,7 @@ from typing import Any, cast
 import pytest
 
 from netfs import core as core_mod
+from netfs import state as state_mod
 from netfs.core import Driver
 from netfs.errors import NetfsError
 from netfs.model.network import NetworkDef
@@ -95,3 +97,35 @@ async def test_largest_accepted_definition_loads_again(tmp_path: Path) -> None:
     assert loaded.problems == []
     assert len(loaded.configs["big"].definition.portgroups) == n
     assert len(loaded.statuses["big"].live.portgroups) == n
+
+
+# --------------------------------------------------------------------------- item 15
+
+
+async def test_full_disk_error_names_the_path_and_leaves_nothing(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    virtual = (
+        "<network><name>v</name><forward mode='nat'/><bridge name='nfsv0'/>"
+        "<ip address='192.168.77.1' prefix='24'/></network>"
+    )
+    await driver.define(virtual)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(state_mod.os, "write", full)
+    with pytest.raises(NetfsError) as e:
+        await driver.start("v")
+    assert e.value.errno == errno.ENOSPC
+    intent = driver.store.intent_path("v")
+    assert e.value.message == f"No space left on device: {intent}"
+    with pytest.raises(NetfsError) as e:
+        await driver.define(bridge_net("w"))
+    assert e.value.message == f"No space left on device: {driver.store.config_path('w')}"
+    monkeypatch.undo()
+    assert not driver.get("v").active and "w" not in driver.names()
+    assert not os.path.lexists(intent)
+    leftovers = [p for p in driver.store.state_dir.rglob("*") if p.name != ".lock"]
+    assert leftovers == [] or all(p.is_dir() for p in leftovers), leftovers
+    assert sorted(p.name for p in driver.store.config_dir.iterdir()) == ["autostart", "v.xml"]
