@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,47 @@ def test_full_disk_names_the_path_and_leaves_no_starting_file(
     monkeypatch.undo()
     assert not os.path.lexists(store.intent_path("n"))
     assert not any(p.name.startswith(TMP_PREFIX) for p in store.state_dir.rglob("*"))
+
+
+FULL_DISK = """
+import errno, os, sys
+from pathlib import Path
+from netfs.state import StateStore
+from netfs.model.network import parse_network
+run = Path(sys.argv[1])
+s = StateStore(run / "etc", run / "run")
+s.ensure_dirs()
+s.network_dir("n").mkdir()
+fd = os.open(run / "filler", os.O_WRONLY | os.O_CREAT)  # fill the file system
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError as e:
+    assert e.errno == errno.ENOSPC
+os.close(fd)
+for write in (lambda: s.write_intent("n", "u" * 4000, "br"),):
+    try:
+        write()
+    except OSError as e:
+        print(e.errno, e.filename)
+print(sorted(os.listdir(s.network_dir("n"))))
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_really_full_disk_leaves_no_starting_file(tmp_path: Path) -> None:
+    script = (
+        f"mount -t tmpfs -o size=256k netfs-test {tmp_path} && "
+        f"{sys.executable} -c '{FULL_DISK}' {tmp_path}"
+    )
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines == [f"{errno.ENOSPC} {tmp_path}/run/n/starting", "[]"], r.stdout
