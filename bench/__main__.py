@@ -2,7 +2,7 @@
 
 Each benchmark module prints its figures side by side with a floor measured
 in the same run. Modules: bench.core (driver and netlink), bench.fs (the
-mounted filesystem).
+mounted filesystem), bench.large (large definitions: define, start-up).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["core", "fs", "firewall"]
+MODULES = ["core", "fs", "firewall", "large"]
 
 
 def main(argv: list[str]) -> int:
