@@ -164,8 +164,8 @@ class Dnsmasq:
                 pass
 
     def _write_helper(self) -> None:
-        package_parent = str(Path(leases.__file__).resolve().parent.parent)
-        text = leases.entry_script(os.path.realpath(sys.executable), package_parent)
+        parent = str(Path(leases.__file__).resolve().parent.parent)
+        text = leases.entry_script(os.path.realpath(sys.executable), parent)
         try:
             if self.helper.read_text() == text:
                 return

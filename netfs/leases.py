@@ -9,7 +9,7 @@ entry script that calls :func:`helper_main` (as libvirt's leases helper does):
 - ``add``/``old`` (granted/renewed) and ``del`` (released/expired): update the
   records of the network.
 
-The records of network NAME are ``<leases dir>/NAME.json`` (the leases dir is
+The records of network NAME are ``<leases dir>/NAME.records`` (the leases dir is
 ``STATE/dnsmasq/leases``): written atomically (temporary file + rename), under
 an flock of ``<leases dir>/.NAME.lock`` against concurrent helper runs. The
 network is named by the environment dnsmasq was started with
@@ -17,42 +17,89 @@ network is named by the environment dnsmasq was started with
 What guests send (host name, client id) is stored as it came and escaped when
 shown (:func:`format_leases`); only well-formed values go back to dnsmasq.
 
-The helper must start fast: this module imports only the standard library at
-its top (trio and ctypes only inside the watch).
+The helper must start fast: this module imports only a few built-in modules
+at its top (no json, re or typing; trio and ctypes only inside the watch).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import re
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import NamedTuple
+
+TYPE_CHECKING = False  # typing is not imported at run time (the helper starts fast)
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 ENV_NETWORK = "NETFS_NETWORK"
 ENV_DIR = "NETFS_LEASES_DIR"
-SUFFIX = ".json"
+SUFFIX = ".records"
+INIT_SUFFIX = ".init"  # the same leases in dnsmasq's lease-file format, for `init`
+MAGIC = "netfs-leases 1"
 
 # what may go back to dnsmasq in `init` (anything else is replaced by `*` or dropped)
-_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2})*\Z")
-_HEX = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2})*\Z")
-_IAID = re.compile(r"T?[0-9]{1,10}\Z")
-_HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})\Z")
-_ADDR = re.compile(r"[0-9A-Fa-f.:]{2,45}\Z")
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+_HOSTCHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-class Lease(NamedTuple):
+def _is_mac(v: str) -> bool:
+    parts = v.replace("-", ":").split(":")
+    return len(v) >= 2 and all(len(p) == 2 and set(p) <= _HEXDIGITS for p in parts)
+
+
+def _is_hex(v: str) -> bool:
+    return bool(v) and all(0 < len(p) <= 2 and set(p) <= _HEXDIGITS for p in v.split(":"))
+
+
+def _is_iaid(v: str) -> bool:
+    digits = v[1:] if v.startswith("T") else v
+    return 0 < len(digits) <= 10 and digits.isascii() and digits.isdigit()
+
+
+def _is_host(v: str) -> bool:
+    return 0 < len(v) <= 253 and set(v) <= _HOSTCHARS and v[0] not in ".-"
+
+
+def _is_addr(v: str) -> bool:
+    return 2 <= len(v) <= 45 and set(v) <= _HEXDIGITS | {".", ":"}
+
+
+class Lease:
     """One DHCP lease (IPv4, or IPv6 when ``iaid`` is set)."""
 
-    address: str
-    mac: str | None
-    expiry: int  # absolute epoch seconds; 0: never expires
-    hostname: str | None = None
-    client_id: str | None = None  # client id (IPv4) or client DUID (IPv6)
-    iaid: str | None = None
+    __slots__ = ("address", "mac", "expiry", "hostname", "client_id", "iaid")
+
+    def __init__(
+        self,
+        address: str,
+        mac: str | None,
+        expiry: int,  # absolute epoch seconds; 0: never expires
+        hostname: str | None = None,
+        client_id: str | None = None,  # client id (IPv4) or client DUID (IPv6)
+        iaid: str | None = None,
+    ) -> None:
+        self.address = address
+        self.mac = mac
+        self.expiry = expiry
+        self.hostname = hostname
+        self.client_id = client_id
+        self.iaid = iaid
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.address, self.mac, self.expiry, self.hostname, self.client_id, self.iaid)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Lease) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "Lease" + repr(self._key())
+
+    def replace(self, hostname: str | None) -> Lease:
+        return Lease(self.address, self.mac, self.expiry, hostname, self.client_id, self.iaid)
 
     @property
     def protocol(self) -> str:
@@ -62,17 +109,56 @@ class Lease(NamedTuple):
         return 0 < self.expiry < now
 
 
-class Records(NamedTuple):
-    leases: tuple[Lease, ...] = ()
-    server_duid: str | None = None
+class Records:
+    """A network's leases and dnsmasq's server DUID (for DHCPv6)."""
+
+    __slots__ = ("leases", "server_duid")
+
+    def __init__(self, leases: tuple[Lease, ...] = (), server_duid: str | None = None) -> None:
+        self.leases = leases
+        self.server_duid = server_duid
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Records)
+            and self.leases == other.leases
+            and self.server_duid == other.server_duid
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.leases, self.server_duid))
+
+    def __repr__(self) -> str:
+        return f"Records({self.leases!r}, {self.server_duid!r})"
 
 
-class LeaseChange(NamedTuple):
+class LeaseChange:
     """What changed in one network's records; added/removed are (mac, address)."""
 
-    network: str
-    added: tuple[tuple[str, str], ...]
-    removed: tuple[tuple[str, str], ...]
+    __slots__ = ("network", "added", "removed")
+
+    def __init__(
+        self,
+        network: str,
+        added: tuple[tuple[str, str], ...],
+        removed: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.network = network
+        self.added = added
+        self.removed = removed
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LeaseChange) and (self.network, self.added, self.removed) == (
+            other.network,
+            other.added,
+            other.removed,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.network, self.added, self.removed))
+
+    def __repr__(self) -> str:
+        return f"LeaseChange({self.network!r}, {self.added!r}, {self.removed!r})"
 
 
 def leases_dir(state_dir: str | os.PathLike[str]) -> str:
@@ -90,57 +176,69 @@ def _check_name(name: str) -> str:
 
 
 # -- the records file ------------------------------------------------------------
+#
+# Text, one record a line, fields separated by one space, each field escaped
+# as in `leases` (so a field never holds a space or a newline), `-` for none:
+#
+#     netfs-leases 1
+#     duid SERVER-DUID
+#     lease ADDRESS EXPIRY MAC HOSTNAME CLIENT-ID IAID
 
 
-def _lease_to_json(lease: Lease) -> dict[str, object]:
-    d: dict[str, object] = {"address": lease.address, "expiry": lease.expiry}
-    for key in ("mac", "hostname", "client_id", "iaid"):
-        value = getattr(lease, key)
-        if value is not None:
-            d[key] = value
-    return d
+def _enc(value: str | None) -> str:
+    if value is None:
+        return "-"
+    return "\\x2d" if value == "-" else escape(value)
 
 
-def _opt_str(d: Mapping[str, object], key: str) -> str | None:
-    v = d.get(key)
-    return v if isinstance(v, str) else None
+def _dec(field: str) -> str | None:
+    if field == "-":
+        return None
+    if "\\" not in field:
+        return field
+    out = bytearray()
+    i = 0
+    raw = field.encode("utf-8", "surrogateescape")
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 2] == b"x" and i + 4 <= len(raw):
+            try:
+                out.append(int(raw[i + 2 : i + 4], 16))
+                i += 4
+                continue
+            except ValueError:
+                pass
+        out.append(raw[i])
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
 
 
 def parse_records(data: bytes) -> Records:
     """The records of a file's content; anything malformed is left out."""
-    if not data.strip():
-        return Records()
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return Records()
-    if not isinstance(doc, dict):
+    lines = data.decode("ascii", "replace").splitlines()
+    if not lines or lines[0] != MAGIC:
         return Records()
     out = []
-    for d in doc.get("leases", ()):
-        if not isinstance(d, dict):
-            continue
-        addr, expiry = d.get("address"), d.get("expiry")
-        if not isinstance(addr, str) or not isinstance(expiry, int):
-            continue
-        out.append(
-            Lease(
-                address=addr,
-                mac=_opt_str(d, "mac"),
-                expiry=expiry,
-                hostname=_opt_str(d, "hostname"),
-                client_id=_opt_str(d, "client_id"),
-                iaid=_opt_str(d, "iaid"),
-            )
-        )
-    return Records(tuple(out), _opt_str(doc, "server_duid"))
+    duid = None
+    for line in lines[1:]:
+        f = line.split(" ")
+        if f[0] == "duid" and len(f) == 2:
+            duid = _dec(f[1])
+        elif f[0] == "lease" and len(f) == 7:
+            address, expiry = _dec(f[1]), f[2]
+            if address is None or not expiry.isascii() or not expiry.isdigit():
+                continue
+            out.append(Lease(address, _dec(f[3]), int(expiry), _dec(f[4]), _dec(f[5]), _dec(f[6])))
+    return Records(tuple(out), duid)
 
 
 def format_records(records: Records) -> bytes:
-    doc: dict[str, object] = {"leases": [_lease_to_json(x) for x in records.leases]}
+    lines = [MAGIC]
     if records.server_duid is not None:
-        doc["server_duid"] = records.server_duid
-    return (json.dumps(doc, indent=1) + "\n").encode()
+        lines.append(f"duid {_enc(records.server_duid)}")
+    for x in records.leases:
+        fields = (x.address, str(x.expiry), x.mac, x.hostname, x.client_id, x.iaid)
+        lines.append("lease " + " ".join(_enc(v) for v in fields))
+    return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def read_records(directory: str | os.PathLike[str], name: str) -> Records:
@@ -157,29 +255,43 @@ def read_leases(state_dir: str | os.PathLike[str], name: str) -> list[Lease]:
     return list(read_records(leases_dir(state_dir), name).leases)
 
 
-def write_records(directory: str | os.PathLike[str], name: str, records: Records) -> None:
-    """Atomically replace a network's records (temporary file, fsync, rename)."""
-    final = records_path(directory, _check_name(name))
-    tmp = os.path.join(os.fspath(directory), f".{name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, format_records(records))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)
+def write_records(
+    directory: str | os.PathLike[str], name: str, records: Records, now: float | None = None
+) -> None:
+    """Atomically replace a network's records and its `init` answer (temporary
+    file, fsync, rename each; the records file last: that is the change)."""
+    _check_name(name)
+    now = time.time() if now is None else now
+    for suffix, data in (
+        (INIT_SUFFIX, init_lines(records, now).encode()),
+        (SUFFIX, format_records(records)),
+    ):
+        final = os.path.join(os.fspath(directory), name + suffix)
+        tmp = os.path.join(os.fspath(directory), f".{name}{suffix}.tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
 
 
 def drop_records(state_dir: str | os.PathLike[str], name: str) -> bool:
     """Forget a network's leases (when it is undefined). True if there were any."""
     d = leases_dir(state_dir)
-    for path in (records_path(d, _check_name(name)), os.path.join(d, f".{name}.lock")):
+    paths = (
+        records_path(d, _check_name(name)),
+        os.path.join(d, name + INIT_SUFFIX),
+        os.path.join(d, f".{name}.lock"),
+    )
+    existed = os.path.exists(paths[0])
+    for path in paths:
         try:
             os.unlink(path)
         except FileNotFoundError:
-            if path.endswith(SUFFIX):
-                return False
-    return True
+            pass
+    return existed
 
 
 class _Locked:
@@ -245,7 +357,7 @@ def apply_event(
         if lease is not None:
             before = [x for x in kept if x.address == lease.address]
             if lease.hostname is None and before and before[0].mac == lease.mac:
-                lease = lease._replace(hostname=before[0].hostname)
+                lease = lease.replace(before[0].hostname)
             kept = [x for x in kept if x.address != lease.address] + [lease]
             duid = env.get("DNSMASQ_SERVER_DUID") or duid
     elif action == "del" and len(argv) >= 3:
@@ -256,22 +368,22 @@ def apply_event(
 def init_lines(records: Records, now: float) -> str:
     """dnsmasq's lease-file format for `init`: only well-formed values go back."""
 
-    def field(value: str | None, pattern: re.Pattern[str]) -> str:
-        return value if value is not None and pattern.match(value) else "*"
+    def field(value: str | None, ok: Callable[[str], bool]) -> str:
+        return value if value is not None and ok(value) else "*"
 
     v4, v6 = [], []
     for x in records.leases:
-        if x.expired(now) or not _ADDR.match(x.address):
+        if x.expired(now) or not _is_addr(x.address):
             continue
-        host, cid = field(x.hostname, _HOST), field(x.client_id, _HEX)
+        host, cid = field(x.hostname, _is_host), field(x.client_id, _is_hex)
         if x.iaid is None:
-            if x.mac is not None and _MAC.match(x.mac):
+            if x.mac is not None and _is_mac(x.mac):
                 v4.append(f"{x.expiry} {x.mac} {x.address} {host} {cid}\n")
-        elif _IAID.match(x.iaid):
+        elif _is_iaid(x.iaid):
             v6.append(f"{x.expiry} {x.iaid} {x.address} {host} {cid}\n")
     out = "".join(v4)
     if v6:
-        if records.server_duid and _HEX.match(records.server_duid):
+        if records.server_duid and _is_hex(records.server_duid):
             out += f"duid {records.server_duid}\n"
         out += "".join(v6)
     return out
@@ -305,21 +417,37 @@ def helper_main(
             records = read_records(directory, name)
             updated = apply_event(records, argv, env, now)
             if updated != records:
-                write_records(directory, name, updated)
+                write_records(directory, name, updated, now)
     except OSError as e:
         print(f"netfs lease helper: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-def entry_script(python: str, package_parent: str) -> str:
-    """The executable dnsmasq runs (stdlib-only start: -I -S, no site)."""
+def entry_script(python: str, package_parent: str | None = None) -> str:
+    """The executable dnsmasq runs as --dhcp-script.
+
+    ``init`` (which dnsmasq waits for before it reports itself started) is
+    answered by the shell from ``NAME.init``, kept beside the records in
+    dnsmasq's lease-file format; every other call imports this module (from
+    its compiled cache) with the standard library only (``-I -S``: no site,
+    no venv) and runs :func:`helper_main`."""
+    import shlex
+
+    parent = package_parent or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+        "from netfs.leases import helper_main; sys.exit(helper_main(sys.argv[1:]))"
+    )
     return (
-        f"#!{python} -IS\n"
-        "import sys\n"
-        f"sys.path.insert(0, {package_parent!r})\n"
-        "from netfs.leases import helper_main\n"
-        "sys.exit(helper_main(sys.argv[1:]))\n"
+        "#!/bin/sh\n"
+        "# netfs lease helper, run by dnsmasq (--dhcp-script)\n"
+        'if [ "$1" = init ]; then\n'
+        f'    f="${ENV_DIR}/${ENV_NETWORK}{INIT_SUFFIX}"\n'
+        '    [ -s "$f" ] && cat -- "$f" 2>/dev/null\n'
+        "    exit 0\n"
+        "fi\n"
+        f'exec {shlex.quote(python)} -IS -c {shlex.quote(code)} {shlex.quote(parent)} "$@"\n'
     )
 
 

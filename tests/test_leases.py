@@ -99,13 +99,26 @@ def test_ipv6_lease_and_init_replay(tmp_path: Path) -> None:
 def test_init_prints_dnsmasq_lease_lines_through_the_entry_script(tmp_path: Path) -> None:
     call(tmp_path, "add", MAC, "10.0.0.5", "guest1", DNSMASQ_LEASE_EXPIRES=str(NOW + 10**9))
     script = tmp_path / "helper"
-    parent = str(Path(leases.__file__).resolve().parent.parent)
-    script.write_text(leases.entry_script(os.path.realpath(sys.executable), parent))
+    script.write_text(leases.entry_script(os.path.realpath(sys.executable)))
     script.chmod(0o755)
     out = subprocess.run(
         [str(script), "init"], env=env_for(tmp_path), capture_output=True, check=True
     )
     assert out.stdout == f"{NOW + 10**9} {MAC} 10.0.0.5 guest1 *\n".encode()
+    # the other calls run netfs.leases with the standard library only
+    env = env_for(tmp_path, DNSMASQ_LEASE_EXPIRES="0")
+    subprocess.run([str(script), "add", MAC, "10.0.0.7", "g2"], env=env, check=True)
+    assert [x.address for x in leases.read_records(tmp_path, "net1").leases] == [
+        "10.0.0.5",
+        "10.0.0.7",
+    ]
+    out = subprocess.run([str(script), "init"], env=env, capture_output=True, check=True)
+    assert out.stdout.endswith(f"0 {MAC} 10.0.0.7 g2 *\n".encode())
+    # no records yet: an empty answer, not a failure (dnsmasq would refuse to start)
+    out = subprocess.run(
+        [str(script), "init"], env=env_for(tmp_path, "none"), capture_output=True, check=True
+    )
+    assert out.stdout == b"" and out.returncode == 0
 
 
 HOSTILE = "a b\nc;$(reboot)`x`|{}\"'\\ \x1b[31m\t\u00e9\udcff"
@@ -132,13 +145,13 @@ def test_network_comes_from_the_environment_only(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     # a guest's name is data, never a path
     call(tmp_path, "add", MAC, "10.0.0.5", "../../etc/passwd", DNSMASQ_LEASE_EXPIRES="0")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".net1.lock", "net1.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".net1.lock", "net1.init", "net1.records"]
 
 
 def test_other_actions_and_broken_files_are_harmless(tmp_path: Path) -> None:
     assert call(tmp_path, "tftp", "100", "10.0.0.5", "/srv/x") == 0
-    assert not (tmp_path / "net1.json").exists()
-    (tmp_path / "net1.json").write_bytes(b"{not json")
+    assert not (tmp_path / "net1.records").exists()
+    (tmp_path / "net1.records").write_bytes(b"{not json")
     assert call(tmp_path, "init") == 0
     assert call(tmp_path, "add", MAC, "10.0.0.5", DNSMASQ_LEASE_EXPIRES="0") == 0
     assert len(leases.read_records(tmp_path, "net1").leases) == 1
@@ -146,10 +159,17 @@ def test_other_actions_and_broken_files_are_harmless(tmp_path: Path) -> None:
 
 def test_records_round_trip() -> None:
     recs = Records(
-        (Lease("10.0.0.5", MAC, 5, "h", "01:02", None), Lease("fd::1", None, 0, None, "0a", "7")),
+        (
+            Lease("10.0.0.5", MAC, 5, "h", "01:02", None),
+            Lease("fd::1", None, 0, None, "0a", "7"),
+            Lease("10.0.0.6", MAC, 9, HOSTILE, "-", "\\x41"),
+        ),
         "00:01",
     )
-    assert leases.parse_records(leases.format_records(recs)) == recs
+    data = leases.format_records(recs)
+    assert data.count(b"\n") == 5 and data.isascii()
+    assert leases.parse_records(data) == recs
+    assert leases.parse_records(b"") == leases.parse_records(b"junk\nlease x") == Records()
 
 
 def test_escape() -> None:
@@ -167,7 +187,7 @@ def test_drop_records(tmp_path: Path) -> None:
     leases.write_records(d, "n", Records((Lease("10.0.0.5", MAC, 0),)))
     assert [x.address for x in leases.read_leases(state, "n")] == ["10.0.0.5"]
     assert leases.drop_records(state, "n") is True
-    assert leases.read_leases(state, "n") == []
+    assert leases.read_leases(state, "n") == [] and os.listdir(d) == []
     assert leases.drop_records(state, "n") is False
 
 
