@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from netfs import leases, nsexec
-from netfs.dnsmasq import Dnsmasq, _wait_exit, run_user
+from netfs.dnsmasq import Dnsmasq, run_user, wait_exit
 
 NET = "bench"
 BRIDGE = "nbbr0"
@@ -86,7 +86,7 @@ def _plain(ns: str, conf: Path, pidfile: Path, script: Path | None = None) -> in
 
 def _stop_plain(pid: int, pidfile: Path) -> None:
     os.kill(pid, signal.SIGTERM)
-    _wait_exit(pid, 5.0)
+    wait_exit(pid, 5.0)
     pidfile.unlink(missing_ok=True)
 
 
@@ -233,7 +233,7 @@ def main(flags: list[str]) -> int:
         for pid in [*plain_pids, *d.running().values()]:
             try:
                 os.kill(pid, signal.SIGKILL)
-                _wait_exit(pid, 5.0)
+                wait_exit(pid, 5.0)
             except ProcessLookupError:
                 pass
         for ns in (host, guest):

@@ -95,7 +95,7 @@ def _ppid(pid: int) -> int:
     return int(stat[stat.rfind(b")") + 2 :].split()[1])
 
 
-def _wait_exit(pid: int, timeout: float) -> bool:
+def wait_exit(pid: int, timeout: float = 5.0) -> bool:
     """Wait until pid has exited (pidfd: works for a process not our child)."""
     try:
         fd = os.pidfd_open(pid)
@@ -194,7 +194,15 @@ class Dnsmasq:
             and os.path.basename(argv[0]) == PROGRAM
             and f"--conf-file={self.files(name).conf}" in argv
             and _alive(pid)
+            and self._in_our_netns(pid)
         )
+
+    def _in_our_netns(self, pid: int) -> bool:
+        ns = nsexec.netns_path(self.netns) if self.netns else "/proc/self/ns/net"
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(ns).st_ino
+        except OSError:
+            return False
 
     def pid(self, name: str) -> int | None:
         """The pid of the network's running dnsmasq (pid file and command line match)."""
@@ -261,14 +269,26 @@ class Dnsmasq:
         """SIGTERM (SIGKILL after `timeout`), wait for the exit, remove the pid file.
 
         True if a dnsmasq was running."""
+        pid = self.signal_stop(name)
+        if pid is not None:
+            _wait_or_kill(pid, timeout)
+        return pid is not None
+
+    def signal_stop(self, name: str) -> int | None:
+        """The first half of :meth:`stop`: SIGTERM and the pid file removed, no
+        wait (dnsmasq takes ~15 ms to exit: a network's stop can delete its
+        bridge meanwhile, then :func:`wait_exit` the pid returned)."""
         pid = self.pid(name)
         if pid is not None:
-            _terminate(pid, timeout)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pid = None
         try:
             os.unlink(self.files(name).pid)
         except FileNotFoundError:
             pass
-        return pid is not None
+        return pid
 
     def restart(self, name: str) -> int:
         """Stop and start again with the same files; the leases are kept (init)."""
@@ -277,10 +297,10 @@ class Dnsmasq:
 
     # -- all of them ---------------------------------------------------------------------
 
-    def running(self) -> dict[str, int]:
-        """Every dnsmasq with a configuration of ours, by network name (one /proc scan).
-
-        dnsmasq's script helper (a child with the same command line) is not listed."""
+    def processes(self) -> list[tuple[str, int]]:
+        """Every dnsmasq with a configuration of ours: (network name, pid), from
+        one /proc scan, in any namespace. dnsmasq's script helper (a child with
+        the same command line) is not listed."""
         prefix = f"--conf-file={self.dir}/"
         found: dict[int, str] = {}
         for entry in os.listdir("/proc"):
@@ -294,22 +314,29 @@ class Dnsmasq:
                     name = arg[len(prefix) : -len(".conf")]
                     if "/" not in name and _alive(int(entry)):
                         found[int(entry)] = name
-        return {name: pid for pid, name in found.items() if _ppid(pid) not in found}
+        return sorted((name, pid) for pid, name in found.items() if _ppid(pid) not in found)
 
-    def orphans(self, active: set[str] | frozenset[str]) -> dict[str, int]:
-        """Our dnsmasq processes of networks that are not active."""
-        return {n: pid for n, pid in self.running().items() if n not in active}
+    def running(self) -> dict[str, int]:
+        """:meth:`processes` by network name."""
+        return dict(self.processes())
 
-    def stop_orphans(self, active: set[str] | frozenset[str]) -> dict[str, int]:
-        """Stop every orphan (and remove its pid file); what was stopped."""
+    def orphans(self, active: set[str] | frozenset[str]) -> list[tuple[str, int]]:
+        """Our dnsmasq processes that are not the running dnsmasq of an active
+        network: of a network not active, or a second one, or in another namespace."""
+        keep = {name: self.pid(name) for name in active}
+        return [(n, pid) for n, pid in self.processes() if keep.get(n) != pid]
+
+    def stop_orphans(self, active: set[str] | frozenset[str]) -> list[tuple[str, int]]:
+        """Stop every orphan (and remove the pid file of a network not active)."""
         found = self.orphans(active)
-        for name, pid in found.items():
-            log.info("network %s is not active: stopping its dnsmasq pid %d", name, pid)
+        for name, pid in found:
+            log.info("dnsmasq pid %d of network %s is an orphan: stopping it", pid, name)
             _terminate(pid, 5.0)
-            try:
-                os.unlink(self.files(name).pid)
-            except FileNotFoundError:
-                pass
+            if name not in active:
+                try:
+                    os.unlink(self.files(name).pid)
+                except FileNotFoundError:
+                    pass
         return found
 
 
@@ -318,9 +345,13 @@ def _terminate(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    if not _wait_exit(pid, timeout):
+    _wait_or_kill(pid, timeout)
+
+
+def _wait_or_kill(pid: int, timeout: float) -> None:
+    if not wait_exit(pid, timeout):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
-        _wait_exit(pid, timeout)
+        wait_exit(pid, timeout)

@@ -160,7 +160,7 @@ def lan() -> Iterator[Lan]:
         for pid in Dnsmasq(state).running().values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-                dnsmasq_mod._wait_exit(pid, 5.0)
+                dnsmasq_mod.wait_exit(pid, 5.0)
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(state, ignore_errors=True)
@@ -211,7 +211,7 @@ def test_leases_survive_kill_and_restart_of_dnsmasq(lan: Lan) -> None:
     got = lan.dhcp("-x", "hostname:guest1")
     wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
     os.kill(first, signal.SIGKILL)
-    assert dnsmasq_mod._wait_exit(first, 5.0)
+    assert dnsmasq_mod.wait_exit(first, 5.0)
     assert not lan.d.is_running(NET)
     second = lan.d.start(NET)
     assert second != first
@@ -239,13 +239,16 @@ def test_adopt_after_daemon_restart_and_orphans(lan: Lan) -> None:
     assert again.adopt(NET) == pid
     assert again.start(NET) == pid  # not restarted
     assert again.running() == {NET: pid}
-    assert again.orphans({NET}) == {}
-    assert again.orphans(set()) == {NET: pid}
+    assert again.orphans({NET}) == []
+    assert again.orphans(set()) == [(NET, pid)]
     # a pid file naming another process is not ours
     lan.d.files(NET).pid.write_text(f"{os.getpid()}\n")
     assert again.adopt(NET) is None
     lan.d.files(NET).pid.write_text(f"{pid}\n")
-    assert again.stop_orphans(set()) == {NET: pid}
+    # nor is a dnsmasq of ours in another namespace than the daemon's
+    assert Dnsmasq(lan.state, netns=lan.guest).adopt(NET) is None
+    assert Dnsmasq(lan.state, netns=lan.guest).orphans({NET}) == [(NET, pid)]
+    assert again.stop_orphans(set()) == [(NET, pid)]
     assert not Path(f"/proc/{pid}").exists() or not dnsmasq_mod._alive(pid)
     assert again.running() == {} and not lan.d.files(NET).pid.exists()
 
@@ -258,6 +261,11 @@ def test_stop_waits_for_the_exit_and_removes_the_pid_file(lan: Lan) -> None:
     assert not lan.d.files(NET).pid.exists()
     assert lan.d.stop(NET) is False
     assert lan.d.reload(NET) is False
+    # in two halves: signal, then wait
+    pid = lan.d.start(NET)
+    assert lan.d.signal_stop(NET) == pid and not lan.d.files(NET).pid.exists()
+    assert dnsmasq_mod.wait_exit(pid) and not dnsmasq_mod._alive(pid)
+    assert lan.d.running() == {}
 
 
 HOSTILE = "\x1b[31m;$(touch\n/tmp/pwned)`id`|{}\\'\"#\tx y"
