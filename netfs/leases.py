@@ -98,8 +98,10 @@ class Lease:
     def __repr__(self) -> str:
         return "Lease" + repr(self._key())
 
-    def replace(self, hostname: str | None) -> Lease:
-        return Lease(self.address, self.mac, self.expiry, hostname, self.client_id, self.iaid)
+    def replace(self, hostname: str | None, mac: str | None = None) -> Lease:
+        """The same lease with this host name (and this MAC, when given)."""
+        mac = self.mac if mac is None else mac
+        return Lease(self.address, mac, self.expiry, hostname, self.client_id, self.iaid)
 
     @property
     def protocol(self) -> str:
@@ -356,9 +358,14 @@ def apply_event(
         lease = lease_from_event(argv, env, now)
         if lease is not None:
             before = [x for x in kept if x.address == lease.address]
+            if before and lease.mac is None and before[0].client_id == lease.client_id:
+                lease = lease.replace(before[0].hostname, mac=before[0].mac)
             if lease.hostname is None and before and before[0].mac == lease.mac:
                 lease = lease.replace(before[0].hostname)
-            kept = [x for x in kept if x.address != lease.address] + [lease]
+            if before:  # a renewal or a change keeps its place
+                kept = [lease if x.address == lease.address else x for x in kept]
+            else:
+                kept.append(lease)
             duid = env.get("DNSMASQ_SERVER_DUID") or duid
     elif action == "del" and len(argv) >= 3:
         kept = [x for x in kept if x.address != argv[2]]

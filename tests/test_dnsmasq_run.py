@@ -104,8 +104,8 @@ class Lan:
         assert p.returncode == 0, out.decode(errors="replace")
         return self.out.read_text().strip()
 
-    def dig(self, name: str) -> list[str]:
-        argv = ["dig", f"@{HOST_ADDR}", "+short", "+time=2", "+tries=3", name]
+    def dig(self, name: str, qtype: str = "A") -> list[str]:
+        argv = ["dig", f"@{HOST_ADDR}", "+short", "+time=2", "+tries=3", name, qtype]
         done = subprocess.run(
             ["ip", "netns", "exec", self.guest, *argv], capture_output=True, text=True, timeout=30
         )
@@ -367,3 +367,25 @@ def test_watch_sees_leases_granted_and_removed(lan: Lan) -> None:
         assert [x.address for x in lan.records()] == [FIXED_ADDR]
     finally:
         watch.close()
+
+
+def test_ipv6_and_ipv4_leases_are_replayed_at_start(lan: Lan) -> None:
+    ip("addr", "add", "fd00:77::1/64", "dev", BRIDGE, "nodad", netns=lan.host)
+    lan.write(extra="dhcp-range=fd00:77::100,fd00:77::1ff,64\n")
+    exp = int(time.time()) + 3600
+    duid = "00:01:00:01:2a:3b:4c:5d:52:54:00:00:00:07"
+    recs = leases.Records(
+        (
+            leases.Lease("10.77.0.150", GUEST_MAC, exp, "guest4", "01:52:54:00:00:00:07"),
+            leases.Lease("fd00:77::150", GUEST_MAC, exp, "guest6", duid, "7"),
+        ),
+        "00:01:00:01:11:22:33:44:52:54:00:00:00:01",
+    )
+    # (write_files made the leases directory)
+    leases.write_records(lan.d.leases_dir, NET, recs)
+    lan.d.start(NET)
+    ip("addr", "add", "10.77.0.50/24", "dev", "vg0", netns=lan.guest)
+    # dnsmasq loaded both from `init`: their names resolve at once
+    assert lan.dig("guest4.netfs.test") == ["10.77.0.150"]
+    assert lan.dig("guest6.netfs.test", "AAAA") == ["fd00:77::150"]
+    assert lan.records() == list(recs.leases)

@@ -227,3 +227,15 @@ def test_watch_reports_added_renewed_removed(tmp_path: Path) -> None:
         leases.LeaseChange("net1", (), ()),
         leases.LeaseChange("net1", (), ((MAC, "10.0.0.5"),)),
     ]
+
+
+def test_a_renewal_keeps_place_mac_and_name(tmp_path: Path) -> None:
+    duid = "00:01:00:01:2a:3b:4c:5d:52:54:00:aa:bb:01"
+    v6 = {"DNSMASQ_IAID": "7", "DNSMASQ_LEASE_EXPIRES": str(NOW + 60)}
+    call(tmp_path, "add", duid, "fd00::10", "g6", DNSMASQ_MAC=MAC, **v6)
+    call(tmp_path, "add", "52:54:00:aa:bb:02", "10.0.0.6", DNSMASQ_LEASE_EXPIRES="0")
+    # dnsmasq's `old` at its start: no MAC for a DHCPv6 lease it loaded, no name
+    call(tmp_path, "old", duid, "fd00::10", **{**v6, "DNSMASQ_LEASE_EXPIRES": str(NOW + 90)})
+    got = leases.read_records(tmp_path, "net1").leases
+    assert got[0] == Lease("fd00::10", MAC, NOW + 90, "g6", duid, "7")
+    assert got[1].address == "10.0.0.6"
