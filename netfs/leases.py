@@ -172,7 +172,7 @@ def records_path(directory: str | os.PathLike[str], name: str) -> str:
 
 
 def _check_name(name: str) -> str:
-    if not name or "/" in name or name in (".", "..") or name.startswith("."):
+    if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"bad network name for lease records: {name!r}")
     return name
 
@@ -551,7 +551,7 @@ class LeaseWatch:
         self.fd = fd
         self.known: dict[str, Records] = {}
         for entry in os.listdir(self.directory):
-            if entry.endswith(SUFFIX) and not entry.startswith("."):
+            if entry.endswith(SUFFIX):
                 name = entry[: -len(SUFFIX)]
                 self.known[name] = read_records(self.directory, name)
 
@@ -573,7 +573,7 @@ class LeaseWatch:
             raw = data[i + 16 : i + 16 + length].rstrip(b"\0")
             i += 16 + length
             name = os.fsdecode(raw)
-            if name.endswith(SUFFIX) and not name.startswith("."):
+            if name.endswith(SUFFIX):  # not a lock, temporary or init file
                 stem = name[: -len(SUFFIX)]
                 if stem not in names:
                     names.append(stem)

@@ -41,8 +41,11 @@ def test_add_old_del_keep_one_record_per_address(tmp_path: Path) -> None:
     call(tmp_path, "del", MAC, "10.0.0.5")
     got = leases.read_records(tmp_path, "net1").leases
     assert [x.address for x in got] == ["10.0.0.6"]
-    # networks are apart
+    # networks are apart (any name libvirt allows, also one starting with a dot)
     assert leases.read_records(tmp_path, "net2").leases == ()
+    call(tmp_path, "add", MAC, "10.0.0.9", name=".dot", DNSMASQ_LEASE_EXPIRES="0")
+    assert [x.address for x in leases.read_records(tmp_path, ".dot").leases] == ["10.0.0.9"]
+    assert [x.address for x in leases.read_records(tmp_path, "net1").leases] == ["10.0.0.6"]
 
 
 def test_expired_leases_are_dropped(tmp_path: Path) -> None:
