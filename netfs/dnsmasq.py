@@ -125,6 +125,7 @@ class Dnsmasq:
         self.helper = self.dir / HELPER_NAME
         self.netns = netns
         self.user = user or run_user()
+        self._checked = False
 
     # -- files ---------------------------------------------------------------------
 
@@ -138,6 +139,18 @@ class Dnsmasq:
         for d in (self.dir, self.leases_dir):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)  # dnsmasq re-reads the hosts files as its own user
+        if not self._checked:
+            self._checked = True
+            for up in self.dir.resolve().parents:
+                if not os.stat(up).st_mode & 0o001:
+                    log.warning(
+                        "%s is not searchable by others: dnsmasq (user %s) cannot read "
+                        "the hosts files under %s",
+                        up,
+                        self.user,
+                        self.dir,
+                    )
+                    break
 
     def write_files(self, name: str, conf: str, hostsfile: str = "", addnhosts: str = "") -> None:
         """Write a network's configuration and hosts files (atomically each)."""
@@ -249,7 +262,10 @@ class Dnsmasq:
             code = errno.EADDRINUSE if "in use" in text.lower() else errno.EIO
             raise NetfsError(code, f"cannot start dnsmasq: {text}")
         pid = self.pid(name)
-        if pid is None:
+        if pid is None:  # e.g. a pid-file= line naming another file: leave nothing behind
+            for other, stray in self.processes():
+                if other == name and self._in_our_netns(stray):
+                    _terminate(stray, 5.0)
             raise NetfsError(errno.EIO, f"dnsmasq started but wrote no pid file {f.pid}")
         log.info("network %s: dnsmasq started, pid %d", name, pid)
         return pid

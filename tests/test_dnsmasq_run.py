@@ -389,3 +389,14 @@ def test_ipv6_and_ipv4_leases_are_replayed_at_start(lan: Lan) -> None:
     assert lan.dig("guest4.netfs.test") == ["10.77.0.150"]
     assert lan.dig("guest6.netfs.test", "AAAA") == ["fd00:77::150"]
     assert lan.records() == list(recs.leases)
+
+
+def test_a_pid_file_elsewhere_is_eio_and_nothing_left(lan: Lan) -> None:
+    lan.write(extra=f"pid-file={lan.state}/elsewhere.pid\n")
+    with pytest.raises(NetfsError) as e:
+        lan.d.start(NET)
+    assert e.value.errno == errno.EIO and "pid file" in e.value.message
+    assert lan.d.running() == {}
+    # the same path as ours is fine (libvirt writes pid-file= at run time)
+    lan.write(extra=f"pid-file={lan.d.files(NET).pid}\n")
+    assert lan.d.start(NET) == lan.d.pid(NET)
