@@ -67,32 +67,39 @@ class Files:
     pid: Path
 
 
-def _cmdline(pid: int) -> list[str] | None:
+def _read(path: str) -> bytes | None:
+    """A small /proc file in one read (no buffered file object: recovery reads
+    one per process)."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    raw = _read(f"/proc/{pid}/cmdline")
     return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]] if raw else None
+
+
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """(state, ppid) of a process."""
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return fields[0], int(fields[1])
 
 
 def _alive(pid: int) -> bool:
     """Running (not a zombie waiting to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+    st = _stat(pid)
+    return st is not None and st[0] not in (b"Z", b"X")
 
 
 def wait_exit(pid: int, timeout: float = 5.0) -> bool:
@@ -217,13 +224,18 @@ class Dnsmasq:
         except OSError:
             return False
 
+    def _pidfile(self, name: str) -> int | None:
+        raw = _read(str(self.files(name).pid))
+        try:
+            pid = int(raw or b"")
+        except ValueError:
+            return None
+        return pid if pid > 0 else None
+
     def pid(self, name: str) -> int | None:
         """The pid of the network's running dnsmasq (pid file and command line match)."""
-        try:
-            pid = int(self.files(name).pid.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid > 0 and self._ours(name, pid) else None
+        pid = self._pidfile(name)
+        return pid if pid is not None and self._ours(name, pid) else None
 
     def is_running(self, name: str) -> bool:
         return self.pid(name) is not None
@@ -318,29 +330,43 @@ class Dnsmasq:
         one /proc scan, in any namespace. dnsmasq's script helper (a child with
         the same command line) is not listed."""
         prefix = f"--conf-file={self.dir}/"
-        found: dict[int, str] = {}
+        found: dict[int, tuple[str, int]] = {}
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
+            if not entry.isdigit() or _read(f"/proc/{entry}/comm") != b"dnsmasq\n":
                 continue
-            argv = _cmdline(int(entry))
-            if not argv or os.path.basename(argv[0]) != PROGRAM:
+            pid = int(entry)
+            argv, st = _cmdline(pid), _stat(pid)
+            if not argv or st is None or st[0] in (b"Z", b"X"):
                 continue
             for arg in argv[1:]:
                 if arg.startswith(prefix) and arg.endswith(".conf"):
                     name = arg[len(prefix) : -len(".conf")]
-                    if "/" not in name and _alive(int(entry)):
-                        found[int(entry)] = name
-        return sorted((name, pid) for pid, name in found.items() if _ppid(pid) not in found)
+                    if "/" not in name:
+                        found[pid] = (name, st[1])
+        return sorted((name, pid) for pid, (name, ppid) in found.items() if ppid not in found)
 
     def running(self) -> dict[str, int]:
         """:meth:`processes` by network name."""
         return dict(self.processes())
 
+    def survey(
+        self, active: set[str] | frozenset[str]
+    ) -> tuple[dict[str, int | None], list[tuple[str, int]]]:
+        """Recovery in one /proc scan: the running dnsmasq of each active network
+        (None: to be started) and the orphans (:meth:`orphans`)."""
+        procs = self.processes()
+        by_pid = {pid: name for name, pid in procs}
+        adopted: dict[str, int | None] = {}
+        for name in active:
+            pid = self._pidfile(name)
+            ok = pid is not None and by_pid.get(pid) == name and self._in_our_netns(pid)
+            adopted[name] = pid if ok else None
+        return adopted, [(n, pid) for n, pid in procs if adopted.get(n) != pid]
+
     def orphans(self, active: set[str] | frozenset[str]) -> list[tuple[str, int]]:
         """Our dnsmasq processes that are not the running dnsmasq of an active
         network: of a network not active, or a second one, or in another namespace."""
-        keep = {name: self.pid(name) for name in active}
-        return [(n, pid) for n, pid in self.processes() if keep.get(n) != pid]
+        return self.survey(active)[1]
 
     def stop_orphans(self, active: set[str] | frozenset[str]) -> list[tuple[str, int]]:
         """Stop every orphan (and remove the pid file of a network not active)."""

@@ -241,6 +241,7 @@ def test_adopt_after_daemon_restart_and_orphans(lan: Lan) -> None:
     assert again.running() == {NET: pid}
     assert again.orphans({NET}) == []
     assert again.orphans(set()) == [(NET, pid)]
+    assert again.survey({NET, "other"}) == ({NET: pid, "other": None}, [])
     # a pid file naming another process is not ours
     lan.d.files(NET).pid.write_text(f"{os.getpid()}\n")
     assert again.adopt(NET) is None
