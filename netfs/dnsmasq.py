@@ -266,9 +266,7 @@ class Dnsmasq:
         except FileNotFoundError:
             pass
         env = {leases.ENV_NETWORK: name, leases.ENV_DIR: str(self.leases_dir)}
-        done = nsexec.run_sync(
-            self.netns, self.command(name), check=False, env=env, new_session=True, timeout=30.0
-        )
+        done = nsexec.run_sync(self.netns, self.command(name), check=False, env=env, timeout=30.0)
         if done.returncode != 0:
             text = nsexec.words(done)
             code = errno.EADDRINUSE if "in use" in text.lower() else errno.EIO
