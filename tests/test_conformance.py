@@ -22,21 +22,18 @@ Run with ``-s`` to see the per-folder summary printed by the last test.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import CONFORMANCE
 
 from netfs.errors import NetfsError
 from netfs.model import validate as V
 from netfs.model.network import format_network, parse_network
 
-DATA = Path(
-    os.environ.get("NETFS_CONFORMANCE")
-    or Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "libvirt"
-)
+DATA = CONFORMANCE
 CONF = DATA / "networkxmlconfdata"
 HIN = DATA / "networkxml2xmlin"
 HOUT = DATA / "networkxml2xmlout"
