@@ -1,4 +1,4 @@
-"""Benchmark of the mounted filesystem: `python -m bench fs [--quick] [--reads]`.
+"""Benchmark of the mounted filesystem: `python -m bench fs [--quick] [--reads] [--profile]`.
 
 Everything runs in network namespaces, temporary directories and mounts made
 for the run and always removed. The daemon is `netfs mount MNT --netns NS -f`
@@ -14,7 +14,9 @@ Each figure is printed beside its floor, measured in the same run:
   median of the ten block ratios, for `testA/active`, `testA/uuid` and
   `testA/status.xml` (testA running). Target: <= 1.2x. Then the absolute
   time of one read of each, beside the floor and tmpfs, all five in
-  interleaved blocks.
+  interleaved blocks. `--reads` runs only this; `--profile` also puts a timer
+  around each FUSE handler in the daemon and prints the handlers' share of
+  a read (the rest is the kernel's round trips and pyfuse3/trio dispatch).
 - `echo 1 > active` until the bridge is up (the write returns when the start
   is done; Python open/write/close of "1\\n"), beside the driver core called
   directly in this process (Driver.start on the same definition in a second
@@ -300,6 +302,8 @@ class Rig:
         self.floor = self.tmp / "floor"
         self.tmpfs = self.tmp / "tmpfs"
         self.log = self.tmp / "daemon.log"
+        self.ops = self.tmp / "ops.json"
+        self.profile = False
         self.procs: list[subprocess.Popen[Any]] = []
         self.namespaces: list[str] = []
         self.cleanups: list[Callable[[], None]] = []
@@ -310,9 +314,12 @@ class Rig:
         _run("ip", "-n", name, "link", "set", "lo", "up")
 
     def spawn(self, argv: list[str], mnt: Path, ready: Callable[[], bool]) -> None:
-        log = open(self.log if "netfs.cli" in argv else self.tmp / "floor.log", "ab")
+        log = open(self.tmp / "floor.log" if "bench.floorfs" in argv else self.log, "ab")
         self.cleanups.append(log.close)
-        p = subprocess.Popen(argv, cwd=TOP, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        env = dict(os.environ, NETFS_BENCH_OPS=str(self.ops))
+        p = subprocess.Popen(
+            argv, cwd=TOP, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+        )
         self.procs.append(p)
         deadline = time.monotonic() + 120
         while not (_is_mounted(mnt) and ready()):
@@ -341,12 +348,20 @@ class Rig:
         (self.tmpfs / "dirs").mkdir()
         for i in range(n_networks):
             (self.tmpfs / "dirs" / f"n{i:04d}").mkdir()
-        netfs = [sys.executable, "-m", "netfs.cli", "mount", str(self.mnt)]
+        entry = ["bench.fs", "--profiled-daemon"] if self.profile else ["netfs.cli"]
+        netfs = [sys.executable, "-m", *entry, "mount", str(self.mnt)]
         netfs += ["--netns", self.ns, "--config-dir", str(self.conf)]
         netfs += ["--state-dir", str(self.state), "-f"]
         self.spawn(netfs, self.mnt, lambda: (self.mnt / "testA" / "active").exists())
         floor = [sys.executable, "-m", "bench.floorfs", str(self.floor)]
         self.spawn(floor, self.floor, lambda: (self.floor / "value").exists())
+
+    def stop_daemon(self) -> None:
+        """SIGTERM to the netfs daemon (the first process), waiting for it."""
+        p = self.procs[0]
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
 
     def teardown(self) -> None:
         for p in self.procs:
@@ -509,9 +524,70 @@ def bench_notify(rig: Rig, n: int) -> None:
         ino.close()
 
 
+# -- where a read's time goes in the daemon (--profile) ----------------------------
+
+PROFILED_OPS = ("lookup", "getattr", "open", "read", "flush", "release")
+
+
+def profiled_daemon(argv: list[str]) -> int:
+    """`python -m bench.fs --profiled-daemon MOUNT-ARGS...`: the daemon with a
+    timer around each FUSE handler of NetfsOperations; at exit the count and
+    total nanoseconds per operation go to $NETFS_BENCH_OPS (JSON)."""
+    import atexit
+    import json
+
+    import netfs.cli
+    import netfs.fs
+
+    totals: dict[str, list[int]] = {}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter_ns()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                entry = totals.setdefault(name, [0, 0])
+                entry[0] += 1
+                entry[1] += time.perf_counter_ns() - t0
+
+        return wrapper
+
+    for op in PROFILED_OPS:
+        setattr(netfs.fs.NetfsOperations, op, timed(op, getattr(netfs.fs.NetfsOperations, op)))
+
+    def dump() -> None:
+        with open(os.environ["NETFS_BENCH_OPS"], "w") as f:
+            json.dump(totals, f)
+
+    atexit.register(dump)
+    return netfs.cli.main(argv)
+
+
+def print_profile(rig: Rig) -> None:
+    import json
+
+    try:
+        totals = json.loads(rig.ops.read_text())
+    except (OSError, ValueError):
+        print("  !! no profile written by the daemon")
+        return
+    reads = totals.get("read", [0, 0])[0]
+    print(f"-- time inside the daemon's handlers ({reads} reads; wall time above)")
+    per_read = 0.0
+    for op in PROFILED_OPS:
+        n, ns = totals.get(op, [0, 0])
+        if n:
+            share = ns / reads / 1000 if reads else 0.0
+            per_read += share
+            print(f"  {op:<8} {n:8d} calls  {ns / n / 1000:7.1f} µs each  {share:6.1f} µs per read")
+    print(f"  handlers per read: {per_read:.1f} µs; the rest is the kernel's round trips")
+    print("  and pyfuse3/trio dispatch (4 requests per read: open, read, flush, release)")
+
+
 def main(flags: list[str]) -> int:
     quick = "--quick" in flags
-    reads_only = "--reads" in flags
+    reads_only = "--reads" in flags or "--profile" in flags
     if os.geteuid() != 0:
         print("bench fs: needs root (network namespaces and FUSE)", file=sys.stderr)
         return 1
@@ -522,6 +598,7 @@ def main(flags: list[str]) -> int:
         "figures from a shared machine are noisy"
     )
     rig = Rig()
+    rig.profile = "--profile" in flags
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         t0 = time.perf_counter()
@@ -529,6 +606,9 @@ def main(flags: list[str]) -> int:
         print(f"-- netfs mounted with {n_networks} networks in {time.perf_counter() - t0:.2f} s")
         bench_reads(rig)
         if reads_only:
+            if rig.profile:
+                rig.stop_daemon()
+                print_profile(rig)
             return 0
         bench_start_stop(rig, n_cycles)
         bench_ls(rig, 3 if quick else 5, 5 if quick else 20)
@@ -544,3 +624,9 @@ def main(flags: list[str]) -> int:
     finally:
         rig.teardown()
         signal.signal(signal.SIGTERM, old)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--profiled-daemon"]:
+        sys.exit(profiled_daemon(sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))
