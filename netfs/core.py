@@ -73,7 +73,7 @@ Decisions (libvirt has no filesystem, so some are ours):
   (served from memory) always shows them. The status file on disk is not
   rewritten for a port event (libvirt rewrites it only for some): it keeps
   the counts of its start, and a restart counts the port files again.
-* State-file calls run in one dedicated thread (:class:`_StateThread`),
+* State-file calls run in one dedicated thread (:class:`netfs.worker.Worker`),
   one at a time, in order: a hop to it costs a fraction of
   ``trio.to_thread``. A virtual network's kernel work is one submission to
   the netlink worker after its collision check (see
@@ -92,9 +92,7 @@ import copy
 import errno
 import ipaddress
 import logging
-import queue
 import socket
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -103,7 +101,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-import outcome
 import trio
 
 from netfs import subdrivers
@@ -123,6 +120,7 @@ from netfs.model.virtualport import format_virtualport
 from netfs.model.xmlsafe import parse_document
 from netfs.netlink import AddrInfo, LinkInfo, Netlink, RouteInfo
 from netfs.state import StateStore, check_name, format_status
+from netfs.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -264,59 +262,6 @@ def _device_usage(ports: dict[str, NetworkPort]) -> dict[str, int]:
     return dict(usage)
 
 
-class _StateThread:
-    """One dedicated thread for the state store's blocking calls (file writes
-    with fsync), handed work through a queue like the netlink worker: a hop
-    costs a queue put and a ``run_sync_soon`` wake-up, a fraction of
-    ``trio.to_thread.run_sync`` (measured ~60 µs against ~300 µs). Calls run
-    one at a time in submission order. A call, once submitted, is not
-    cancellable (a cancellation is seen at the caller's next checkpoint).
-    The thread is started on demand and ends after ``IDLE`` seconds without
-    work (so a Driver needs no close)."""
-
-    IDLE = 10.0
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Any, tuple[Any, ...], Any]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._running = False
-
-    async def run(self, fn: Any, *args: Any) -> Any:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-
-        def done(result: outcome.Outcome[Any]) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-        with self._lock:
-            self._jobs.put((fn, args, done))
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._loop, name="netfs-state", daemon=True).start()
-
-        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-            return trio.lowlevel.Abort.FAILED  # the call is under way: wait for it
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                fn, args, done = self._jobs.get(timeout=self.IDLE)
-            except queue.Empty:
-                with self._lock:  # a submitter holds it while it puts a job
-                    if self._jobs.empty():
-                        self._running = False
-                        return
-                continue
-            result = outcome.capture(fn, *args)
-            try:
-                done(result)
-            except trio.RunFinishedError:
-                log.warning("state call result dropped: trio run finished")
-
-
 class _KernelSnapshot:
     """A Netlink stand-in for recovery: ``link``/``links`` answer from one
     dump, ``addresses``/``routes`` from one dump each (made on first use);
@@ -364,7 +309,7 @@ class Driver:
 
     def __init__(self, config_dir: Path, state_dir: Path, netlink: Netlink) -> None:
         self.store = StateStore(config_dir, state_dir)
-        self._state_thread = _StateThread()
+        self._state_thread = Worker("netfs-state", idle=10.0)
         self.nl = netlink
         self._nets: dict[str, _Net] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -540,7 +485,7 @@ class Driver:
         return {link.name for link in await self.nl.links()}
 
     async def _store(self, fn: Any, *args: Any) -> Any:
-        return await self._state_thread.run(fn, *args)
+        return await self._state_thread.call(fn, *args)
 
     # ------------------------------------------------------------------ define
 

@@ -79,15 +79,12 @@ import inspect
 import ipaddress
 import logging
 import os
-import queue
 import socket
 import struct
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import outcome
 import trio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -95,6 +92,7 @@ from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from netfs.errors import NetfsError
+from netfs.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -403,48 +401,37 @@ class _KernelError(OSError):
     """An error answered by the kernel (the socket is still in step)."""
 
 
-Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]
-
-
 class Netlink:
     """Netlink requests for one network namespace, from one worker thread."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(f"netfs-netlink-{netns or 'host'}")
+        self._open = False
         self._ipr: Any = None
         self._raw: _RawRtnl | None = None
-        self._closed = False
 
     # ------------------------------------------------------------------ plumbing
 
     async def open(self) -> None:
-        if self._thread is not None:
+        if self._open:
             return
-        self._thread = threading.Thread(
-            target=self._worker, name=f"netfs-netlink-{self.netns or 'host'}", daemon=True
-        )
-        self._thread.start()
+        self._open = True
         try:
-            await self._call(self._setup)
+            await self._worker.call(self._setup)
         except BaseException:
             # the namespace could not be entered (or IPRoute failed): end the thread
-            self._queue.put(None)
-            thread, self._thread = self._thread, None
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(thread.join)
+            self._open = False
+            await self._worker.close()
             raise
 
     async def close(self) -> None:
-        if self._thread is None or self._closed:
+        if not self._open:
             return
-        self._closed = True
+        self._open = False
         with trio.CancelScope(shield=True):
-            await self._call(self._teardown)
-            self._queue.put(None)
-            thread = self._thread
-            await trio.to_thread.run_sync(thread.join)
+            await self._worker.call(self._teardown)
+            await self._worker.close()
 
     async def __aenter__(self) -> Netlink:
         await self.open()
@@ -452,18 +439,6 @@ class Netlink:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _worker(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            fn, args, done = job
-            result = outcome.capture(fn, *args)
-            try:
-                done(result)
-            except trio.RunFinishedError:  # the caller's trio run is gone
-                log.warning("netlink result dropped: trio run finished")
 
     def _setup(self) -> None:
         if self.netns is not None:
@@ -486,22 +461,9 @@ class Netlink:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(*args) in the worker thread and return (or raise) its result."""
-        if self._thread is None or (self._closed and fn != self._teardown):
+        if not self._open:
             raise NetfsError(errno.EBADF, "netlink is not open")
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-
-        def done(result: outcome.Outcome[Any]) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-        self._queue.put((fn, args, done))
-
-        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-            # the kernel request is under way: wait for its outcome
-            return trio.lowlevel.Abort.FAILED
-
-        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
+        return await self._worker.call(fn, *args)
 
     # ------------------------------------------------------- worker-thread code
 

@@ -1095,19 +1095,18 @@ async def test_host_bridge_deleted_behind_our_back(
 
 
 async def test_state_thread_runs_in_order_and_ends_when_idle() -> None:
-    from netfs.core import _StateThread
+    from netfs.worker import Worker
 
-    st = _StateThread()
-    st.IDLE = 0.05
+    st = Worker("netfs-test", idle=0.05)
     seen: list[int] = []
     async with trio.open_nursery() as n:
         for i in range(20):
-            n.start_soon(st.run, seen.append, i)
+            n.start_soon(st.call, seen.append, i)
     assert sorted(seen) == list(range(20))
     with pytest.raises(ZeroDivisionError):
-        await st.run(lambda: 1 // 0)
-    assert await st.run(lambda: 42) == 42
+        await st.call(lambda: 1 // 0)
+    assert await st.call(lambda: 42) == 42
     with trio.fail_after(LIVENESS):
-        while st._running:  # the idle thread ends; the next call starts one
+        while st.running:  # the idle thread ends; the next call starts one
             await trio.sleep(0.01)
-    assert await st.run(lambda: 7) == 7
+    assert await st.call(lambda: 7) == 7
