@@ -697,9 +697,9 @@ async def test_bridge_deleted_while_its_network_starts(
     await driver.define(net_xml("a", bridge="nfsa0"))
     commit = driver._commit_start
 
-    def delete_then_commit(name: str, live: Any) -> None:
+    def delete_then_commit(*args: Any) -> None:
         ip("link", "del", "nfsa0", netns=netns)
-        commit(name, live)
+        commit(*args)
 
     driver._commit_start = delete_then_commit  # type: ignore[method-assign]
     await driver.start("a")
