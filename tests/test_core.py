@@ -1092,21 +1092,3 @@ async def test_host_bridge_deleted_behind_our_back(
     ip("link", "del", "ovsbr0", netns=netns)
     await ev.wait_for_count("testA", "stopped", 3)
     assert not driver.get("testA").active
-
-
-async def test_state_thread_runs_in_order_and_ends_when_idle() -> None:
-    from netfs.worker import Worker
-
-    st = Worker("netfs-test", idle=0.05)
-    seen: list[int] = []
-    async with trio.open_nursery() as n:
-        for i in range(20):
-            n.start_soon(st.call, seen.append, i)
-    assert sorted(seen) == list(range(20))
-    with pytest.raises(ZeroDivisionError):
-        await st.call(lambda: 1 // 0)
-    assert await st.call(lambda: 42) == 42
-    with trio.fail_after(LIVENESS):
-        while st.running:  # the idle thread ends; the next call starts one
-            await trio.sleep(0.01)
-    assert await st.call(lambda: 7) == 7
