@@ -1,7 +1,8 @@
 """Run the benchmarks: `python -m bench [core] [fs] [--quick]`.
 
 Each benchmark module prints its figures side by side with a floor measured
-in the same run. Modules: bench.core (driver and netlink), bench.fs (the
+in the same run. Modules: bench.start (a start through the mount beside the
+netlink floor), bench.core (driver and netlink), bench.fs (the
 mounted filesystem).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["core", "fs"]
+MODULES = ["start", "core", "fs"]
 
 
 def main(argv: list[str]) -> int:

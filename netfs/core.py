@@ -439,8 +439,9 @@ class Driver:
         sub = subdrivers.for_mode(live.forward.mode, live)
         sub.prepare(live)
         intent = sub.intent(live)
-        await self._store(self._prepare_start, n.name, live.uuid, intent)
         ctx = self._context(live)
+        # the start intent is recorded while the sub-driver checks (one wait)
+        prepared = self._state_thread.submit(self._prepare_start, n.name, live.uuid, intent)
         link = sub.watched_link(live)
         self._links.lost_in_start.discard(n.name)
         if link:
@@ -448,6 +449,10 @@ class Driver:
         try:
             committed = False
             try:
+                try:
+                    await sub.check(ctx)
+                finally:
+                    await prepared.wait()
                 await sub.start(ctx)
                 try:
                     # status written, then the intent removed: one thread hop

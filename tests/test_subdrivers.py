@@ -182,7 +182,7 @@ async def test_subnet_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("addr", "add", "192.168.150.7/24", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(ctx(net_xml(), nl))
+        await VIRTUAL.check(ctx(net_xml(), nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Network is already in use by interface other0",
@@ -199,7 +199,7 @@ async def test_static_route_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("route", "add", "10.150.0.0/16", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(ctx(net_xml(**FULL), nl))
+        await VIRTUAL.check(ctx(net_xml(**FULL), nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Route address '10.150.0.0' conflicts with IP address for 'other0'",
@@ -233,7 +233,6 @@ async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> N
     drv.insert_step(Step("firewall", nothing, record_stop), before="addresses")
     drv.insert_step(Step("dnsmasq", fail), after="routes")
     assert [s.name for s in drv.steps] == [
-        "route-collision",
         "bridge",
         "ipv6-sysctls",
         "firewall",

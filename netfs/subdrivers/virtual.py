@@ -3,7 +3,8 @@
 The start is one :class:`~netfs.subdrivers.steps.Recipe` (libvirt's
 networkStartNetworkVirtual, minus what later issues add), in order:
 
-1. ``route-collision``: against the namespace's IPv4 main routing table (what
+1. the check ``check_route_collision`` (it changes nothing, so the core runs
+   it while it records its start intent), against the namespace's IPv4 main routing table (what
    /proc/net/route shows): an ``<ip>`` subnet already routed ->
    ``Network is already in use by interface X``; a static ``<route>`` equal to
    an existing route -> ``Route address 'A' conflicts with IP address for 'X'``
@@ -245,13 +246,13 @@ class VirtualDriver:
 
     def __init__(self) -> None:
         self.recipe = Recipe(
-            [
-                Step("route-collision", check_route_collision),
+            checks=[check_route_collision],
+            steps=[
                 Step("bridge", create_bridge, delete_bridge, repair_bridge, batched=True),
                 Step("ipv6-sysctls", ipv6_sysctls, batched=True),
                 Step("addresses", add_addresses, repair=repair_addresses, batched=True),
                 Step("routes", add_routes, repair=repair_routes, batched=True),
-            ]
+            ],
         )
 
     @property
@@ -289,6 +290,9 @@ class VirtualDriver:
         return live.bridge.name or None
 
     # -- the kernel ------------------------------------------------------------
+
+    async def check(self, ctx: StepContext) -> None:
+        await self.recipe.check(ctx)
 
     async def start(self, ctx: StepContext) -> None:
         await self.recipe.start(ctx)
