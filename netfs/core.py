@@ -641,3 +641,11 @@ class Driver:
     async def resync(self) -> None:
         """Compare every active network with the kernel (after an overrun)."""
         await self._links.resync()
+
+    async def repair(self, name: str) -> None:
+        """A triggered repair (e.g. periodic): an active network that is
+        still running gets back what it lost (every step's ``repair``, as at
+        recovery); one that is not is marked inactive. A no-op for an
+        inactive network; a failed repair is recorded as its error."""
+        self._get(name)
+        await self._links.check(name, repair=True)
