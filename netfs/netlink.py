@@ -503,46 +503,17 @@ class _KernelError(OSError):
     """An error answered by the kernel (the socket is still in step)."""
 
 
-class Netlink:
-    """Netlink requests for one network namespace, from one worker thread."""
+class _InNamespace:
+    """The worker-thread side of :class:`Netlink`: synchronous requests on
+    the sockets this thread opened after it entered the namespace. Only the
+    worker thread calls these methods."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None) -> None:
         self.netns = netns
-        self._worker = Worker(f"netfs-netlink-{netns or 'host'}")
-        self._open = False
         self._ipr: Any = None
         self._raw: _RawRtnl | None = None
 
-    # ------------------------------------------------------------------ plumbing
-
-    async def open(self) -> None:
-        if self._open:
-            return
-        self._open = True
-        try:
-            await self._worker.call(self._setup)
-        except BaseException:
-            # the namespace could not be entered (or IPRoute failed): end the thread
-            self._open = False
-            await self._worker.close()
-            raise
-
-    async def close(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        with trio.CancelScope(shield=True):
-            await self._worker.call(self._teardown)
-            await self._worker.close()
-
-    async def __aenter__(self) -> Netlink:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _setup(self) -> None:
+    def setup(self) -> None:
         if self.netns is not None:
             _enter_netns(self.netns)
         self._ipr = IPRoute()
@@ -553,21 +524,13 @@ class Netlink:
             self._ipr = None
             raise
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
         if self._raw is not None:
             self._raw.close()
             self._raw = None
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(*args) in the worker thread and return (or raise) its result."""
-        if not self._open:
-            raise NetfsError(errno.EBADF, "netlink is not open")
-        return await self._worker.call(fn, *args)
-
-    # ------------------------------------------------------- worker-thread code
 
     def _index(self, ifname: str) -> int:
         # if_nametoindex opens its ioctl socket in this (setns'd) thread
@@ -581,7 +544,7 @@ class Netlink:
         (OSError with the kernel's errno when it refuses)."""
         self._rtnl().request(mtype, NLM_F_REQUEST | NLM_F_ACK | flags, body, _ignore)
 
-    def _do_create_bridge(
+    def create_bridge(
         self,
         name: str,
         mac: str | None,
@@ -627,11 +590,11 @@ class Netlink:
                     raise _kernel_error(e, what) from None
         except BaseException:
             with contextlib.suppress(OSError):
-                self._do_delete_link(name)
+                self.delete_link(name)
             raise
         return index
 
-    def _do_delete_link(self, name: str) -> bool:
+    def delete_link(self, name: str) -> bool:
         body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
         try:
             self._change(RTM_DELLINK, 0, body)
@@ -641,21 +604,21 @@ class Netlink:
             raise _kernel_error(e, f"error destroying network device {name}") from None
         return True
 
-    def _do_set_up(self, name: str) -> None:
+    def set_up(self, name: str) -> None:
         body = _IFINFOMSG.pack(0, 0, self._index(name), IFF_UP, IFF_UP)
         try:
             self._change(RTM_NEWLINK, 0, body)
         except OSError as e:
             raise _kernel_error(e, f"failed to set interface {name} up") from None
 
-    def _do_set_alias(self, name: str, alias: str) -> None:
+    def set_alias(self, name: str, alias: str) -> None:
         body = _IFINFOMSG.pack(0, 0, self._index(name), 0, 0) + _attr(IFLA_IFALIAS, alias.encode())
         try:
             self._change(RTM_NEWLINK, 0, body)
         except OSError as e:
             raise _kernel_error(e, f"cannot set the alias of {name}") from None
 
-    def _do_add_address(self, ifname: str, address: str, prefixlen: int) -> None:
+    def add_address(self, ifname: str, address: str, prefixlen: int) -> None:
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         flags = IFA_F_NODAD if ip.version == 6 else 0
@@ -671,7 +634,7 @@ class Netlink:
                 e, f"Failed to add IP address {address}/{prefixlen} to {ifname}"
             ) from None
 
-    def _do_add_route(
+    def add_route(
         self,
         dst: str,
         prefixlen: int,
@@ -694,7 +657,7 @@ class Netlink:
                 e.message if isinstance(e, NetfsError) else e,
             )
 
-    def _do_batch(
+    def batch(
         self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]
     ) -> tuple[int, BaseException | None]:
         """Run recorded requests in order; stop at the first failure.
@@ -729,7 +692,7 @@ class Netlink:
         assert self._raw is not None
         return self._raw
 
-    def _do_link(self, name: str) -> LinkInfo | None:
+    def link(self, name: str) -> LinkInfo | None:
         body = (
             _IFINFOMSG.pack(0, 0, 0, 0, 0)
             + _attr(IFLA_IFNAME, name.encode() + b"\0")
@@ -746,7 +709,7 @@ class Netlink:
             raise _kernel_error(e, f"cannot get interface {name}") from None
         return out[0] if out else None
 
-    def _do_links(self) -> list[LinkInfo]:
+    def links(self) -> list[LinkInfo]:
         body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(
             IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS)
         )
@@ -777,7 +740,7 @@ class Netlink:
 
         return Names()
 
-    def _do_addresses(self, ifname: str | None) -> list[AddrInfo]:
+    def addresses(self, ifname: str | None) -> list[AddrInfo]:
         want = 0
         if ifname is not None:
             try:
@@ -810,7 +773,7 @@ class Netlink:
             raise _kernel_error(e, "cannot list addresses") from None
         return out
 
-    def _do_routes(self, family: int, match: Iterable[tuple[str, int]] | None) -> list[RouteInfo]:
+    def routes(self, family: int, match: Iterable[tuple[str, int]] | None) -> list[RouteInfo]:
         alen = 16 if family == socket.AF_INET6 else 4
         zero = b"\0" * alen
         wanted: set[tuple[bytes, int]] | None = None
@@ -879,7 +842,7 @@ class Netlink:
             raise _kernel_error(e, "cannot list routes") from None
         return out
 
-    def _do_write_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
+    def write_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
         path = sysctl_path(key)
         try:
             with open(path, "w") as f:
@@ -893,23 +856,23 @@ class Netlink:
                 e.errno or errno.EIO, f"cannot set {path} = {value}: {e.strerror}"
             ) from None
 
-    def _do_set_ipv6_sysctls(self, ifname: str, disable: bool) -> None:
+    def set_ipv6_sysctls(self, ifname: str, disable: bool) -> None:
         base = f"/proc/sys/net/ipv6/conf/{ifname}"
         for key, value in (
             ("disable_ipv6", "1" if disable else "0"),
             ("accept_ra", "0"),
             ("autoconf", "0"),
         ):
-            self._do_write_sysctl(f"{base}/{key}", value, True)
+            self.write_sysctl(f"{base}/{key}", value, True)
 
-    def _do_read_sysctl(self, path: str) -> str | None:
+    def read_sysctl(self, path: str) -> str | None:
         try:
             with open(path) as f:
                 return f.read().strip()
         except FileNotFoundError:
             return None
 
-    def _do_monitor_socket(self, rcvbuf: int) -> socket.socket:
+    def monitor_socket(self, rcvbuf: int) -> socket.socket:
         sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
         )
@@ -925,6 +888,51 @@ class Netlink:
             raise
         return sock
 
+
+class Netlink:
+    """Netlink requests for one network namespace, from one worker thread."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._worker = Worker(f"netfs-netlink-{netns or 'host'}")
+        self._open = False
+        self._k = _InNamespace(netns)
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        self._open = True
+        try:
+            await self._worker.call(self._k.setup)
+        except BaseException:
+            # the namespace could not be entered (or IPRoute failed): end the thread
+            self._open = False
+            await self._worker.close()
+            raise
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        with trio.CancelScope(shield=True):
+            await self._worker.call(self._k.teardown)
+            await self._worker.close()
+
+    async def __aenter__(self) -> Netlink:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) in the worker thread and return (or raise) its result."""
+        if not self._open:
+            raise NetfsError(errno.EBADF, "netlink is not open")
+        return await self._worker.call(fn, *args)
+
     # ---------------------------------------------------------------- the API
 
     async def create_bridge(
@@ -939,21 +947,21 @@ class Netlink:
         up: bool = True,
     ) -> int:
         return await self._call(
-            self._do_create_bridge, name, mac, mtu, stp, forward_delay, alias, up
+            self._k.create_bridge, name, mac, mtu, stp, forward_delay, alias, up
         )
 
     async def delete_link(self, name: str) -> bool:
-        return await self._call(self._do_delete_link, name)
+        return await self._call(self._k.delete_link, name)
 
     async def set_up(self, name: str) -> None:
-        await self._call(self._do_set_up, name)
+        await self._call(self._k.set_up, name)
 
     async def set_alias(self, name: str, alias: str) -> None:
         """Set the link's IFLA_IFALIAS ('' clears it)."""
-        await self._call(self._do_set_alias, name, alias)
+        await self._call(self._k.set_alias, name, alias)
 
     async def add_address(self, ifname: str, address: str, prefixlen: int) -> None:
-        await self._call(self._do_add_address, ifname, address, prefixlen)
+        await self._call(self._k.add_address, ifname, address, prefixlen)
 
     async def add_route(
         self,
@@ -966,16 +974,16 @@ class Netlink:
         best_effort: bool = False,
     ) -> None:
         """Add a route; ``best_effort``: a failure is logged, not raised."""
-        await self._call(self._do_add_route, dst, prefixlen, gateway, metric, ifname, best_effort)
+        await self._call(self._k.add_route, dst, prefixlen, gateway, metric, ifname, best_effort)
 
     async def link(self, name: str) -> LinkInfo | None:
-        return await self._call(self._do_link, name)
+        return await self._call(self._k.link, name)
 
     async def links(self) -> list[LinkInfo]:
-        return await self._call(self._do_links)
+        return await self._call(self._k.links)
 
     async def addresses(self, ifname: str | None = None) -> list[AddrInfo]:
-        return await self._call(self._do_addresses, ifname)
+        return await self._call(self._k.addresses, ifname)
 
     async def routes(
         self, family: int = socket.AF_INET, *, match: Iterable[tuple[str, int]] | None = None
@@ -984,19 +992,19 @@ class Netlink:
         network address and prefix length) only the routes to those
         destinations (cheaper: names are resolved for those alone)."""
         m = None if match is None else list(match)
-        return await self._call(self._do_routes, family, m)
+        return await self._call(self._k.routes, family, m)
 
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
-        await self._call(self._do_set_ipv6_sysctls, ifname, disable)
+        await self._call(self._k.set_ipv6_sysctls, ifname, disable)
 
     async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
         """Write a sysctl of the namespace (``net.ipv4.ip_forward``, see
         :func:`sysctl_path`); a missing one is ENOENT unless ``missing_ok``."""
-        await self._call(self._do_write_sysctl, key, value, missing_ok)
+        await self._call(self._k.write_sysctl, key, value, missing_ok)
 
     async def read_sysctl(self, path: str) -> str | None:
         """Read a sysctl as seen from the namespace (None if missing)."""
-        return await self._call(self._do_read_sysctl, sysctl_path(path))
+        return await self._call(self._k.read_sysctl, sysctl_path(path))
 
     def batch(self) -> NetlinkBatch:
         """A recorder of changes that runs them in one worker submission."""
@@ -1010,7 +1018,7 @@ class Netlink:
     async def monitor(self, *, rcvbuf: int = DEFAULT_MONITOR_RCVBUF) -> AsyncIterator[LinkMonitor]:
         """Watch link events in the namespace: ``async with nl.monitor() as m:
         async for ev in m: ...``."""
-        sock = await self._call(self._do_monitor_socket, rcvbuf)
+        sock = await self._call(self._k.monitor_socket, rcvbuf)
         mon = LinkMonitor(sock)
         try:
             yield mon
@@ -1144,7 +1152,7 @@ class NetlinkBatch:
         if not self._ops:
             return
         ops, self._ops = self._ops, []
-        done, error = await self._nl._call(self._nl._do_batch, ops)
+        done, error = await self._nl._call(self._nl._k.batch, ops)
         self.completed += done
         if error is not None:
             raise error
@@ -1162,13 +1170,13 @@ class NetlinkBatch:
         alias: str | None,
         up: bool = True,
     ) -> None:
-        self._record(self._nl._do_create_bridge, name, mac, mtu, stp, forward_delay, alias, up)
+        self._record(self._nl._k.create_bridge, name, mac, mtu, stp, forward_delay, alias, up)
 
     async def set_up(self, name: str) -> None:
-        self._record(self._nl._do_set_up, name)
+        self._record(self._nl._k.set_up, name)
 
     async def add_address(self, ifname: str, address: str, prefixlen: int) -> None:
-        self._record(self._nl._do_add_address, ifname, address, prefixlen)
+        self._record(self._nl._k.add_address, ifname, address, prefixlen)
 
     async def add_route(
         self,
@@ -1180,14 +1188,14 @@ class NetlinkBatch:
         ifname: str | None = None,
         best_effort: bool = False,
     ) -> None:
-        self._record(self._nl._do_add_route, dst, prefixlen, gateway, metric, ifname, best_effort)
+        self._record(self._nl._k.add_route, dst, prefixlen, gateway, metric, ifname, best_effort)
 
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
-        self._record(self._nl._do_set_ipv6_sysctls, ifname, disable)
+        self._record(self._nl._k.set_ipv6_sysctls, ifname, disable)
 
     async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
         sysctl_path(key)  # a bad key is refused now, not at the flush
-        self._record(self._nl._do_write_sysctl, key, value, missing_ok)
+        self._record(self._nl._k.write_sysctl, key, value, missing_ok)
 
     # -- flushed first -----------------------------------------------------
 
