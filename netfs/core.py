@@ -11,8 +11,9 @@ network's forward mode (:mod:`netfs.subdrivers`; the core never asks which
 mode it has) with a :class:`~netfs.subdrivers.steps.StepContext` it builds,
 and emits one :class:`Event` per change to every subscriber.
 
-Two parts live in modules of their own: start-up recovery and SIGHUP reload
-(:mod:`netfs.recovery`) and the link monitor (:mod:`netfs.reconcile`).
+Three parts live in modules of their own: start-up recovery and SIGHUP
+reload (:mod:`netfs.recovery`), the link monitor (:mod:`netfs.reconcile`)
+and the ports of active networks (:mod:`netfs.ports`).
 
 The rules (order of a start and a stop, no-op transitions, what a
 redefinition keeps, recovery, reconciliation, connection counts, errors) are
@@ -39,16 +40,15 @@ from netfs.errors import NetfsError
 from netfs.model.network import NetworkDef, format_network, parse_network
 from netfs.model.port import (
     NetworkPort,
-    allocate_port,
     format_port,
-    parse_port,
     portgroup_virtualport,
 )
 from netfs.model.validate import validate_network
 from netfs.model.virtualport import format_virtualport
 from netfs.model.xmlsafe import parse_document
 from netfs.netlink import NetlinkAdapter, NetlinkOps
-from netfs.netrecord import NetRecord, device_usage, qos
+from netfs.netrecord import NetRecord, qos
+from netfs.ports import Ports
 from netfs.reconcile import LinkReconciler
 from netfs.recovery import Recovery
 from netfs.state import StateStore, check_name, format_status
@@ -135,6 +135,70 @@ def _with_name(xml: bytes | str, name: str) -> bytes | str:
     return etree.tostring(root)
 
 
+def _parse_definition(xml: bytes | str, name: str | None) -> NetworkDef:
+    """Parse a definition written to directory ``name`` (None: no directory):
+    its ``<name>`` must equal the directory's, a missing one takes it."""
+    if name is not None:
+        check_name(name)
+        xml = _with_name(xml, name)
+    net = parse_network(xml)
+    if "\n" in net.name:  # libvirt's own refusal, before ours below
+        raise NetfsError(errno.EINVAL, "invalid char in name: \n")
+    if name is not None and net.name != name:
+        raise NetfsError(
+            errno.EINVAL,
+            f"network name '{net.name}' does not match directory name '{name}'",
+        )
+    check_name(net.name)
+    return net
+
+
+def _check_identity(nets: dict[str, NetRecord], net: NetworkDef, explicit_uuid: bool) -> None:
+    """libvirt's order: the uuid is looked up first, then the name. A
+    redefinition without ``<uuid>`` keeps the network's."""
+    for other in nets.values():
+        if other.name != net.name and other.uuid == net.uuid:
+            raise NetfsError(
+                errno.EEXIST,
+                f"network '{other.name}' is already defined with uuid {net.uuid}",
+            )
+    old = nets.get(net.name)
+    if old is not None and old.uuid != net.uuid:
+        if explicit_uuid:
+            raise NetfsError(
+                errno.EEXIST,
+                f"network '{net.name}' already exists with uuid {old.uuid}",
+            )
+        net.uuid = old.uuid
+
+
+class _EventHub:
+    """The subscribers of a Driver's events."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
+        send, recv = trio.open_memory_channel[Event](EVENT_BUFFER)
+        self._subscribers[id(recv)] = send
+        return recv
+
+    def unsubscribe(self, ch: trio.MemoryReceiveChannel[Event]) -> None:
+        send = self._subscribers.pop(id(ch), None)
+        if send is not None:
+            send.close()
+
+    def emit(self, ev: Event) -> None:
+        log.info("event: %s", ev.line())
+        for key, send in list(self._subscribers.items()):
+            try:
+                send.send_nowait(ev)
+            except trio.WouldBlock:
+                log.warning("event subscriber %x is too slow: dropped %s", key, ev.line())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.pop(key, None)
+
+
 class Driver:
     """The network driver: see the module docstring for the rules."""
 
@@ -144,9 +208,10 @@ class Driver:
         self.nl = netlink
         self._nets: dict[str, NetRecord] = {}
         self._locks: dict[str, trio.Lock] = {}
-        self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
+        self._events = _EventHub()
         self._links = LinkReconciler(self)
         self._recovery = Recovery(self)
+        self._ports = Ports(self)
         # define/undefine/autostart changes made through the core, numbered:
         # a reload does not apply what it read before such a change
         self._change_seq = 0
@@ -161,26 +226,14 @@ class Driver:
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         """Every event from now on. A subscriber that falls more than
         EVENT_BUFFER events behind loses events (logged), never blocks the core."""
-        send, recv = trio.open_memory_channel[Event](EVENT_BUFFER)
-        self._subscribers[id(recv)] = send
-        return recv
+        return self._events.subscribe()
 
     def unsubscribe(self, ch: trio.MemoryReceiveChannel[Event]) -> None:
-        send = self._subscribers.pop(id(ch), None)
-        if send is not None:
-            send.close()
+        self._events.unsubscribe(ch)
 
     def _emit(self, network: str, kind: str, port: str | None = None) -> None:
         assert kind in EVENT_KINDS, kind
-        ev = Event(datetime.now(UTC), network, kind, port)
-        log.info("event: %s", ev.line())
-        for key, send in list(self._subscribers.items()):
-            try:
-                send.send_nowait(ev)
-            except trio.WouldBlock:
-                log.warning("event subscriber %x is too slow: dropped %s", key, ev.line())
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.pop(key, None)
+        self._events.emit(Event(datetime.now(UTC), network, kind, port))
 
     # ------------------------------------------------------------------ queries
 
@@ -312,18 +365,7 @@ class Driver:
         redefinition of an active network becomes effective at its next start.
         """
         with self._recording(name if name in self._nets else None):
-            if name is not None:
-                check_name(name)
-                xml = _with_name(xml, name)
-            net = parse_network(xml)
-            if "\n" in net.name:  # libvirt's own refusal, before ours below
-                raise NetfsError(errno.EINVAL, "invalid char in name: \n")
-            if name is not None and net.name != name:
-                raise NetfsError(
-                    errno.EINVAL,
-                    f"network name '{net.name}' does not match directory name '{name}'",
-                )
-            check_name(net.name)
+            net = _parse_definition(xml, name)
             explicit_uuid = not net.uuid_generated
         async with self._transition(net.name):
             sub = subdrivers.for_mode(net.forward.mode, net)
@@ -335,26 +377,14 @@ class Driver:
                 links = {link.name for link in await self.nl.links()}
             # no checkpoint from here to the reservation below
             old = self._nets.get(net.name)
-            # libvirt's order: the uuid is looked up first, then the name
-            for other in self._nets.values():
-                if other.name != net.name and other.uuid == net.uuid:
-                    raise NetfsError(
-                        errno.EEXIST,
-                        f"network '{other.name}' is already defined with uuid {net.uuid}",
-                    )
-            if old is not None and old.uuid != net.uuid:
-                if explicit_uuid:
-                    raise NetfsError(
-                        errno.EEXIST,
-                        f"network '{net.name}' already exists with uuid {old.uuid}",
-                    )
-                net.uuid = old.uuid
-            in_use: set[str] = set()
-            for other in self._nets.values():
-                if other.name != net.name:
-                    in_use.update(
-                        b for b in (_bridge_of(other.definition), _bridge_of(other.live)) if b
-                    )
+            _check_identity(self._nets, net, explicit_uuid)
+            in_use = {
+                b
+                for other in self._nets.values()
+                if other.name != net.name
+                for b in (_bridge_of(other.definition), _bridge_of(other.live))
+                if b
+            }
             try:
                 validate_network(net, bridges_in_use=in_use, device_exists=links.__contains__)
             except NetfsError as e:
@@ -548,71 +578,11 @@ class Driver:
     # ------------------------------------------------------------------ ports
 
     async def create_port(self, name: str, port: str, xml: bytes | str) -> NetworkPort:
-        """Allocate a port on an active network and record it."""
-        async with self._transition(name):
-            check_name(port, "port")
-            n = self._get(name)
-            if n.live is None:
-                raise NetfsError(errno.ENETDOWN, f"network '{name}' is not active")
-            p = parse_port(xml, strict=True, owner_name=port)
-            if p.source_network is not None and p.source_network != name:
-                raise NetfsError(
-                    errno.EINVAL,
-                    f"interface's source network '{p.source_network}' "
-                    f"does not match network '{name}'",
-                )
-            if port in n.ports:
-                raise NetfsError(errno.EEXIST, f"port '{port}' already exists in network '{name}'")
-            if p.plug is not None:
-                # libvirt: a plug means "reclaim a running guest's port", a
-                # flag netfs's way in does not have
-                raise NetfsError(
-                    errno.EINVAL, "Port reclaim not requested but plug type is not none"
-                )
-            for q in n.ports.values():
-                if q.uuid == p.uuid:
-                    raise NetfsError(
-                        errno.EEXIST, f"Network port with UUID {p.uuid} already exists"
-                    )
-            ids, floor_sum = qos(n.ports)
-            allocated = allocate_port(
-                n.live,
-                p,
-                device_usage=device_usage(n.ports),
-                floor_sum=floor_sum,
-                class_ids_in_use=ids,
-            )
-            await self._store(self.store.write_port, name, port, allocated)
-            n.ports[port] = allocated
-            n.recount()
-            if qos({port: allocated})[0]:
-                await self._save_qos(n)
-            self._emit(name, "port-created", port)
-            return allocated
+        """Allocate a port on an active network and record it (:mod:`netfs.ports`)."""
+        return await self._ports.create(name, port, xml)
 
     async def delete_port(self, name: str, port: str) -> None:
-        async with self._transition(name):
-            n = self._get(name)
-            if port not in n.ports:
-                raise NetfsError(errno.ENOENT, f"network '{name}' has no port '{port}'")
-            await self._store(self.store.delete_port, name, port)
-            gone = n.ports.pop(port)
-            n.recount()
-            if qos({port: gone})[0]:
-                await self._save_qos(n)
-            self._emit(name, "port-deleted", port)
-
-    async def _save_qos(self, n: NetRecord) -> None:
-        """Rewrite the status file after a port's floor was plugged or
-        unplugged (as libvirt does): its class ids and floor sum changed. A
-        failure is logged; the port files are the record recovery counts."""
-        if n.live is None:
-            return
-        ids, floor_sum = qos(n.ports)
-        try:
-            await self._store(self.store.write_status, n.live, ids, floor_sum)
-        except OSError as e:
-            log.warning("network %s: cannot rewrite its status file: %s", n.name, e)
+        await self._ports.delete(name, port)
 
     # ------------------------------------------------------------------ the parts
 
