@@ -63,7 +63,8 @@ API (all async):
   (the consumer resynchronises with ``links()``) and the monitor goes on.
 
 Requests and answers go through a plain NETLINK_ROUTE socket of the worker
-thread, built and parsed with struct (only the attributes the result types
+thread (:class:`netfs.rtnl.RtnlSocket`), built and parsed with struct
+in :mod:`netfs.rtnl` (only the attributes the result types
 carry); pyroute2 decoded ~0.5 ms a message and encoded a change in ~0.4 ms,
 several times the kernel's own work. Queries use NETLINK_GET_STRICT_CHK (the
 kernel filters route dumps by table and address dumps by ifindex) and ask
@@ -84,9 +85,7 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -95,6 +94,59 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from netfs.errors import NetfsError
+from netfs.rtnl import (
+    IFA_ADDRESS,
+    IFA_BROADCAST,
+    IFA_F_NODAD,
+    IFA_LOCAL,
+    IFADDRMSG,
+    IFF_UP,
+    IFINFOMSG,
+    IFLA_ADDRESS,
+    IFLA_BR_FORWARD_DELAY,
+    IFLA_BR_STP_STATE,
+    IFLA_EXT_MASK,
+    IFLA_IFALIAS,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTA_PRIORITY,
+    RTA_TABLE,
+    RTEXT_FILTER_SKIP_STATS,
+    RTM_DELLINK,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTMSG,
+    U32,
+    USER_HZ,
+    AddrInfo,
+    Buf,
+    LinkEvent,
+    LinkInfo,
+    RouteInfo,
+    RtnlSocket,
+    decode_link_events,
+    ignore,
+    nlattr,
+    nlattrs,
+    parse_link,
+    strerror,
+)
 from netfs.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -103,10 +155,6 @@ T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 SO_RCVBUFFORCE = 33
-IFF_UP = 0x1
-IFA_F_NODAD = 0x02
-USER_HZ = 100  # the unit of IFLA_BR_FORWARD_DELAY is clock_t
-RT_TABLE_MAIN = 254
 DEFAULT_MONITOR_RCVBUF = 8 * 1024 * 1024
 
 __all__ = [
@@ -121,44 +169,6 @@ __all__ = [
     "NetlinkOps",
     "RouteInfo",
 ]
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    index: int
-    name: str
-    kind: str | None  # IFLA_INFO_KIND ("bridge", "veth", ...), None for plain devices
-    mac: str | None
-    mtu: int
-    alias: str | None
-    up: bool  # IFF_UP (administratively up)
-    stp_state: int | None  # bridges only
-    forward_delay: float | None  # bridges only, in seconds
-
-
-@dataclass(frozen=True)
-class AddrInfo:
-    ifname: str
-    family: int  # socket.AF_INET / AF_INET6
-    address: str
-    prefixlen: int
-
-
-@dataclass(frozen=True)
-class RouteInfo:
-    dst: str  # network address ("0.0.0.0" / "::" for a default route)
-    prefixlen: int
-    ifname: str | None  # None for routes without an output device
-    gateway: str | None
-    metric: int | None = None
-
-
-@dataclass(frozen=True)
-class LinkEvent:
-    kind: str  # "new", "del" or "overrun" (events were lost: resync)
-    index: int
-    name: str
-    alias: str | None
 
 
 class NetlinkOps(Protocol):
@@ -245,16 +255,9 @@ def sysctl_path(key: str) -> str:
     return path
 
 
-def _strerror(code: int) -> str:
-    try:
-        return os.strerror(code)
-    except ValueError:
-        return f"error {code}"
-
-
 def _kernel_error(e: NetlinkError | OSError, context: str) -> NetfsError:
     code = abs(getattr(e, "code", 0) or e.errno or errno.EIO)
-    return NetfsError(code, f"{context}: {_strerror(code)}")
+    return NetfsError(code, f"{context}: {strerror(code)}")
 
 
 def _enter_netns(netns: str) -> None:
@@ -270,237 +273,9 @@ def _enter_netns(netns: str) -> None:
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:
             code = ctypes.get_errno()
-            raise NetfsError(code, f"cannot enter network namespace {netns}: {_strerror(code)}")
+            raise NetfsError(code, f"cannot enter network namespace {netns}: {strerror(code)}")
     finally:
         os.close(fd)
-
-
-# --------------------------------------------------------------------------
-# Lean reads: the queries (link, links, addresses, routes) go out on a plain
-# NETLINK_ROUTE socket and the answers are parsed with struct, reading only
-# the attributes LinkInfo/AddrInfo/RouteInfo carry. pyroute2 decodes every
-# attribute of every message (~0.6 ms per link of a dump); this is ~20x less.
-# With NETLINK_GET_STRICT_CHK the kernel filters dumps itself (routes by
-# table, addresses by ifindex); the parsers filter again, so an old kernel
-# that ignores the filters gives the same answers.
-
-SOL_NETLINK = 270
-NETLINK_GET_STRICT_CHK = 12
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLA_F_NESTED = 0x8000
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-RTM_GETLINK = 18
-RTM_NEWADDR = 20
-RTM_GETADDR = 22
-RTM_GETROUTE = 26
-IFLA_ADDRESS = 1
-IFLA_IFNAME = 3
-IFLA_MTU = 4
-IFLA_LINKINFO = 18
-IFLA_IFALIAS = 20
-IFLA_EXT_MASK = 29
-IFLA_INFO_KIND = 1
-IFLA_INFO_DATA = 2
-IFLA_BR_FORWARD_DELAY = 1
-IFLA_BR_STP_STATE = 5
-RTEXT_FILTER_SKIP_STATS = 1 << 3
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-IFA_BROADCAST = 4
-RTA_DST = 1
-RTA_OIF = 4
-RTA_GATEWAY = 5
-RTA_PRIORITY = 6
-RTA_TABLE = 15
-NLA_TYPE_MASK = 0x3FFF
-RECV_BUFSIZE = 1 << 16
-
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_NLATTR = struct.Struct("=HH")
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-_RTMSG = struct.Struct(
-    "=BBBBBBBBI"
-)  # family, dst_len, src_len, tos, table, proto, scope, type, flags
-_U32 = struct.Struct("=I")
-_I32 = struct.Struct("=i")
-_Buf = bytes | bytearray
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = _NLATTR.size + len(payload)
-    return _NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _ignore(_buf: _Buf, _start: int, _end: int) -> None:
-    return None
-
-
-def _attrs(buf: _Buf, start: int, end: int) -> dict[int, tuple[int, int]]:
-    """Attribute type -> (offset, end) of its payload in buf[start:end]."""
-    out: dict[int, tuple[int, int]] = {}
-    unpack = _NLATTR.unpack_from
-    while start + 4 <= end:
-        length, kind = unpack(buf, start)
-        if length < 4:
-            break
-        out[kind & NLA_TYPE_MASK] = (start + 4, start + length)
-        start += (length + 3) & ~3
-    return out
-
-
-def _cstr(buf: _Buf, span: tuple[int, int]) -> str:
-    return bytes(buf[span[0] : span[1]]).split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _mac_text(raw: _Buf) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def _parse_link(buf: _Buf, off: int, end: int) -> LinkInfo:
-    """One RTM_NEWLINK message body (ifinfomsg + attributes)."""
-    _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, off)
-    a = _attrs(buf, off + _IFINFOMSG.size, end)
-    kind = stp_state = None
-    forward_delay = None
-    li = a.get(IFLA_LINKINFO)
-    if li is not None:
-        info = _attrs(buf, li[0], li[1])
-        k = info.get(IFLA_INFO_KIND)
-        kind = _cstr(buf, k) if k is not None else None
-        d = info.get(IFLA_INFO_DATA)
-        if kind == "bridge" and d is not None:
-            data = _attrs(buf, d[0], d[1])
-            s = data.get(IFLA_BR_STP_STATE)
-            if s is not None:
-                stp_state = _U32.unpack_from(buf, s[0])[0]
-            fd = data.get(IFLA_BR_FORWARD_DELAY)
-            if fd is not None:
-                forward_delay = _U32.unpack_from(buf, fd[0])[0] / USER_HZ
-    mac = a.get(IFLA_ADDRESS)
-    mtu = a.get(IFLA_MTU)
-    alias = a.get(IFLA_IFALIAS)
-    name = a.get(IFLA_IFNAME)
-    return LinkInfo(
-        index=index,
-        name=_cstr(buf, name) if name is not None else "",
-        kind=kind,
-        mac=_mac_text(buf[mac[0] : mac[1]]) if mac is not None and mac[1] > mac[0] else None,
-        mtu=_U32.unpack_from(buf, mtu[0])[0] if mtu is not None else 0,
-        alias=_cstr(buf, alias) if alias is not None else None,
-        up=bool(flags & IFF_UP),
-        stp_state=stp_state,
-        forward_delay=forward_delay,
-    )
-
-
-class _RawRtnl:
-    """A plain NETLINK_ROUTE socket for queries, owned by the worker thread
-    (so it belongs to the namespace the thread entered)."""
-
-    def __init__(self) -> None:
-        self.sock = self._open()
-        self.seq = 0
-        self.buf = bytearray(RECV_BUFSIZE)
-
-    @staticmethod
-    def _open() -> socket.socket:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
-        )
-        try:
-            sock.bind((0, 0))
-            try:
-                sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-            except OSError:  # kernel < 4.20: no filtering in the kernel
-                log.debug("NETLINK_GET_STRICT_CHK not supported")
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def request(
-        self,
-        mtype: int,
-        flags: int,
-        body: bytes,
-        callback: Callable[[_Buf, int, int], None],
-        needles: list[bytes] | None = None,
-    ) -> None:
-        """Send one request; call ``callback(buf, start, end)`` with the body
-        of every message of the answer (buf is reused: the callback copies
-        what it keeps). With ``needles``, the messages of a received chunk
-        that contains none of them are skipped without a callback (a search
-        in C instead of a parse in Python). A kernel error raises OSError
-        with its errno."""
-        try:
-            self._request(mtype, flags, body, callback, needles)
-        except OSError as e:
-            if isinstance(e, _KernelError):
-                raise OSError(e.errno, e.strerror) from None
-            self._reset()
-            raise
-        except BaseException:
-            # an answer may be half read: a fresh socket for the next request
-            self._reset()
-            raise
-
-    def _reset(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        self.sock = self._open()
-
-    def _request(
-        self,
-        mtype: int,
-        flags: int,
-        body: bytes,
-        callback: Callable[[_Buf, int, int], None],
-        needles: list[bytes] | None,
-    ) -> None:
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
-        seq = self.seq
-        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, seq, 0) + body)
-        dump = bool(flags & NLM_F_DUMP)
-        view = memoryview(self.buf)
-        buf = self.buf
-        while True:
-            n = self.sock.recv_into(view)
-            off = 0
-            wanted = needles is None or any(buf.find(x, 0, n) >= 0 for x in needles)
-            while off + _NLMSGHDR.size <= n:
-                length, t, fl, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
-                if length < _NLMSGHDR.size:
-                    break
-                end = off + length
-                at = off + _NLMSGHDR.size
-                off = (end + 3) & ~3
-                if mseq != seq:
-                    continue
-                if t in (NLMSG_ERROR, NLMSG_DONE):
-                    code = _I32.unpack_from(buf, at)[0] if end - at >= 4 else 0
-                    if code < 0:
-                        raise _KernelError(-code, _strerror(-code))
-                    return
-                if wanted:
-                    callback(buf, at, end)
-                if not dump and not fl & NLM_F_MULTI:
-                    return
-
-
-class _KernelError(OSError):
-    """An error answered by the kernel (the socket is still in step)."""
 
 
 class _InNamespace:
@@ -511,14 +286,14 @@ class _InNamespace:
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
         self._ipr: Any = None
-        self._raw: _RawRtnl | None = None
+        self._raw: RtnlSocket | None = None
 
     def setup(self) -> None:
         if self.netns is not None:
             _enter_netns(self.netns)
         self._ipr = IPRoute()
         try:
-            self._raw = _RawRtnl()
+            self._raw = RtnlSocket()
         except BaseException:
             self._ipr.close()
             self._ipr = None
@@ -542,7 +317,7 @@ class _InNamespace:
     def _change(self, mtype: int, flags: int, body: bytes) -> None:
         """One change request on the raw socket, acknowledged by the kernel
         (OSError with the kernel's errno when it refuses)."""
-        self._rtnl().request(mtype, NLM_F_REQUEST | NLM_F_ACK | flags, body, _ignore)
+        self._rtnl().request(mtype, NLM_F_REQUEST | NLM_F_ACK | flags, body, ignore)
 
     def create_bridge(
         self,
@@ -554,17 +329,17 @@ class _InNamespace:
         alias: str | None,
         up: bool,
     ) -> int:
-        data = _attr(IFLA_BR_STP_STATE, _U32.pack(1 if stp else 0)) + _attr(
-            IFLA_BR_FORWARD_DELAY, _U32.pack(int(forward_delay) * USER_HZ)
+        data = nlattr(IFLA_BR_STP_STATE, U32.pack(1 if stp else 0)) + nlattr(
+            IFLA_BR_FORWARD_DELAY, U32.pack(int(forward_delay) * USER_HZ)
         )
-        linkinfo = _attr(IFLA_INFO_KIND, b"bridge\0") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
+        linkinfo = nlattr(IFLA_INFO_KIND, b"bridge\0") + nlattr(IFLA_INFO_DATA | NLA_F_NESTED, data)
         flag = IFF_UP if up else 0
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, flag, flag) + _attr(
+        body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, flag, flag) + nlattr(
             IFLA_IFNAME, name.encode() + b"\0"
         )
         if mac:
-            body += _attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
-        body += _attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
+            body += nlattr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+        body += nlattr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo)
         try:
             self._change(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
         except OSError as e:
@@ -577,12 +352,12 @@ class _InNamespace:
             index = self._index(name)
             follow = b""
             if mtu:
-                follow += _attr(IFLA_MTU, _U32.pack(int(mtu)))
+                follow += nlattr(IFLA_MTU, U32.pack(int(mtu)))
             if alias:
-                follow += _attr(IFLA_IFALIAS, alias.encode())
+                follow += nlattr(IFLA_IFALIAS, alias.encode())
             if follow:
                 try:
-                    self._change(RTM_NEWLINK, 0, _IFINFOMSG.pack(0, 0, index, 0, 0) + follow)
+                    self._change(RTM_NEWLINK, 0, IFINFOMSG.pack(0, 0, index, 0, 0) + follow)
                 except OSError as e:
                     what = (
                         f"cannot set MTU of {name} to {mtu}" if mtu else f"cannot configure {name}"
@@ -595,7 +370,7 @@ class _InNamespace:
         return index
 
     def delete_link(self, name: str) -> bool:
-        body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + nlattr(IFLA_IFNAME, name.encode() + b"\0")
         try:
             self._change(RTM_DELLINK, 0, body)
         except OSError as e:
@@ -605,14 +380,14 @@ class _InNamespace:
         return True
 
     def set_up(self, name: str) -> None:
-        body = _IFINFOMSG.pack(0, 0, self._index(name), IFF_UP, IFF_UP)
+        body = IFINFOMSG.pack(0, 0, self._index(name), IFF_UP, IFF_UP)
         try:
             self._change(RTM_NEWLINK, 0, body)
         except OSError as e:
             raise _kernel_error(e, f"failed to set interface {name} up") from None
 
     def set_alias(self, name: str, alias: str) -> None:
-        body = _IFINFOMSG.pack(0, 0, self._index(name), 0, 0) + _attr(IFLA_IFALIAS, alias.encode())
+        body = IFINFOMSG.pack(0, 0, self._index(name), 0, 0) + nlattr(IFLA_IFALIAS, alias.encode())
         try:
             self._change(RTM_NEWLINK, 0, body)
         except OSError as e:
@@ -622,11 +397,11 @@ class _InNamespace:
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         flags = IFA_F_NODAD if ip.version == 6 else 0
-        body = _IFADDRMSG.pack(family, int(prefixlen), flags, 0, self._index(ifname))
-        body += _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed)
+        body = IFADDRMSG.pack(family, int(prefixlen), flags, 0, self._index(ifname))
+        body += nlattr(IFA_LOCAL, ip.packed) + nlattr(IFA_ADDRESS, ip.packed)
         if ip.version == 4 and prefixlen < 31:
             net = ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
-            body += _attr(IFA_BROADCAST, net.broadcast_address.packed)
+            body += nlattr(IFA_BROADCAST, net.broadcast_address.packed)
         try:
             self._change(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
         except OSError as e:
@@ -688,20 +463,20 @@ class _InNamespace:
                 e, f"Failed to add route to {dst}/{prefixlen} via {gateway}"
             ) from None
 
-    def _rtnl(self) -> _RawRtnl:
+    def _rtnl(self) -> RtnlSocket:
         assert self._raw is not None
         return self._raw
 
     def link(self, name: str) -> LinkInfo | None:
         body = (
-            _IFINFOMSG.pack(0, 0, 0, 0, 0)
-            + _attr(IFLA_IFNAME, name.encode() + b"\0")
-            + _attr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
+            IFINFOMSG.pack(0, 0, 0, 0, 0)
+            + nlattr(IFLA_IFNAME, name.encode() + b"\0")
+            + nlattr(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
         )
         out: list[LinkInfo] = []
         try:
             self._rtnl().request(
-                RTM_GETLINK, NLM_F_REQUEST, body, lambda b, s, e: out.append(_parse_link(b, s, e))
+                RTM_GETLINK, NLM_F_REQUEST, body, lambda b, s, e: out.append(parse_link(b, s, e))
             )
         except OSError as e:
             if e.errno == errno.ENODEV:
@@ -710,8 +485,8 @@ class _InNamespace:
         return out[0] if out else None
 
     def links(self) -> list[LinkInfo]:
-        body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(
-            IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS)
+        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + nlattr(
+            IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS)
         )
         out: list[LinkInfo] = []
         try:
@@ -719,7 +494,7 @@ class _InNamespace:
                 RTM_GETLINK,
                 NLM_F_REQUEST | NLM_F_DUMP,
                 body,
-                lambda b, s, e: out.append(_parse_link(b, s, e)),
+                lambda b, s, e: out.append(parse_link(b, s, e)),
             )
         except OSError as e:
             raise _kernel_error(e, "cannot list interfaces") from None
@@ -752,13 +527,13 @@ class _InNamespace:
             names[want] = ifname
         out: list[AddrInfo] = []
 
-        def one(buf: _Buf, at: int, end: int) -> None:
-            family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, at)
+        def one(buf: Buf, at: int, end: int) -> None:
+            family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(buf, at)
             if want and index != want:
                 return
             if family not in (socket.AF_INET, socket.AF_INET6):
                 return
-            a = _attrs(buf, at + _IFADDRMSG.size, end)
+            a = nlattrs(buf, at + IFADDRMSG.size, end)
             span = a.get(IFA_ADDRESS) or a.get(IFA_LOCAL)
             if span is None:
                 return
@@ -766,7 +541,7 @@ class _InNamespace:
             out.append(AddrInfo(names[index], family, address, prefixlen))
 
         # strict checking lets the kernel send only the addresses of `want`
-        body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, want)
+        body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, want)
         try:
             self._rtnl().request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, body, one)
         except OSError as e:
@@ -790,16 +565,16 @@ class _InNamespace:
         names = self._names()
         out: list[RouteInfo] = []
 
-        def one(buf: _Buf, at: int, end: int) -> None:
-            fam, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = _RTMSG.unpack_from(
+        def one(buf: Buf, at: int, end: int) -> None:
+            fam, dst_len, _src, _tos, table, _proto, _scope, _type, _flags = RTMSG.unpack_from(
                 buf, at
             )
             if fam != family or (wanted is not None and dst_len not in lens):
                 return
-            a = _attrs(buf, at + _RTMSG.size, end)
+            a = nlattrs(buf, at + RTMSG.size, end)
             t = a.get(RTA_TABLE)
             if t is not None:
-                table = _U32.unpack_from(buf, t[0])[0]
+                table = U32.unpack_from(buf, t[0])[0]
             if table != RT_TABLE_MAIN:
                 return
             d = a.get(RTA_DST)
@@ -809,7 +584,7 @@ class _InNamespace:
             oif = a.get(RTA_OIF)
             gw = a.get(RTA_GATEWAY)
             prio = a.get(RTA_PRIORITY)
-            index = _U32.unpack_from(buf, oif[0])[0] if oif is not None else 0
+            index = U32.unpack_from(buf, oif[0])[0] if oif is not None else 0
             out.append(
                 RouteInfo(
                     dst=socket.inet_ntop(family, dst),
@@ -820,20 +595,20 @@ class _InNamespace:
                         if gw is not None
                         else None
                     ),
-                    metric=_U32.unpack_from(buf, prio[0])[0] if prio is not None else None,
+                    metric=U32.unpack_from(buf, prio[0])[0] if prio is not None else None,
                 )
             )
 
         # strict checking lets the kernel send only the main table
-        body = _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0) + _attr(
-            RTA_TABLE, _U32.pack(RT_TABLE_MAIN)
+        body = RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0) + nlattr(
+            RTA_TABLE, U32.pack(RT_TABLE_MAIN)
         )
         # a route to DST carries the bytes of the attribute RTA_DST=DST: a
         # chunk of the dump without any of them holds no route we look for
         # (a default route has no RTA_DST: then every chunk is parsed)
         needles = None
         if wanted is not None and 0 not in lens:
-            needles = [_attr(RTA_DST, packed) for packed, _len in wanted]
+            needles = [nlattr(RTA_DST, packed) for packed, _len in wanted]
         try:
             self._rtnl().request(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, body, one, needles)
         except OSError as e:
@@ -1051,7 +826,7 @@ class LinkMonitor:
                 raise
             if not data:
                 raise StopAsyncIteration
-            self._pending.extend(self._decode(data))
+            self._pending.extend(decode_link_events(data))
         return self._pending.pop(0)
 
     def _drain(self) -> None:
@@ -1071,41 +846,6 @@ class LinkMonitor:
             except OSError as e:
                 if e.errno != errno.ENOBUFS:
                     raise
-
-    @staticmethod
-    def _decode(data: bytes) -> list[LinkEvent]:
-        """The RTM_NEWLINK/RTM_DELLINK messages of one datagram (parsed with
-        struct, as the queries are: pyroute2's decoder cost ~0.5 ms a message
-        on the event loop)."""
-        out = []
-        off, n = 0, len(data)
-        while off + _NLMSGHDR.size <= n:
-            length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
-            if length < _NLMSGHDR.size or off + length > n:
-                break
-            at, end = off + _NLMSGHDR.size, off + length
-            off = (end + 3) & ~3
-            if mtype == RTM_NEWLINK:
-                kind = "new"
-            elif mtype == RTM_DELLINK:
-                kind = "del"
-            else:
-                continue
-            if end - at < _IFINFOMSG.size:
-                continue
-            index = _IFINFOMSG.unpack_from(data, at)[2]
-            a = _attrs(data, at + _IFINFOMSG.size, end)
-            name = a.get(IFLA_IFNAME)
-            alias = a.get(IFLA_IFALIAS)
-            out.append(
-                LinkEvent(
-                    kind,
-                    index,
-                    _cstr(data, name) if name is not None else "",
-                    _cstr(data, alias) if alias is not None else None,
-                )
-            )
-        return out
 
 
 class NetlinkBatch:
