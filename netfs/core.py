@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple
 
 import trio
 
@@ -58,6 +58,7 @@ from netfs.worker import Worker
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 EVENT_BUFFER = 4096
 # the kinds of the `events` file, then the internal kind "error": a network's
@@ -351,7 +352,7 @@ class Driver:
             netns=self.nl.netns,
         )
 
-    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _store(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await self._state_thread.call(fn, *args)
 
     # ------------------------------------------------------------------ define
@@ -602,7 +603,9 @@ class Driver:
         """
         await self._recovery.reload()
 
-    async def run_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_monitor(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Follow link events; reconcile networks whose link vanished
         (:mod:`netfs.reconcile`). Runs until cancelled; a failing monitor is
         logged, resynchronised and reopened."""

@@ -86,7 +86,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
 from pyroute2 import IPRoute
@@ -152,6 +152,7 @@ from netfs.worker import Worker
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 CLONE_NEWNET = 0x40000000
 SO_RCVBUFFORCE = 33
@@ -702,7 +703,7 @@ class Netlink:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run fn(*args) in the worker thread and return (or raise) its result."""
         if not self._open:
             raise NetfsError(errno.EBADF, "netlink is not open")

@@ -15,7 +15,7 @@ of the monitor socket resynchronises every active network.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -67,7 +67,7 @@ class LinkReconciler:
 
     # -- the monitor ---------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
         async with trio.open_nursery() as nursery:
             while True:

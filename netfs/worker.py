@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 import outcome
 import trio
@@ -30,6 +30,7 @@ import trio
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]
 
@@ -65,7 +66,7 @@ class Worker:
     def running(self) -> bool:
         return self._thread is not None
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run ``fn(*args)`` in the thread; return (or raise) its result."""
         await trio.lowlevel.checkpoint_if_cancelled()
         task = trio.lowlevel.current_task()
@@ -82,7 +83,7 @@ class Worker:
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> Pending[T]:
+    def submit(self, fn: Callable[[*Ts], T], *args: *Ts) -> Pending[T]:
         """Hand ``fn(*args)`` to the thread and return at once (no
         checkpoint): the caller goes on and awaits ``wait()`` when it needs
         the result (two things at once for one hop's wait)."""
