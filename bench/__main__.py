@@ -1,9 +1,10 @@
-"""Run the benchmarks: `python -m bench [core] [fs] [dnsmasq] [--quick]`.
+"""Run the benchmarks: `python -m bench [MODULE...] [--quick]`.
 
 Each benchmark module prints its figures side by side with a floor measured
-in the same run. Modules: bench.core (driver and netlink), bench.fs (the
-mounted filesystem), bench.firewall (nft rules per network), bench.dnsmasq
-(dnsmasq per network, lease updates), bench.large (large definitions).
+in the same run. Modules: bench.start (a start through the mount beside the
+netlink floor), bench.core (driver and netlink), bench.fs (the mounted
+filesystem), bench.firewall (nft rules per network), bench.dnsmasq (dnsmasq
+per network, lease updates), bench.large (large definitions).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["core", "fs", "firewall", "dnsmasq", "large"]
+MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large"]
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ import errno
 import os
 import threading
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -17,8 +17,8 @@ from netfs import state as state_mod
 from netfs.core import Driver
 from netfs.errors import NetfsError
 from netfs.model.network import NetworkDef
-from netfs.netlink import Netlink
 from netfs.state import StateStore
+from tests.fake_netlink import FakeNetlink, _adapter
 
 
 def bridge_net(name: str, portgroups: int = 0) -> str:
@@ -30,7 +30,7 @@ def bridge_net(name: str, portgroups: int = 0) -> str:
 
 @pytest.fixture
 def driver(tmp_path: Path) -> Driver:
-    d = Driver(tmp_path / "etc", tmp_path / "run", cast(Netlink, None))
+    d = Driver(tmp_path / "etc", tmp_path / "run", _adapter(FakeNetlink()))
     d.store.ensure_dirs()
     return d
 
@@ -81,7 +81,7 @@ async def test_compact_30000_portgroups_refused_previous_definition_kept(driver:
 async def test_largest_accepted_definition_loads_again(tmp_path: Path) -> None:
     """Whatever define acknowledges loads again after a restart (config and,
     once started, the status file): the largest under the limit."""
-    d = Driver(tmp_path / "etc", tmp_path / "run", cast(Netlink, None))
+    d = Driver(tmp_path / "etc", tmp_path / "run", _adapter(FakeNetlink()))
     d.store.ensure_dirs()
     n = 23000
     while True:
