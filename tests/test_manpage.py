@@ -44,7 +44,7 @@ MOUNT_OPTIONS = [
     "group=",
 ]
 
-# The contract's table, then what the implementation adds (netfs/fs.py, core.py).
+# The contract's table, then what the implementation adds (netfs/fs/, core.py).
 ERRNOS = [
     "EINVAL",
     "EADDRINUSE",
@@ -229,7 +229,7 @@ def test_every_event_word_of_the_core_is_documented() -> None:
     """Every kind the core emits that is a line of `events` (the filesystem
     hides the internal ones, such as "error")."""
     from netfs.core import EVENT_KINDS
-    from netfs.fs import HIDDEN_EVENTS
+    from netfs.fs.ops import HIDDEN_EVENTS
 
     events = _sections()["EVENTS"]
     words = sorted(EVENT_KINDS - HIDDEN_EVENTS)
@@ -302,11 +302,13 @@ def test_quoted_messages_match_the_code() -> None:
     """Messages the page quotes are the ones the code produces."""
     root = MANPAGE.parent.parent / "netfs"
     core = (root / "core.py").read_text()
-    fs = (root / "fs.py").read_text()
+    from netfs.fs import mounts
+
+    fs = (root / "fs" / "mounts.py").read_text()
     netlink = (root / "netlink.py").read_text()
     assert "interface's source network '" in core
     assert "does not match network '" in core
     assert "is already mounted by a running daemon" in fs
     assert "cannot open network namespace" in netlink
-    assert "PROBE_TIMEOUT = 3.0" in fs
-    assert 'FUSECTL = "/sys/fs/fuse/connections"' in fs
+    assert mounts.PROBE_TIMEOUT == 3.0
+    assert mounts.FUSECTL == "/sys/fs/fuse/connections"
