@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from netfs.errors import NetfsError
+from netfs.fs import acts
 from netfs.fs.space import MAX_FILE_BYTES, Space
 from netfs.fs.tree import HIDDEN_EVENTS, File, Path
 
@@ -145,7 +146,7 @@ class FlagHandle(ContentHandle):
 
     async def write(self, off: int, buf: bytes) -> int:
         try:
-            await self.space.store_flag(self.path, self.node, buf)
+            await acts.store_flag(self.space, self.path, self.node, buf)
         finally:
             self.settle = self.space.notifier.todo_seq
         return len(buf)
@@ -198,7 +199,7 @@ class DocumentHandle(ContentHandle):
         if not data.strip(b"\0 \t\r\n"):
             return  # nothing written (bash's early flush, `: > file`)
         try:
-            await self.space.store_document(self.path, self.node, data)
+            await acts.store_document(self.space, self.path, self.node, data)
             self.space.notifier.written(self.path, self.node)
         finally:
             self.settle = self.space.notifier.todo_seq

@@ -25,7 +25,7 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from netfs.errors import NetfsError
-from netfs.fs import tree
+from netfs.fs import acts, tree
 from netfs.fs.handles import (
     ContentHandle,
     DirHandle,
@@ -86,6 +86,51 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+def attributes(
+    sp: Space, ino: int, path: Path, node: Node | None, st: StateArg = UNSET
+) -> pyfuse3.EntryAttributes:
+    """What stat shows of `path` (inode `ino`, declared type `node`)."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = InodeT(ino)
+    a.generation = 0
+    a.entry_timeout = TIMEOUT
+    a.attr_timeout = TIMEOUT
+    a.st_blksize = 4096
+    sc = sp.scratch.by_ino.get(ino)
+    if sc is not None:
+        a.st_mode = ModeT(stat.S_IFREG | (sc.mode & 0o7777))
+        a.st_nlink = 1 if path in sp.scratch else 0
+        a.st_uid, a.st_gid = sc.uid, sc.gid
+        a.st_size = len(sc.data)
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = sc.atime_ns, sc.mtime_ns, sc.ctime_ns
+        a.st_blocks = (a.st_size + 511) // 512
+        return a
+    gw = sp.group_writable
+    writable = sp.writable(path, node)
+    if isinstance(node, Dir):
+        mode = stat.S_IFDIR | (0o775 if writable and gw else 0o755)
+        a.st_nlink = 2
+        a.st_size = 0
+    else:
+        if not writable:
+            mode = stat.S_IFREG | 0o444
+        else:
+            mode = stat.S_IFREG | (0o664 if gw else 0o644)
+        if node is tree.EVENTS or node is None:
+            a.st_size = 0
+        else:
+            content = sp.safe_content(path, st, node)
+            a.st_size = len(content) if content is not None else 0
+        a.st_nlink = 1
+    a.st_mode = ModeT(mode)
+    a.st_uid = sp.uid
+    a.st_gid = sp.gid if (writable and gw) else 0
+    t = sp.mtimes.get(path, sp.start_ns)
+    a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
+    a.st_blocks = (a.st_size + 511) // 512
+    return a
+
+
 class NetfsOperations(pyfuse3.Operations):
     """pyfuse3 operations over a :class:`netfs.core.Driver`."""
 
@@ -125,46 +170,7 @@ class NetfsOperations(pyfuse3.Operations):
     def _attr(
         self, ino: int, path: Path, node: Node | None, st: StateArg = UNSET
     ) -> pyfuse3.EntryAttributes:
-        sp = self.space
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = InodeT(ino)
-        a.generation = 0
-        a.entry_timeout = TIMEOUT
-        a.attr_timeout = TIMEOUT
-        a.st_blksize = 4096
-        sc = sp.scratch.by_ino.get(ino)
-        if sc is not None:
-            a.st_mode = ModeT(stat.S_IFREG | (sc.mode & 0o7777))
-            a.st_nlink = 1 if path in sp.scratch else 0
-            a.st_uid, a.st_gid = sc.uid, sc.gid
-            a.st_size = len(sc.data)
-            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = sc.atime_ns, sc.mtime_ns, sc.ctime_ns
-            a.st_blocks = (a.st_size + 511) // 512
-            return a
-        gw = sp.group_writable
-        writable = sp.writable(path, node)
-        if isinstance(node, Dir):
-            mode = stat.S_IFDIR | (0o775 if writable and gw else 0o755)
-            a.st_nlink = 2
-            a.st_size = 0
-        else:
-            if not writable:
-                mode = stat.S_IFREG | 0o444
-            else:
-                mode = stat.S_IFREG | (0o664 if gw else 0o644)
-            if node is tree.EVENTS or node is None:
-                a.st_size = 0
-            else:
-                content = sp.safe_content(path, st, node)
-                a.st_size = len(content) if content is not None else 0
-            a.st_nlink = 1
-        a.st_mode = ModeT(mode)
-        a.st_uid = sp.uid
-        a.st_gid = sp.gid if (writable and gw) else 0
-        t = sp.mtimes.get(path, sp.start_ns)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
-        a.st_blocks = (a.st_size + 511) // 512
-        return a
+        return attributes(self.space, ino, path, node, st)
 
     def _entry(self, path: Path, st: StateArg = UNSET) -> pyfuse3.EntryAttributes:
         sc = self.space.scratch.get(path)
@@ -430,7 +436,7 @@ class NetfsOperations(pyfuse3.Operations):
         if target is not None:
             if not isinstance(target, File) or target.write is not Write.DOCUMENT:
                 raise _err(errno.EPERM)
-            await sp.store_document(dst, target, bytes(sc.data), renamed=True)
+            await acts.store_document(sp, dst, target, bytes(sc.data), renamed=True)
             # the kernel now believes the renamed inode is that file
             sp.scratch.unlink(src)
             sp.scratch.forget(sc)
@@ -454,26 +460,18 @@ class NetfsOperations(pyfuse3.Operations):
         sp = self.space
         path, node = self._node(inode)
         sc = sp.scratch.by_ino.get(inode)
-        now = time.time_ns()
         if sc is not None:
             if fields.update_size:
                 sp.check_size(path, attr.st_size)
-                if attr.st_size < len(sc.data):
-                    del sc.data[attr.st_size :]
-                else:
-                    sc.data.extend(b"\0" * (attr.st_size - len(sc.data)))
-                sc.mtime_ns = now
-            if fields.update_mode:
-                sc.mode = attr.st_mode & 0o7777
-            if fields.update_uid:
-                sc.uid = attr.st_uid
-            if fields.update_gid:
-                sc.gid = attr.st_gid
-            if fields.update_atime:
-                sc.atime_ns = attr.st_atime_ns
-            if fields.update_mtime:
-                sc.mtime_ns = attr.st_mtime_ns
-            sc.ctime_ns = now
+            sp.scratch.setattr(
+                sc,
+                size=attr.st_size if fields.update_size else None,
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            )
             return self._attr(inode, path, node)
         if self._is_self(ctx):
             return self._attr(inode, path, node)

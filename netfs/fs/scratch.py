@@ -73,6 +73,36 @@ class ScratchStore:
         """`sc` is no scratch file any more (it was renamed onto a document)."""
         self.by_ino.pop(sc.ino, None)
 
+    def setattr(
+        self,
+        sc: Scratch,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        now = time.time_ns()
+        if size is not None:
+            if size < len(sc.data):
+                del sc.data[size:]
+            else:
+                sc.data.extend(b"\0" * (size - len(sc.data)))
+            sc.mtime_ns = now
+        if mode is not None:
+            sc.mode = mode & 0o7777
+        if uid is not None:
+            sc.uid = uid
+        if gid is not None:
+            sc.gid = gid
+        if atime_ns is not None:
+            sc.atime_ns = atime_ns
+        if mtime_ns is not None:
+            sc.mtime_ns = mtime_ns
+        sc.ctime_ns = now
+
     def names_in(self, dirpath: Path) -> list[str]:
         return sorted(self._by_dir.get(dirpath, ()))
 

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Union
 from netfs.errors import NetfsError
 from netfs.fs import tree
 from netfs.fs.scratch import ScratchStore
-from netfs.fs.tree import Core, Dir, File, Node, Path, Presence, Write
+from netfs.fs.tree import Core, Dir, File, Node, Path, Presence
 from netfs.model.xmlsafe import MAX_INPUT_BYTES
-from netfs.state import check_name
 
 if TYPE_CHECKING:
     from netfs.core import NetworkState
@@ -48,7 +47,7 @@ StateArg = Union["NetworkState", None, _Unset]
 
 
 @dataclass
-class _Pending:
+class Pending:
     """A network directory made by mkdir, without a definition yet."""
 
     error: str = ""
@@ -68,7 +67,7 @@ class Space:
         self.inos: dict[Path, int] = {(): ROOT_INODE}
         # inode -> its path and declared type (None: a scratch file)
         self.nodes: dict[int, tuple[Path, Node | None]] = {ROOT_INODE: ((), tree.ROOT)}
-        self.pending: dict[str, _Pending] = {}
+        self.pending: dict[str, Pending] = {}
         self.pending_ports: dict[str, set[str]] = {}
         self.scratch = ScratchStore()
         self.mtimes: dict[Path, int] = {}
@@ -153,6 +152,9 @@ class Space:
         self.core.set_error(name, p.error, logged=True)  # logged when it was recorded
         told = tree._error_text(p.error) + b"\0%d" % p.seq
         self.notifier.reannounced_error(name, told)
+
+    def add_pending(self, name: str) -> None:
+        self.pending[name] = Pending()
 
     def pending_error(self, name: str) -> str:
         p = self.pending.get(name)
@@ -337,59 +339,7 @@ class Space:
             raise NetfsError(errno.ENOENT, "no definition yet")
         raise NetfsError(errno.EACCES, "an entry of the tree")
 
-    # ================================================================ make and drop
-
-    def _check_new(self, path: Path, what: str) -> None:
-        if self.exists(path):
-            raise NetfsError(errno.EEXIST, "exists")
-        n = path[-1]
-        try:
-            check_name(n, what)  # the rules the core applies when it saves
-            if "\n" in n:  # libvirt refuses it in a name: never definable
-                raise NetfsError(errno.EINVAL, f"invalid char in {what} name '{n}'")
-        except NetfsError as e:
-            if len(path) > 1:
-                self.record(path[0], e.message)
-            else:
-                log.warning("%s", e.message)
-            raise NetfsError(errno.EINVAL, e.message) from None
-
-    async def make_network(self, path: Path) -> None:
-        self._check_new(path, "network")
-        name = path[0]
-        self.pending[name] = _Pending()
-        self.notifier.made_pending_network(name)
-
-    async def make_port(self, path: Path) -> None:
-        if self.state(path[0]) is None:
-            raise NetfsError(errno.EPERM, "no such network")
-        self._check_new(path, "port")
-        self.pending_ports.setdefault(path[0], set()).add(path[2])
-        self.notifier.publish(path)
-
-    async def drop_network(self, path: Path) -> None:
-        name = path[0]
-        if self.is_pending(name):
-            del self.pending[name]
-        elif self.state(name) is None:
-            raise NetfsError(errno.ENOENT, "no such network")
-        else:
-            await self.core.undefine(name, if_active="refuse")
-        self.forget_net(name)
-
-    async def drop_port(self, path: Path) -> None:
-        name, port = path[0], path[2]
-        if self.is_pending_port(name, port):
-            self.pending_ports[name].discard(port)
-        elif not self.exists(path):
-            raise NetfsError(errno.ENOENT, "no such port")
-        else:
-            try:
-                await self.core.delete_port(name, port)
-            finally:
-                self.notifier.queue("reconcile", name)
-        self.notifier.unpublish(path)
-        self.scratch.drop_under(path)
+    # ================================================================ structure
 
     def forget_net(self, name: str) -> None:
         """The network directory `name` is gone (for watchers too)."""
@@ -399,62 +349,7 @@ class Space:
         self.scratch.drop_under((name,))
         self.notifier.forget(name)
 
-    # ================================================================ stores
-
-    async def store_flag(self, path: Path, node: File, buf: bytes) -> None:
-        """A write to a 0/1 file: it acts at once."""
-        name = path[0]
-        value = {b"0": False, b"0\n": False, b"1": True, b"1\n": True}.get(bytes(buf))
-        if value is None:
-            # every byte shown, control characters escaped ('1\n\n')
-            shown = repr(bytes(buf[:40]).decode(errors="replace"))
-            self.record(name, f"invalid value for {node.name}: {shown} (write 0 or 1)")
-            raise NetfsError(errno.EINVAL, "write 0 or 1")
-        assert node.write is Write.FLAG and node.store is not None
-        before = self.state(name)
-        try:
-            await node.store(self.core, path, value)  # type: ignore[arg-type]
-        finally:
-            self.notifier.written(path, node)
-            self.notifier.queue("reconcile", name)
-            await self.drop_stale_entries(name, before)
-
-    async def store_document(
-        self, path: Path, node: File, data: bytes, *, renamed: bool = False
-    ) -> None:
-        """A document written (at close or fsync) or renamed onto `path`."""
-        name = path[0]
-        pending = self.is_pending(name)
-        before = None if pending else self.state(name)
-        assert node.write is Write.DOCUMENT and node.store is not None
-        try:
-            try:
-                await node.store(self.core, path, data)  # type: ignore[arg-type]
-            except NetfsError as e:
-                p = self.pending.get(name)
-                if p is not None and self.is_pending(name):
-                    p.error = e.message
-                    p.seq += 1
-                    log.warning("network %s: %s", name, e.message)
-                raise
-            if pending:
-                self.is_pending(name)  # adopted, with its error
-            if len(path) > 2 and path[2] in self.pending_ports.get(name, ()):
-                self.pending_ports[name].discard(path[2])
-            await self.drop_stale_entries(name, before)
-        finally:
-            self.notifier.queue("reconcile", name)
-        if node.watched:
-            self.touched(path)
-        if not renamed:
-            # the kernel keeps the size the writer left; the saved document
-            # is the canonical form, of another size: drop the entry so the
-            # next open looks it up again (`>>` appends at the real end).
-            # Never from rename(): the kernel holds the directory's lock
-            # until rename returns (and a renamed-over entry is new anyway).
-            await self.notifier.drop_entries([(path[:-1], path[-1])])
-
-    def _transient(self, name: str, st: NetworkState | None) -> set[tuple[Path, str]]:
+    def transient(self, name: str, st: NetworkState | None) -> set[tuple[Path, str]]:
         """The entries of network `name` that come and go while it stays
         (status.xml, portgroups, ports), as (parent, name)."""
         out: set[tuple[Path, str]] = set()
@@ -468,14 +363,3 @@ class Space:
                 sub = top + (e,)
                 out.update((sub, i) for i in child.items(self, sub, st))
         return out
-
-    async def drop_stale_entries(self, name: str, before: NetworkState | None) -> None:
-        """Entries that a change made through a handler removed (status.xml
-        after a stop, the ports it freed, portgroups a redefinition dropped)
-        may sit in the kernel's dentry cache for the entry timeout: drop them
-        before the write returns, so that `echo 0 > active; [ -e status.xml ]`
-        is false at once."""
-        if before is None:
-            return
-        gone = self._transient(name, before) - self._transient(name, self.state(name))
-        await self.notifier.drop_entries(sorted(gone))

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Protocol, Union
 
 import trio
 
+from netfs.fs import acts
+
 if TYPE_CHECKING:
     from netfs.core import Event, NetworkState
     from netfs.fs.space import Space
@@ -255,22 +257,6 @@ def _ports(sp: Space, path: Path, st: NetworkState | None) -> list[str]:
     return sp.port_names(path[0], st)
 
 
-async def _make_network(sp: Space, path: Path) -> None:
-    await sp.make_network(path)
-
-
-async def _drop_network(sp: Space, path: Path) -> None:
-    await sp.drop_network(path)
-
-
-async def _make_port(sp: Space, path: Path) -> None:
-    await sp.make_port(path)
-
-
-async def _drop_port(sp: Space, path: Path) -> None:
-    await sp.drop_port(path)
-
-
 # ================================================================ the tree
 
 F_DEFINITION = "definition.xml"
@@ -334,8 +320,8 @@ NETWORK = Dir(
             presence=Presence.DEFINED,
             item=PORT,
             items=_ports,
-            make=_make_port,
-            drop=_drop_port,
+            make=acts.make_port,
+            drop=acts.drop_port,
         ),
     },
     scratch=True,
@@ -346,8 +332,8 @@ ROOT = Dir(
     {"events": EVENTS},
     item=NETWORK,
     items=_networks,
-    make=_make_network,
-    drop=_drop_network,
+    make=acts.make_network,
+    drop=acts.drop_network,
 )
 
 # the network directory's files the notifier compares and announces
