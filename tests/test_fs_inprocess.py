@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -503,3 +504,72 @@ async def test_errnos_out_of_range_become_eio(fs: FS, core: FakeCore) -> None:
     with pytest.raises(pyfuse3.FUSEError) as e:
         await fs.write("testA/active", b"1")
     assert errno_of(e) == errno.EIO
+
+
+# ================================================================ the declaration
+
+
+def _declared_files(node: tree.Dir, prefix: str) -> list[str]:
+    """Every file and fixed directory of the declared tree, written as the
+    man page writes them (NAME, PG and P for the names users choose)."""
+    placeholder = {"network": "NAME", "portgroup": "PG", "port": "P"}
+    out = []
+    for name, child in node.entries.items():
+        if isinstance(child, tree.Dir):
+            out.append(f"{prefix}{name}/")
+            out += _declared_files(child, f"{prefix}{name}/")
+        else:
+            out.append(prefix + name)
+    if node.item is not None:
+        out += _declared_files(node.item, f"{prefix}{placeholder[node.item.kind]}/")
+    return out
+
+
+def test_every_declared_file_is_in_the_man_page() -> None:
+    """An entry added to the declaration without its paragraph fails here."""
+    from tests.test_manpage import _rendered_text, needs_groff
+
+    if needs_groff.args[0]:
+        pytest.skip("groff not installed")
+    files = _declared_files(tree.ROOT, "")
+    assert "NAME/ports/P/port.xml" in files and "events" in files
+    text = _rendered_text()
+    assert [f for f in files if f not in text] == []
+
+
+async def test_a_new_attribute_file_is_one_entry(
+    fs: FS, core: FakeCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the next attribute files (leases, firewall) cost: one File in
+    the network directory's declaration. It is listed, looked up, read,
+    read-only, absent without a definition, and watched by the notifier."""
+
+    def show(sp: object, path: tuple[str, ...], st: NetworkState | None) -> bytes | None:
+        return None if st is None else f"{len(st.ports)} leases\n".encode()
+
+    leases = tree.File("leases", show, presence=tree.Presence.DEFINED, polled=True, watched=True)
+    monkeypatch.setitem(tree.NETWORK.entries, "leases", leases)
+    assert "leases" in await fs.listdir("testA", monkeypatch)
+    a = await fs.lookup("testA/leases")
+    assert a.st_mode == stat.S_IFREG | 0o444
+    assert a.st_size == len(b"0 leases\n")
+    assert await fs.read("testA/leases") == b"0 leases\n"
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await fs.ops.open(await fs.ino("testA/leases"), os.O_WRONLY, USER)  # type: ignore[arg-type]
+    assert errno_of(e) == errno.EACCES
+    # announced: the notifier compares it with what watchers were told
+    fs.ops.notifier.publish_initial()
+    assert fs.ops.notifier.told(("testA", "leases")) == b"0 leases\n"
+    # polled: a handle that read it sees the change at its next poll
+    fi = await fs.ops.open(await fs.ino("testA/leases"), os.O_RDONLY, USER)  # type: ignore[arg-type]
+    assert await fs.ops.read(fi.fh, 0, 100) == b"0 leases\n"
+    assert fs.ops._handle(fi.fh).poll(fi.fh, None) & select.POLLPRI == 0
+    await fs.mkdir("testA/ports/vm1")
+    await fs.write("testA/ports/vm1/port.xml", PORT_XML.format(uuid=PORT_UUID).encode())
+    assert fs.ops._handle(fi.fh).poll(fi.fh, None) & select.POLLPRI
+    await fs.ops.release(fi.fh)
+    # a mkdir'd directory without a definition has none
+    await fs.mkdir("testB")
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await fs.lookup("testB/leases")
+    assert errno_of(e) == errno.ENOENT

@@ -180,8 +180,8 @@ class Notifier:
         self._snap.pop(name, None)
         for p in [p for p in self.gens if p[0] == name]:
             del self.gens[p]
-        for f in tree.NETWORK.entries.values():
-            if isinstance(f, File) and f.polled:
+        for f in tree.watched():
+            if f.polled:
                 self.wake_pollers((name, f.name))
 
     def reannounced_error(self, name: str, told: bytes) -> None:
@@ -194,7 +194,7 @@ class Notifier:
     def _snapshot(self, name: str) -> dict[str, bytes | None]:
         snap: dict[str, bytes | None] = {}
         st = self.space.state(name)
-        for f in tree.WATCHED:
+        for f in tree.watched():
             text = self.space.safe_content((name, f.name), st, f)
             # a new error with the same words as the last is still a change:
             # the sequence number is part of what was announced, so each
@@ -367,12 +367,12 @@ class Notifier:
         new = self._snapshot(name)
         old = self._snap.get(name)
         self._snap[name] = new
-        for f in tree.WATCHED:
+        for f in tree.watched():
             if new.get(f.name) is not None and (old is None or old.get(f.name) is None):
                 self.space.touched((name, f.name))  # it appeared now (status.xml at a start)
         if old is None:
             return
-        for f in tree.WATCHED:
+        for f in tree.watched():
             if new.get(f.name) is None or old.get(f.name) in (None, new.get(f.name)):
                 continue
             self.changed((name, f.name), f)

@@ -336,8 +336,9 @@ ROOT = Dir(
     drop=acts.drop_network,
 )
 
-# the network directory's files the notifier compares and announces
-WATCHED = tuple(f for f in NETWORK.entries.values() if isinstance(f, File) and f.watched)
+def watched() -> list[File]:
+    """The network directory's files the notifier compares and announces."""
+    return [f for f in NETWORK.entries.values() if isinstance(f, File) and f.watched]
 
 
 def resolve(path: Path) -> Node | None:
