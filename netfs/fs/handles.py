@@ -20,6 +20,7 @@ import errno
 import logging
 import select
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import trio
@@ -63,7 +64,9 @@ class Handle:
         """setattr(size) through this handle (a file opened for writing)."""
         space.check_size(self.path, size)
 
-    async def flush(self) -> None:
+    def flush(self) -> Awaitable[None] | None:
+        """What close() must wait for, if anything (None: nothing; the read
+        path stays free of coroutines)."""
         return None
 
     async def fsync(self) -> None:
@@ -72,7 +75,8 @@ class Handle:
     def poll(self, fh: int, waker: Waker | None) -> int:
         return DEFAULT_POLLMASK
 
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> Awaitable[None] | None:
+        """The last close: what must be awaited, if anything."""
         return None
 
 
@@ -133,9 +137,10 @@ class ContentHandle(Handle):
             self.polled = True
         return mask
 
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> Awaitable[None] | None:
         if self.polled:
             self.space.notifier.drop_poller(fh)
+        return None
 
 
 class FlagHandle(ContentHandle):
@@ -151,10 +156,11 @@ class FlagHandle(ContentHandle):
             self.settle = self.space.notifier.todo_seq
         return len(buf)
 
-    async def flush(self) -> None:
-        if self.settle:
-            target, self.settle = self.settle, 0
-            await self.space.notifier.settle(target)
+    def flush(self) -> Awaitable[None] | None:
+        if not self.settle:
+            return None
+        target, self.settle = self.settle, 0
+        return self.space.notifier.settle(target)
 
 
 class DocumentHandle(ContentHandle):
@@ -204,7 +210,10 @@ class DocumentHandle(ContentHandle):
         finally:
             self.settle = self.space.notifier.todo_seq
 
-    async def flush(self) -> None:
+    def flush(self) -> Awaitable[None] | None:
+        return self._flush() if self.dirty or self.settle else None
+
+    async def _flush(self) -> None:
         try:
             await self._commit()
         finally:
@@ -215,8 +224,11 @@ class DocumentHandle(ContentHandle):
     async def fsync(self) -> None:
         await self._commit()
 
-    async def release(self, fh: int) -> None:
-        await super().release(fh)
+    def release(self, fh: int) -> Awaitable[None] | None:
+        super().release(fh)
+        return self._release_commit() if self.dirty else None
+
+    async def _release_commit(self) -> None:
         try:
             await self._commit()
         except NetfsError as e:
@@ -307,9 +319,10 @@ class EventsHandle(Handle):
             self.space.notifier.add_event_poller(fh, waker)
         return 0
 
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> Awaitable[None] | None:
         self.space.notifier.drop_event_poller(fh)
         self.space.core.unsubscribe(self.channel)
+        return None
 
 
 class DirHandle:

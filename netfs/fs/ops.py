@@ -156,10 +156,10 @@ class NetfsOperations(pyfuse3.Operations):
         return ctx is not None and self.notifier.is_self(ctx.pid)
 
     def _node(self, ino: int) -> tuple[Path, Node | None]:
-        try:
-            return self.space.node(ino)
-        except NetfsError:
-            raise _err(errno.ENOENT) from None
+        hit = self.space.nodes.get(ino)
+        if hit is None:
+            raise _err(errno.ENOENT)
+        return hit
 
     def _dir(self, ino: int) -> tuple[Path, Dir]:
         path, node = self._node(ino)
@@ -227,7 +227,7 @@ class NetfsOperations(pyfuse3.Operations):
                 return self._entry(ppath)
             if n == "..":
                 return self._entry(ppath[:-1])
-            if not isinstance(pnode, Dir) or ppath in self.space.scratch:
+            if not isinstance(pnode, Dir) or ppath in self.space.scratch.by_path:
                 raise _err(errno.ENOENT)
             path = ppath + (n,)
             st = self.space.state(ppath[0]) if ppath else UNSET
@@ -543,7 +543,9 @@ class NetfsOperations(pyfuse3.Operations):
 
     async def flush(self, fh: FileHandleT) -> None:
         try:
-            await self._handle(fh).flush()
+            work = self._handle(fh).flush()
+            if work is not None:
+                await work
         except Exception as e:
             raise _fuse_error(e, "flush") from None
 
@@ -556,7 +558,9 @@ class NetfsOperations(pyfuse3.Operations):
         if h is None:
             return
         try:
-            await h.release(fh)
+            work = h.release(fh)
+            if work is not None:
+                await work
         except Exception as e:
             raise _fuse_error(e, "release") from None
 

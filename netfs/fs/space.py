@@ -176,7 +176,7 @@ class Space:
         network's state, when known."""
         if not path:
             return True
-        if path in self.scratch:
+        if path in self.scratch.by_path:
             return True
         if path == ("events",):
             return True
@@ -192,10 +192,11 @@ class Space:
             if st is None and name not in self.pending:
                 return False
         node: Node = tree.NETWORK
-        for i in range(1, len(path)):
+        last = len(path) - 1
+        for i in range(1, last + 1):
             if not isinstance(node, Dir):
                 return False
-            sub = path[: i + 1]
+            sub = path if i == last else path[: i + 1]
             child = node.entries.get(path[i])
             if child is not None:
                 if pub is not None and child.presence in (Presence.DEFINED, Presence.ACTIVE):
@@ -245,7 +246,7 @@ class Space:
         return names + self.scratch.names_in(path)
 
     def writable(self, path: Path, node: Node | None) -> bool:
-        if path in self.scratch:
+        if path in self.scratch.by_path:
             return True
         if node is None:
             return False

@@ -336,6 +336,7 @@ ROOT = Dir(
     drop=acts.drop_network,
 )
 
+
 def watched() -> list[File]:
     """The network directory's files the notifier compares and announces."""
     return [f for f in NETWORK.entries.values() if isinstance(f, File) and f.watched]
