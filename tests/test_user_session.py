@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -780,25 +778,6 @@ def test_inotify_and_events_for_every_cause(daemon_factory: object) -> None:
         watch.close()
 
 
-def test_poll_wakes_on_change(mounted: Daemon) -> None:
-    mnt = mounted.mnt
-    define(mnt, "testA", virtual_xml("testA", "qabr0"))
-    fd = os.open(mnt / "testA" / "active", os.O_RDONLY)
-    try:
-        assert os.pread(fd, 16, 0) == b"0\n"
-        p = select.poll()
-        p.register(fd, select.POLLPRI | select.POLLERR)
-        assert p.poll(0) == []
-        t = threading.Timer(0.3, lambda: sh(f"echo 1 > {mnt}/testA/active"))
-        t.start()
-        got = p.poll(LIVENESS * 1000)
-        t.join()
-        assert got and got[0][1] & (select.POLLPRI | select.POLLERR)
-        assert os.pread(fd, 16, 0) == b"1\n"
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------- users
 
 
@@ -1236,16 +1215,3 @@ def test_mkdir_after_rmdir_of_refused_network_is_usable(mounted: Daemon, tmp_pat
         if len(broken) >= 3:
             break
     assert not broken, broken
-
-
-def test_no_stale_entries_right_after_stop(mounted: Daemon) -> None:
-    mnt = mounted.mnt
-    define(mnt, "testA", OVS_TESTA)
-    ok(f"echo 1 > {mnt}/testA/active && mkdir {mnt}/testA/ports/vm1")
-    assert put(mnt / "testA/ports/vm1/port.xml", OVS_GUEST).returncode == 0
-    r = sh(
-        f"cd {mnt}/testA && cat status.xml ports/vm1/virtualport.xml >/dev/null && "
-        "echo 0 > active && "
-        "for f in status.xml ports/vm1 ports/vm1/virtualport.xml; do [ -e $f ] && echo $f; done; true"
-    )
-    assert r.stdout == "", r.stdout
