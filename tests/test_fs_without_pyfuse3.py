@@ -57,7 +57,7 @@ def test_mount_hygiene_and_help_import_without_pyfuse3() -> None:
     code = (
         "import netfs.fs, netfs.fs.mounts, netfs.fs.helper, netfs.daemon\n"
         "import netfs.fs.tree, netfs.fs.space, netfs.fs.acts, netfs.fs.handles\n"
-        "import netfs.fs.notifier, netfs.fs.scratch\n"
+        "import netfs.fs.notifier, netfs.fs.scratch, netfs.fs.editors\n"
         "from netfs.cli import build_parser\n"
         "build_parser()\n"
         "assert 'pyfuse3' not in sys.modules\n"

@@ -25,7 +25,7 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from netfs.errors import NetfsError
-from netfs.fs import acts, tree
+from netfs.fs import editors, tree
 from netfs.fs.handles import (
     ContentHandle,
     DirHandle,
@@ -315,21 +315,6 @@ class NetfsOperations(pyfuse3.Operations):
 
     # ================================================================ scratch files
 
-    def _scratch_parent(self, ppath: Path, pnode: Node | None, n: str) -> None:
-        """May an editor create `n` in `ppath`? (NetfsError if not.)"""
-        if not isinstance(pnode, Dir) or not self.space.exists(ppath):
-            raise _err(errno.ENOENT)
-        if not pnode.scratch:
-            raise _err(errno.EPERM)
-        self.space.refuse_reserved(ppath, pnode, n)
-
-    def _new_scratch(self, path: Path, mode: int, ctx: pyfuse3.RequestContext) -> int:
-        sp = self.space
-        ino = sp.new_ino()
-        sp.scratch.new(path, ino, mode, ctx.uid, ctx.gid)
-        sp.nodes[ino] = (path, None)
-        return ino
-
     @_handler
     async def create(
         self,
@@ -344,12 +329,11 @@ class NetfsOperations(pyfuse3.Operations):
         path = ppath + (n,)
         if self._is_self(ctx):
             self.notifier.publish(path)
-            h = OwnHandle(path, self.space.ino(path))
-            return self._open_handle(h), self._own_entry(path)
-        self._scratch_parent(ppath, pnode, n)
-        ino = self._new_scratch(path, mode, ctx)
-        sc = self.space.scratch.by_ino[ino]
-        return self._open_handle(ScratchHandle(self.space, path, sc)), self._attr(ino, path, None)
+            own = OwnHandle(path, self.space.ino(path))
+            return self._open_handle(own), self._own_entry(path)
+        sc = editors.new_scratch(self.space, ppath, pnode, n, mode, ctx.uid, ctx.gid)
+        h = ScratchHandle(self.space, path, sc)
+        return self._open_handle(h), self._attr(sc.ino, path, None)
 
     @_handler
     async def mknod(
@@ -370,9 +354,8 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         if not stat.S_ISREG(mode):
             raise _err(errno.EPERM)
-        self._scratch_parent(ppath, pnode, n)
-        ino = self._new_scratch(path, mode, ctx)
-        return self._attr(ino, path, None)
+        sc = editors.new_scratch(self.space, ppath, pnode, n, mode, ctx.uid, ctx.gid)
+        return self._attr(sc.ino, path, None)
 
     @_handler
     async def symlink(
@@ -419,34 +402,17 @@ class NetfsOperations(pyfuse3.Operations):
         flags: FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        sp = self.space
         src = self._node(parent_inode_old)[0] + (_name(name_old),)
         dpath, dnode = self._node(parent_inode_new)
-        dst = dpath + (_name(name_new),)
-        sc = sp.scratch.get(src)
-        if sc is None:
-            raise _err(errno.EPERM if sp.exists(src) else errno.ENOENT)
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise _err(errno.EINVAL)
-        if not isinstance(dnode, Dir) or not dnode.scratch or not sp.exists(dpath):
-            raise _err(errno.EPERM)
-        if src == dst:
-            return
-        target = dnode.entries.get(dst[-1])
-        if target is not None:
-            if not isinstance(target, File) or target.write is not Write.DOCUMENT:
-                raise _err(errno.EPERM)
-            await acts.store_document(sp, dst, target, bytes(sc.data), renamed=True)
-            # the kernel now believes the renamed inode is that file
-            sp.scratch.unlink(src)
-            sp.scratch.forget(sc)
-            sp.nodes[sc.ino] = (dst, target)
-            return
-        if flags & pyfuse3.RENAME_NOREPLACE and dst in sp.scratch:
-            raise _err(errno.EEXIST)
-        sp.scratch.move(src, dst)
-        sp.nodes[sc.ino] = (dst, None)
-        sc.ctime_ns = time.time_ns()
+        await editors.rename_scratch(
+            self.space,
+            src,
+            dpath,
+            dnode,
+            _name(name_new),
+            exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
+            noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+        )
 
     @_handler
     async def setattr(
