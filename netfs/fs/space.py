@@ -178,8 +178,8 @@ class Space:
             return True
         if path in self.scratch.by_path:
             return True
-        if path == ("events",):
-            return True
+        if len(path) == 1 and path[0] in tree.ROOT.entries:
+            return True  # the root's own files (events)
         name = path[0]
         if isinstance(st, _Unset):
             st = self.state(name)
