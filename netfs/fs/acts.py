@@ -77,7 +77,7 @@ async def drop_port(sp: Space, path: Path) -> None:
         try:
             await sp.core.delete_port(name, port)
         finally:
-            sp.notifier.queue("reconcile", name)
+            sp.notifier.queue_reconcile(name)
     sp.notifier.unpublish(path)
     sp.scratch.drop_under(path)
 
@@ -97,7 +97,7 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         await node.store(sp.core, path, value)  # type: ignore[arg-type]
     finally:
         sp.notifier.written(path, node)
-        sp.notifier.queue("reconcile", name)
+        sp.notifier.queue_reconcile(name)
         await drop_stale_entries(sp, name, before)
 
 
@@ -125,7 +125,7 @@ async def store_document(
             sp.pending_ports[name].discard(path[2])
         await drop_stale_entries(sp, name, before)
     finally:
-        sp.notifier.queue("reconcile", name)
+        sp.notifier.queue_reconcile(name)
     if node.watched:
         sp.touched(path)
     if not renamed:

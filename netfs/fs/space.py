@@ -311,7 +311,7 @@ class Space:
             log.warning("network %s: %s", name, message)
         else:
             self.core.set_error(name, message)
-        self.notifier.queue("reconcile", name)
+        self.notifier.queue_reconcile(name)
 
     def check_size(self, path: Path, size: int) -> None:
         """A document buffer or scratch file may not grow past the document
