@@ -17,6 +17,9 @@ what has been published. Two views of the tree follow:
 
 A handler never waits for the notifier (touching an inode from inside a
 handler for the same inode deadlocks in the kernel); it only queues work.
+The one exception is close() (FLUSH) of a write that acted: it waits in
+:meth:`Notifier.settle` until that change has been announced — the kernel
+holds no lock of ours during FLUSH, so the helper's operations proceed.
 :meth:`Notifier.changed` is the one place where "the value of file X
 changed" is known (its mtime, poll's change count, the wake-ups).
 
