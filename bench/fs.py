@@ -537,7 +537,7 @@ def profiled_daemon(argv: list[str]) -> int:
     import json
 
     import netfs.cli
-    import netfs.fs
+    import netfs.fs.ops
 
     totals: dict[str, list[int]] = {}
 
@@ -554,7 +554,9 @@ def profiled_daemon(argv: list[str]) -> int:
         return wrapper
 
     for op in PROFILED_OPS:
-        setattr(netfs.fs.NetfsOperations, op, timed(op, getattr(netfs.fs.NetfsOperations, op)))
+        setattr(
+            netfs.fs.ops.NetfsOperations, op, timed(op, getattr(netfs.fs.ops.NetfsOperations, op))
+        )
 
     def dump() -> None:
         with open(os.environ["NETFS_BENCH_OPS"], "w") as f:

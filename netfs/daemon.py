@@ -10,7 +10,7 @@ nursery. SIGTERM and SIGINT unmount and exit 0; SIGHUP re-reads the config
 directory without unmounting.
 
 Before mounting, a mount left at the mount point by a killed daemon is
-cleared without touching the mount point (fs.cleanup_stale): its FUSE
+cleared without touching the mount point (netfs.fs.mounts.cleanup_stale): its FUSE
 connection is aborted, which also lets a killed daemon that was stuck on one
 of its own requests through the mount exit, then it is lazily unmounted.
 
@@ -33,14 +33,21 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
-from netfs import fs, guard
+from netfs import guard
 from netfs.errors import NetfsError
+from netfs.fs import mounts
+
+if TYPE_CHECKING:  # the adapter imports pyfuse3: loaded by run() only
+    from netfs.core import Driver
+    from netfs.fs.ops import NetfsOperations
+    from netfs.netlink import Netlink
 
 log = logging.getLogger("netfs")
 
@@ -211,10 +218,10 @@ def _gid(group: str | None) -> int | None:
 
 
 async def _handle_signals(
-    driver: Any,
-    ops: fs.NetfsOperations,
+    driver: Driver,
+    ops: NetfsOperations,
     *,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
@@ -228,13 +235,21 @@ async def _handle_signals(
                 ops.request_reconcile_all()
             else:
                 log.info("%s: unmounting", signal.Signals(sig).name)
-                fs.terminate(ops)
+                from netfs.fs.ops import terminate
+
+                terminate(ops)
                 return
 
 
 async def _serve(
-    cfg: MountConfig, nl: Any, driver: Any, ops: fs.NetfsOperations, ready: Any
+    cfg: MountConfig,
+    nl: Netlink,
+    driver: Driver,
+    ops: NetfsOperations,
+    ready: Callable[[str | None], None],
 ) -> None:
+    from netfs.fs.ops import serve as fs_serve
+
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_handle_signals, driver, ops)
@@ -246,9 +261,9 @@ async def _serve(
             gc.freeze()
             await nursery.start(driver.run_monitor)
 
-            async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 try:
-                    await fs.serve(ops, task_status=task_status)
+                    await fs_serve(ops, task_status=task_status)
                 finally:
                     nursery.cancel_scope.cancel()
 
@@ -291,6 +306,7 @@ def run(cfg: MountConfig) -> int:
     inherited = caller_fds()
     setup_logging()
     from netfs.core import Driver
+    from netfs.fs import ops as fs
     from netfs.netlink import Netlink
 
     try:
@@ -323,8 +339,8 @@ def run(cfg: MountConfig) -> int:
     # before anything stats the mount point: a mount left by a killed daemon
     # may hang any request to it
     try:
-        fs.cleanup_stale(mountpoint)
-    except fs.MountBusy as e:
+        mounts.cleanup_stale(mountpoint)
+    except mounts.MountBusy as e:
         print(f"netfs: {e}", file=sys.stderr)
         return 1
     if not os.path.isdir(mountpoint):

@@ -84,7 +84,7 @@ def is_mounted(path: Path) -> bool:
 
 def connection_of(path: Path) -> int | None:
     """The FUSE connection number of the topmost mount at `path`."""
-    from netfs.fs import fuse_mounts_at
+    from netfs.fs.mounts import fuse_mounts_at
 
     found = fuse_mounts_at(str(path))
     return found[-1].connection if found else None
@@ -92,7 +92,7 @@ def connection_of(path: Path) -> int | None:
 
 def abort_connection(conn: int | None) -> None:
     """Last resort: abort a FUSE connection (frees callers stuck on it)."""
-    from netfs.fs import abort_connection as abort
+    from netfs.fs.mounts import abort_connection as abort
 
     if conn is not None:
         abort(conn)
@@ -113,7 +113,7 @@ def reap(proc: subprocess.Popen[Any], conn: int | None) -> None:
 def force_unmount(path: Path) -> None:
     """Last resort: abort what is mounted there (nothing may be left hanging),
     then lazily unmount."""
-    from netfs.fs import fuse_mounts_at
+    from netfs.fs.mounts import fuse_mounts_at
 
     for m in fuse_mounts_at(str(path)):
         abort_connection(m.connection)

@@ -260,6 +260,14 @@ def test_poll_wakes_on_change(mounted: Daemon) -> None:
         t.join(LIVENESS)
         assert result and result[0], result
         assert os.pread(fd, 16, 0) == b"0\n"
+        # a write by another process, with a waiter already blocked
+        assert p.poll(0) == []
+        timer = threading.Timer(0.3, lambda: bash(f"echo 1 > {mnt}/testA/active"))
+        timer.start()
+        got = p.poll(LIVENESS * 1000)
+        timer.join()
+        assert got and got[0][1] & (select.POLLPRI | select.POLLERR)
+        assert os.pread(fd, 16, 0) == b"1\n"
     finally:
         os.close(fd)
 

@@ -46,7 +46,7 @@ MOUNT_OPTIONS = [
     "group=",
 ]
 
-# The contract's table, then what the implementation adds (netfs/fs.py, core.py).
+# The contract's table, then what the implementation adds (netfs/fs/, core.py).
 ERRNOS = [
     "EINVAL",
     "EADDRINUSE",
@@ -231,7 +231,7 @@ def test_every_event_word_of_the_core_is_documented() -> None:
     """Every kind the core emits that is a line of `events` (the filesystem
     hides the internal ones, such as "error")."""
     from netfs.core import EVENT_KINDS
-    from netfs.fs import HIDDEN_EVENTS
+    from netfs.fs.tree import HIDDEN_EVENTS
 
     events = _sections()["EVENTS"]
     words = sorted(EVENT_KINDS - HIDDEN_EVENTS)

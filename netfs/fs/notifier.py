@@ -1,0 +1,480 @@
+"""Announcements: what inotify watchers and poll() waiters have been told.
+
+FUSE has no way to raise inotify events, so the daemon makes them itself: the
+notifier task, fed by the core's events and by the handlers, performs its own
+mkdir, rmdir, mknod, unlink and writes *through the mount*, from the helper
+process of :mod:`netfs.fs.helper`. The handlers recognise those requests (the
+request's pid is the helper's) and treat them as no-ops, apart from recording
+what has been published. Two views of the tree follow:
+
+* everyone else sees the truth: a network the core has is listed at once, a
+  network the core dropped is gone at once, ``status.xml`` exists exactly
+  while the network is active;
+* the helper sees what has been *published* (announced to watchers): a new
+  network stays absent for it until its own mkdir, a removed one stays
+  present until its own rmdir. That makes the kernel send MKDIR, RMDIR,
+  CREATE and UNLINK, which is what raises IN_CREATE/IN_DELETE.
+
+A handler never waits for the notifier (touching an inode from inside a
+handler for the same inode deadlocks in the kernel); it only queues work.
+The one exception is close() (FLUSH) of a write that acted: it waits in
+:meth:`Notifier.settle` until that change has been announced — the kernel
+holds no lock of ours during FLUSH, so the helper's operations proceed.
+:meth:`Notifier.changed` is the one place where "the value of file X
+changed" is known (its mtime, poll's change count, the wake-ups).
+
+No pyfuse3 here: the adapter passes in how to drop a cached dentry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Union
+
+import trio
+
+from netfs.fs import helper, tree
+from netfs.fs.tree import HIDDEN_EVENTS, Dir, File, Path, Presence
+
+if TYPE_CHECKING:
+    from netfs.core import Event, NetworkState
+    from netfs.fs.space import Space
+
+log = logging.getLogger("netfs.fs")
+
+SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
+
+
+class Waker(Protocol):
+    """A poll() waiter (pyfuse3's PollHandle)."""
+
+    def notify(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Reconcile:
+    """Make what watchers were told of network `name` (None: of every
+    network) the truth."""
+
+    name: str | None
+
+
+@dataclass(frozen=True)
+class _Wake:
+    """Wake the poll() waiters of the file at `path`."""
+
+    path: Path
+
+
+# what the notifier's queue holds: a core event or a handler's request
+Todo = Union["Event", _Reconcile, _Wake]  # noqa: UP007 (a runtime alias with a forward reference)
+
+
+class Hands:
+    """The helper process (see :mod:`netfs.fs.helper`) and its pipe."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = -1
+        self._lock = trio.Lock()
+        self._send: trio.lowlevel.FdStream | None = None
+        self._recv: trio.lowlevel.FdStream | None = None
+        self._buf = b""
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", helper.__file__, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pid = self.proc.pid
+        self._send = trio.lowlevel.FdStream(os.dup(self.proc.stdin.fileno()))
+        self._recv = trio.lowlevel.FdStream(os.dup(self.proc.stdout.fileno()))
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self._buf = b""
+
+    def start(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.close()
+            self._spawn()
+
+    async def call(self, op: str, path: str) -> None:
+        """Do `op` on `path` through the mount; OSError with the errno on failure."""
+        async with self._lock:
+            self.start()
+            assert self._send is not None and self._recv is not None
+            await self._send.send_all(json.dumps([op, path]).encode() + b"\n")
+            while b"\n" not in self._buf:
+                chunk = await self._recv.receive_some(64)
+                if not chunk:
+                    self.close()
+                    raise OSError(errno.EIO, "the helper process ended")
+                self._buf += chunk
+            line, _, self._buf = self._buf.partition(b"\n")
+        code = int(line)
+        if code:
+            raise OSError(code, os.strerror(code), path)
+
+    def close(self) -> None:
+        for stream in (self._send, self._recv):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._send = self._recv = None
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            with contextlib.suppress(Exception):
+                self.proc.wait(timeout=5)
+            self.proc = None
+
+
+def _announced(node: tree.Node, is_item: bool) -> bool:
+    """Does the entry come and go with IN_CREATE/IN_DELETE of its own?"""
+    return is_item or node.presence in (Presence.DEFINED, Presence.ACTIVE)
+
+
+class Notifier:
+    """The published view, the queue of announcements, poll's change counts."""
+
+    def __init__(
+        self, space: Space, mountpoint: str, invalidate: Callable[[Path, str], None]
+    ) -> None:
+        self.space = space
+        space.notifier = self
+        self.mountpoint = os.path.abspath(mountpoint)
+        self._invalidate = invalidate
+        self.hands = Hands()
+        # network -> the paths under it announced so far (its directory: the key)
+        self.published: dict[str, set[Path]] = {}
+        # network -> its watched files as last announced
+        self._snap: dict[str, dict[str, bytes | None]] = {}
+        # how many changes of each polled file have been announced
+        self.gens: dict[Path, int] = {}
+        self._pollers: dict[Path, dict[int, Waker]] = {}
+        self._event_pollers: dict[int, Waker] = {}
+        self._todo_send: trio.MemorySendChannel[Todo] | None = None
+        # how many items were queued, and how many are done
+        self.todo_seq = 0
+        self._done_seq = 0
+        self._progress = trio.Event()
+        self.closing = False
+
+    def is_self(self, pid: int) -> bool:
+        return pid == self.hands.pid
+
+    # ================================================================ the published view
+
+    def publish(self, path: Path) -> None:
+        """`path` now exists for watchers (the helper made it, or mkdir did)."""
+        pub = self.published.setdefault(path[0], set())
+        if len(path) > 1:
+            pub.add(path)
+
+    def unpublish(self, path: Path) -> None:
+        if len(path) == 1:
+            self.space.forget_net(path[0])
+            return
+        pub = self.published.get(path[0])
+        if pub is not None:
+            k = len(path)
+            for p in [p for p in pub if p[:k] == path]:
+                pub.discard(p)
+
+    def made_pending_network(self, name: str) -> None:
+        self.published[name] = set()
+        self._snap[name] = self._snapshot(name)
+
+    def forget(self, name: str) -> None:
+        """Network `name` is gone for watchers too."""
+        self.published.pop(name, None)
+        self._snap.pop(name, None)
+        for p in [p for p in self.gens if p[0] == name]:
+            del self.gens[p]
+        for f in tree.watched():
+            if f.polled:
+                self.wake_pollers((name, f.name))
+
+    def reannounced_error(self, name: str, told: bytes) -> None:
+        """An adopted directory's error became the network's: the same error,
+        announced already (under the pending sequence number)."""
+        snap = self._snap.get(name)
+        if snap is not None and snap.get(tree.F_ERROR) == told:
+            snap[tree.F_ERROR] = self._snapshot(name)[tree.F_ERROR]
+
+    def _snapshot(self, name: str) -> dict[str, bytes | None]:
+        snap: dict[str, bytes | None] = {}
+        st = self.space.state(name)
+        for f in tree.watched():
+            text = self.space.safe_content((name, f.name), st, f)
+            # a new error with the same words as the last is still a change:
+            # the sequence number is part of what was announced, so each
+            # recorded error is announced exactly once
+            if text is not None and f.seq is not None:
+                text += b"\0%d" % f.seq(self.space, name)
+            snap[f.name] = text
+        return snap
+
+    def publish_initial(self) -> None:
+        """Everything the core has at start-up counts as already announced."""
+        for name in self.space.core.names():
+            st = self.space.state(name)
+            self.published[name] = set()
+            if st is None:
+                continue
+            self.published[name] = {p for _op, p in self._wanted(name, st)}
+            self._snap[name] = self._snapshot(name)
+
+    def _wanted(self, name: str, st: NetworkState) -> list[tuple[str, Path]]:
+        """What watchers should see under network `name` (its announced
+        entries, in tree order), each with the helper's op that makes it."""
+        sp = self.space
+        out: list[tuple[str, Path]] = []
+        top = (name,)
+        items: list[tuple[str, Path]] = []
+        for e, child in tree.NETWORK.entries.items():
+            path = top + (e,)
+            if _announced(child, False) and sp.present(child, path, st):
+                out.append(("mkdir" if child.is_dir else "mknod", path))
+            if isinstance(child, Dir) and child.items is not None and child.item is not None:
+                for i in child.items(sp, path, st):
+                    items.append(("mkdir", path + (i,)))
+        return out + items
+
+    # ================================================================ queue
+
+    def _queue(self, item: Todo) -> None:
+        if self._todo_send is not None:
+            try:
+                self._todo_send.send_nowait(item)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            self.todo_seq += 1
+
+    def _did_one(self) -> None:
+        """The notifier finished one queued item: wake close()s waiting on it."""
+        self._done_seq += 1
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def settle(self, target: int) -> None:
+        """Before close() returns to a process whose write acted, let the
+        notifier finish announcing that change (up to queue position
+        `target`): `echo 0 > active; umount /net` must not find the mount
+        busy with them, and watchers have heard of a change once the command
+        that made it is done. Bounded: a wedged notifier delays close() at
+        most SETTLE_TIMEOUT. The kernel holds no lock of ours during FLUSH,
+        so the helper's operations proceed meanwhile."""
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while self._done_seq < target and not self.closing and self._todo_send is not None:
+                await self._progress.wait()
+
+    def queue_reconcile(self, name: str) -> None:
+        """Compare network `name` with what watchers were told (a handler
+        changed it, or tried to)."""
+        self._queue(_Reconcile(name))
+
+    def request_reconcile_all(self) -> None:
+        """Compare every network with what watchers were told (after SIGHUP)."""
+        self._queue(_Reconcile(None))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Turn core events and handler requests into the helper's operations
+        through the mount (inotify), poll wake-ups and nothing else."""
+        send, recv = trio.open_memory_channel[Todo](math.inf)
+        self._todo_send = send
+        core = self.space.core.subscribe()
+        self.publish_initial()
+        # start the helper now: spawned at the first change, its start-up
+        # (~20 ms) would delay that change's announcement
+        self.hands.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, core)
+                task_status.started()
+                async for item in recv:
+                    try:
+                        await self._do(item)
+                    except Exception:
+                        log.exception("notifier: %s", item)
+                    finally:
+                        self._did_one()
+        finally:
+            self.space.core.unsubscribe(core)
+            self._todo_send = None
+            self._progress.set()
+
+    async def _do(self, item: Todo) -> None:
+        if isinstance(item, _Wake):
+            self.wake_pollers(item.path)
+        elif isinstance(item, _Reconcile):
+            if item.name is not None:
+                await self.reconcile(item.name)
+                return
+            names = set(self.space.core.names()) | set(self.published) | set(self.space.pending)
+            for name in sorted(names):
+                await self.reconcile(name)
+        else:  # a core event
+            if item.kind not in HIDDEN_EVENTS:  # "error": only its sequence number changed
+                self._wake_event_pollers()
+            await self.reconcile(item.network)
+
+    async def _pump(self, core: trio.MemoryReceiveChannel[Event]) -> None:
+        async for ev in core:
+            self._queue(ev)
+
+    # ================================================================ the helper's operations
+
+    async def _own(self, op: str, path: Path) -> None:
+        """One operation through the mount, done by the helper process."""
+        if self.closing:
+            return
+        try:
+            await self.hands.call(op, os.path.join(self.mountpoint, *path))
+        except OSError as e:
+            log.debug("own %s %s: %s", op, "/".join(path), e)
+
+    def _invalidate_all(self, entries: list[tuple[Path, str]]) -> None:
+        for parent, n in entries:
+            self._invalidate(parent, n)
+
+    async def drop_entries(self, entries: list[tuple[Path, str]]) -> None:
+        """Drop dentries the kernel may have cached (so it asks again), in a
+        thread: the kernel takes the directory's lock, and the trio loop must
+        stay free to answer whoever holds it."""
+        entries = [(p, n) for p, n in entries if p in self.space.inos]
+        if entries and not self.closing:
+            await trio.to_thread.run_sync(self._invalidate_all, entries, abandon_on_cancel=True)
+
+    async def _own_new(self, items: list[tuple[str, Path]]) -> None:
+        """mkdir or mknod of each path, in order, after dropping dentries the
+        kernel may have cached for them (one thread hop for all)."""
+        if self.closing or not items:
+            return
+        await self.drop_entries([(p[:-1], p[-1]) for _op, p in items])
+        for op, path in items:
+            await self._own(op, path)
+            self.publish(path)
+
+    async def reconcile(self, name: str) -> None:
+        """Make what watchers were told of network `name` the truth."""
+        sp = self.space
+        st = sp.state(name)
+        sp.is_pending(name, st)  # adopts a pending directory the core now has
+        if st is None and name not in sp.pending:
+            if name in self.published:
+                await self._own("rmdir", (name,))
+                sp.forget_net(name)  # also if the rmdir failed
+            return
+        if name not in self.published:
+            await self._own_new([("mkdir", (name,))])
+            self._snap[name] = self._snapshot(name)
+        if st is not None:
+            pub = self.published[name]
+            wanted = self._wanted(name, st)
+            await self._own_new([(op, p) for op, p in wanted if p not in pub])
+            keep = {p for _op, p in wanted}
+            for p in sorted(pub - keep, key=lambda p: (-len(p), p)):
+                node = tree.resolve(p)
+                await self._own("rmdir" if node is not None and node.is_dir else "unlink", p)
+                pub.discard(p)
+        await self._announce_changes(name)
+
+    async def _announce_changes(self, name: str) -> None:
+        new = self._snapshot(name)
+        old = self._snap.get(name)
+        self._snap[name] = new
+        for f in tree.watched():
+            if new.get(f.name) is not None and (old is None or old.get(f.name) is None):
+                self.space.touched((name, f.name))  # it appeared now (status.xml at a start)
+        if old is None:
+            return
+        for f in tree.watched():
+            if new.get(f.name) is None or old.get(f.name) in (None, new.get(f.name)):
+                continue
+            self.changed((name, f.name), f)
+            await self._own("touch", (name, f.name))
+
+    # ================================================================ changes and poll
+
+    def changed(self, path: Path, node: File, *, wake_later: bool = False) -> None:
+        """The value of `path` changed (and is being announced): new mtime,
+        poll() reports it to every handle, waiters wake (from the notifier's
+        task when `wake_later`)."""
+        self.space.touched(path)
+        self.gens[path] = self.gens.get(path, 0) + 1
+        if node.polled:
+            if wake_later:
+                self._queue(_Wake(path))
+            else:
+                self.wake_pollers(path)
+
+    def written(self, path: Path, node: File) -> None:
+        """A write through `path` by another process acted: that write already
+        gave watchers IN_MODIFY and IN_CLOSE_WRITE on it, so when it changed
+        the file, record it as announced (the notifier does not touch it
+        again) and wake poll() waiters (from the notifier's task)."""
+        snap = self._snap.get(path[0])
+        if snap is None or not node.watched or len(path) != 2:
+            return
+        new = self.space.safe_content(path, node=node)
+        if snap.get(path[1]) == new or new is None:
+            return
+        snap[path[1]] = new
+        self.changed(path, node, wake_later=True)
+
+    def told(self, path: Path) -> bytes | None:
+        return self._snap.get(path[0], {}).get(path[-1])
+
+    def ahead(self, path: Path, node: File, data: bytes) -> bytes | None:
+        """`data`, just read from `path`, in the form the notifier announces
+        (with its sequence number), when it is not yet what has been
+        announced; else None."""
+        if node.seq is not None:
+            data = data + b"\0%d" % node.seq(self.space, path[0])
+        told = self.told(path)
+        return data if told is not None and told != data else None
+
+    def add_poller(self, path: Path, fh: int, waker: Waker) -> None:
+        self._pollers.setdefault(path, {})[fh] = waker
+
+    def drop_poller(self, fh: int) -> None:
+        for waiters in self._pollers.values():
+            waiters.pop(fh, None)
+
+    def add_event_poller(self, fh: int, waker: Waker) -> None:
+        self._event_pollers[fh] = waker
+
+    def drop_event_poller(self, fh: int) -> None:
+        self._event_pollers.pop(fh, None)
+
+    def wake_pollers(self, path: Path) -> None:
+        for waker in self._pollers.pop(path, {}).values():
+            try:
+                waker.notify()
+            except Exception as e:  # a dead handle must not stop the notifier
+                log.debug("poll notify failed: %s", e)
+
+    def _wake_event_pollers(self) -> None:
+        waiters, self._event_pollers = self._event_pollers, {}
+        for waker in waiters.values():
+            try:
+                waker.notify()
+            except Exception as e:
+                log.debug("poll notify failed: %s", e)
+
+    def close(self) -> None:
+        self.closing = True
+        self.hands.close()
