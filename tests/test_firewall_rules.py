@@ -491,3 +491,30 @@ def test_repair_leaves_networks_in_transition_alone() -> None:
     lst = fw.parse_listing(LISTING)
     script, diffs, orphans = fw.repair_script([net], lst, keep=["gone", "default"])
     assert (script, diffs, orphans) == ("", [], [])
+
+
+def test_listing_without_etc_protocols_reads_back_the_same() -> None:
+    """Where /etc/protocols is missing (a minimal install without netbase)
+    nft prints protocol numbers: the listing still matches the rules."""
+    net = parse_network(
+        "<network><name>n</name><forward mode='nat'/><bridge name='nfsn0'/>"
+        "<ip address='10.9.0.1' prefix='24'/></network>"
+    )
+    rules = fw.expected_rules(net)
+    text = fw.add_script(net)
+    assert "l4proto tcp" in text
+    numeric = (
+        "table inet netfs {\n"
+        + "".join(
+            f"\tchain {chain} {{\n"
+            + "".join(
+                f"\t\t{r.replace('l4proto tcp', 'l4proto 6').replace('l4proto udp', 'l4proto 17')}\n"
+                for r in body
+            )
+            + "\t}\n"
+            for chain, body in rules.chains.items()
+        )
+        + "}\n"
+    )
+    found = fw.parse_listing(numeric).nets["n"]
+    assert found.chains == rules.chains

@@ -50,6 +50,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -491,12 +492,23 @@ def _canon_key(mapname: str, key: str) -> str:
     return key
 
 
+# nft prints a protocol by the name /etc/protocols gives it, and by number
+# where that file is missing (a minimal install has no netbase): the listing
+# is read back in the names the rules are written with
+_PROTO_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "58": "ipv6-icmp"}
+_PROTO_NUMBER = re.compile(r"\b(l4proto|protocol|nexthdr) (\d+)\b")
+
+
+def _proto_name(m: re.Match[str]) -> str:
+    return f"{m.group(1)} {_PROTO_NAMES.get(m.group(2), m.group(2))}"
+
+
 def parse_listing(text: str) -> Listing:
     """Parse what ``nft -s list table inet netfs`` printed ('' when the
     table does not exist). Only netfs's own names are interpreted; any
     other chain in the table is left out (and left alone)."""
     lst = Listing()
-    lines = text.splitlines()
+    lines = _PROTO_NUMBER.sub(_proto_name, text).splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
