@@ -57,6 +57,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_dnsmasq_conf(args: argparse.Namespace) -> int:
+    """Print the dnsmasq configuration that starting the network would write."""
+    from netfs.model import dnsmasq
+    from netfs.model.network import parse_network
+    from netfs.model.validate import validate_network
+
+    try:
+        data = _read_input(args.file)
+    except OSError as e:
+        print(f"error: {args.file}: {e.strerror}", file=sys.stderr)
+        return 1
+    try:
+        net = parse_network(data)
+        validate_network(net)
+        files = dnsmasq.render(net, args.dir.rstrip("/") or "/")
+    except NetfsError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    sys.stdout.write(files.conf)
+    sys.stdout.flush()
+    if not dnsmasq.needs_dnsmasq(net):
+        print(f"note: network '{net.name}' needs no dnsmasq: none is started", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="netfs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="XML file, or - for stdin")
     p.set_defaults(func=cmd_validate)
+
+    from netfs.model.dnsmasq import DEFAULT_DIR
+
+    p = sub.add_parser(
+        "dnsmasq-conf",
+        help="print the dnsmasq configuration that starting the network in FILE would write",
+    )
+    p.add_argument(
+        "--dir",
+        default=DEFAULT_DIR,
+        help=f"dnsmasq's directory named in the configuration (default {DEFAULT_DIR})",
+    )
+    p.add_argument("file", metavar="FILE", help="network XML file, or - for stdin")
+    p.set_defaults(func=cmd_dnsmasq_conf)
 
     p = sub.add_parser(
         "mount",
@@ -150,7 +189,7 @@ MOUNT_VALUE_OPTIONS = (
 
 
 def _is_mount_helper_form(argv: Sequence[str]) -> bool:
-    commands = {"validate", "mount", "-h", "--help"}
+    commands = {"validate", "dnsmasq-conf", "mount", "-h", "--help"}
     if not argv or argv[0] in commands or argv[0].startswith("-"):
         return False
     positionals = [

@@ -108,6 +108,7 @@ import trio
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
+from netfs.model.names import escape_field
 from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
 from netfs.model.port import (
     NetworkPort,
@@ -145,6 +146,11 @@ EVENT_KINDS = frozenset(
 )
 
 
+# define parses a document larger than this in a worker thread (a thread
+# hop costs ~0.1 ms; parsing 1 MiB, ~0.5 s)
+PARSE_IN_THREAD_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Event:
     """One change of one network, as a line of the ``events`` file.
@@ -163,8 +169,12 @@ class Event:
     port: str | None = None
 
     def line(self) -> str:
-        text = f"{self.time.isoformat(timespec='milliseconds')} {self.network} {self.kind}"
-        return text if self.port is None else f"{text} {self.port}"
+        """``TIMESTAMP NAME EVENT [PORT]``, one space between fields; in the
+        names every byte that is not printable ASCII, and space and
+        backslash, is written ``\\xNN`` (netfs.model.names.escape_field)."""
+        network = escape_field(self.network)
+        text = f"{self.time.isoformat(timespec='milliseconds')} {network} {self.kind}"
+        return text if self.port is None else f"{text} {escape_field(self.port)}"
 
 
 @dataclass(frozen=True)
@@ -556,7 +566,9 @@ class Driver:
             if name is not None:
                 check_name(name)
                 xml = _with_name(xml, name)
-            net = parse_network(xml)
+            # a large document is parsed off the loop that serves the others
+            big = len(xml) > PARSE_IN_THREAD_BYTES
+            net = await trio.to_thread.run_sync(parse_network, xml) if big else parse_network(xml)
             if "\n" in net.name:  # libvirt's own refusal, before ours below
                 raise NetfsError(errno.EINVAL, "invalid char in name: \n")
             if name is not None and net.name != name:
@@ -851,11 +863,7 @@ class Driver:
         loaded = await self._store(self.store.load)
         for path, problem in loaded.problems:
             log.warning("%s: %s", path, problem)
-        bad_status = {
-            p.name[: -len(".xml")]: msg
-            for p, msg in loaded.problems
-            if p.parent == self.store.state_dir and p.name.endswith(".xml")
-        }
+        bad_status = loaded.bad_statuses
         for name, cfg in loaded.configs.items():
             self._nets[name] = _Net(
                 name=name,

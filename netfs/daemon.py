@@ -29,6 +29,7 @@ import gc
 import grp
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import trio
 
+from netfs import guard
 from netfs.errors import NetfsError
 from netfs.fs import mounts
 
@@ -90,6 +92,14 @@ def apply_options(cfg: MountConfig, option_lists: list[str] | None) -> None:
                 cfg.fuse_options.append(opt)
 
 
+# what a terminal would act on: C0 (the newline is a space), DEL and C1
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _hex(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group()):02x}"
+
+
 class _Formatter(logging.Formatter):
     PRIORITY = {
         logging.CRITICAL: 2,
@@ -108,7 +118,7 @@ class _Formatter(logging.Formatter):
         msg = record.getMessage()
         if record.exc_info:
             msg += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        msg = msg.replace("\n", " ")
+        msg = _CONTROL.sub(_hex, msg.replace("\n", " "))
         if self.journal:
             return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
         line = f"netfs[{os.getpid()}]: {record.levelname.lower()}: {msg}"
@@ -304,11 +314,20 @@ def run(cfg: MountConfig) -> int:
     except NetfsError as e:
         print(f"netfs: {e.message}", file=sys.stderr)
         return 1
+    # umask, trusted directories, one daemon per state directory: before
+    # anything is written or the mount point is touched
+    try:
+        lock_fd = guard.prepare(Path(cfg.config_dir), Path(cfg.state_dir))
+    except guard.Refused as e:
+        print(f"netfs: {e}", file=sys.stderr)
+        return 1
     log_fd: int | None = None
     if cfg.log_file:
         try:
             log_fd = os.open(
-                cfg.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+                cfg.log_file,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
             )
         except OSError as e:
             print(f"netfs: log file {cfg.log_file}: {e.strerror}", file=sys.stderr)
@@ -355,6 +374,7 @@ def run(cfg: MountConfig) -> int:
             sys.stderr.flush()
             os._exit(1)
         os.close(r)
+        guard.record_pid(lock_fd)  # the lock is this process's now
         os.setsid()
         detach_stdio(log_fd)
         close_caller_fds(inherited, {w} | ({log_fd} if log_fd is not None else set()))

@@ -1,18 +1,33 @@
 """The state store: the config directory and the state directory on disk.
 
-Layout (as libvirt's network driver keeps it)::
+Layout::
 
     <config_dir>/NAME.xml                 persistent definition (inactive XML)
     <config_dir>/autostart/NAME.xml       symlink to ../NAME.xml: autostart on
-    <state_dir>/NAME.xml                  status file of an active network
+    <state_dir>/NAME/status.xml           status file of an active network
     <state_dir>/NAME/ports/PORT.xml       allocated ports of an active network
+    <state_dir>/NAME/starting             start intent (uuid, bridge)
     <state_dir>/autostarted               marker: autostart ran since host boot
+    <state_dir>/.lock                     held (flock) by the running daemon
 
-Writes are atomic: a temporary file in the same directory is written,
-fsync'ed, renamed over the target, and the directory is fsync'ed. A crash
-leaves either the old or the new file, never a torn one; a stray temporary
-file (name starting with ``.netfs-tmp-``) is ignored by the loaders and
-removed by :meth:`StateStore.remove_stale_temp_files`.
+The config directory is libvirt's. In the state directory every network has
+a directory of its own, so no two networks' files can meet (network names
+cannot start with a dot or be ``autostarted``). The previous layout kept a
+status file at ``<state_dir>/NAME.xml``: :meth:`StateStore.ensure_dirs`
+moves such files into place once (a regular ``*.xml`` file at the top is
+never anything else).
+
+Writes are atomic: a temporary file in the same directory is written
+(created with O_EXCL), fsync'ed, renamed over the target, and the directory
+is fsync'ed. A crash leaves either the old or the new file, never a torn
+one; a stray temporary file (name starting with ``.netfs-tmp-``) is ignored
+by the loaders and removed by :meth:`StateStore.remove_stale_temp_files`.
+Nothing written follows a symbolic link: the file's directory is opened
+with O_NOFOLLOW and the file created in it (O_EXCL) and renamed there;
+files of the state directory are read with O_NOFOLLOW too. Directories are
+made with explicit modes (0755 for the directories given, 0700 for a
+network's). A write that fails (ENOSPC...) leaves no file behind and its
+error names the path.
 
 Loading is lenient and never deletes anything: the loaders return what they
 could load plus a list of ``(path, problem)`` for the files they could not
@@ -37,6 +52,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,15 +60,20 @@ from pathlib import Path
 from lxml import etree
 
 from netfs.errors import NetfsError
+from netfs.model.names import name_problem
+from netfs.model.names import shown as shown_name
 from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
 from netfs.model.port import NetworkPort, format_port, parse_port
 from netfs.model.validate import random_mac, validate_network
-from netfs.model.xmlsafe import parse_document
+from netfs.model.xmlsafe import MAX_INPUT_BYTES, parse_document
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".netfs-tmp-"
 AUTOSTARTED = "autostarted"
+STATUS = "status.xml"
+LOCK = ".lock"
+NETWORK_DIR_MODE = 0o700
 
 Problem = tuple[Path, str]
 
@@ -70,8 +91,9 @@ def _header(name: str) -> bytes:
     ).encode()
 
 
-def check_name(name: str, what: str = "network") -> None:
-    """Refuse names that cannot be a file name in our directories (EINVAL)."""
+def _check_component(name: str, what: str = "network") -> None:
+    """Refuse names that cannot be a file name in our directories (EINVAL):
+    what every path built from a name checks (loading too)."""
     try:
         name.encode()
     except UnicodeEncodeError:  # undecodable bytes from the kernel (surrogateescape)
@@ -85,7 +107,35 @@ def check_name(name: str, what: str = "network") -> None:
         or name == AUTOSTARTED
         or len(name.encode()) > 250
     ):
-        raise NetfsError(errno.EINVAL, f"invalid {what} name '{name}'")
+        raise NetfsError(errno.EINVAL, f"invalid {what} name '{shown_name(name)}'")
+
+
+def check_name(name: str, what: str = "network") -> None:
+    """Refuse a new network or port name (EINVAL) that could not be saved and
+    read back identical: not a file name (see _check_component), or holding a
+    control character (XML cannot hold most; a carriage return reads back
+    as a newline). Loading is lenient: a saved name is only path-checked."""
+    _check_component(name, what)
+    problem = name_problem(name)
+    if problem is not None:
+        raise NetfsError(errno.EINVAL, f"invalid {what} name '{shown_name(name)}': {problem}")
+
+
+class TooLarge(NetfsError, OSError):  # type: ignore[misc]
+    """EFBIG: a file would be larger than its loader accepts, so it is not
+    written (what is saved must load again). Also an OSError, so that the
+    callers that tolerate a failed rewrite (a status file's QoS counts, a
+    generated uuid saved back) tolerate this one too."""
+
+
+def check_loadable(data: bytes, what: str) -> None:
+    """Refuse (EFBIG) to save ``data`` when the loader would refuse it."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise TooLarge(
+            errno.EFBIG,
+            f"{what} would be saved as {len(data)} bytes, over the "
+            f"{MAX_INPUT_BYTES} bytes (1 MiB) that loading accepts",
+        )
 
 
 def fsync_dir(path: Path) -> None:
@@ -96,29 +146,82 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync dir."""
-    directory = path.parent
+def _open_dir(directory: Path) -> int:
+    """The directory, its last component not followed if it is a symlink."""
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path`` (a write's ENOSPC names no file by itself)."""
+    if e.filename is not None or not e.errno:
+        return e
+    return OSError(e.errno, e.strerror, str(path))
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, sync: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file (O_EXCL, in the directory
+    opened without following a symlink), fsync, rename, fsync dir. On any
+    failure no temporary file is left and the target is as it was."""
     # short: a 250-byte network name makes a 254-byte file name already
-    tmp = directory / f"{TMP_PREFIX}{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}"
     try:
+        dfd = _open_dir(path.parent)
+    except OSError as e:
+        raise _named(e, path.parent) from None
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, mode, dir_fd=dfd)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException as e:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise _named(e, path) from None
+            raise
+        if sync:
+            os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_nofollow(path: Path) -> bytes:
+    """The content of ``path``, refused (ELOOP) if it is a symbolic link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(MAX_INPUT_BYTES + 1)
+
+
+def make_dir(path: Path, mode: int = 0o755) -> None:
+    """Create ``path`` and its missing parents with ``mode`` exactly (not
+    the umask's); an existing directory is left as it is, a symlink refused."""
+    missing = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory (a symbolic link?)", str(path))
 
 
 def atomic_symlink(path: Path, target: str) -> None:
@@ -187,6 +290,11 @@ class Loaded:
     configs: dict[str, StoredConfig] = field(default_factory=dict)
     statuses: dict[str, StoredStatus] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # network name -> why its status file could not be read completely
+    bad_statuses: dict[str, str] = field(default_factory=dict)
+    # every name with a config or status file that could not be loaded
+    # (config: its file's stem) -> the reason: never an orphan
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def _xml_files(directory: Path) -> list[Path]:
@@ -245,7 +353,12 @@ def format_status(
     the sum of those floors, then the live network.
     """
     inner = format_network(live)
-    body = "".join("  " + line + "\n" if line else "\n" for line in inner.splitlines())
+    # split at newlines only: splitlines() would also split at U+2028 and
+    # other line breaks a name may hold, and change it
+    lines = inner.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    body = "".join("  " + line + "\n" if line else "\n" for line in lines)
     bitmap = format_bitmap({0, 1, 2} | set(class_ids))
     return (
         (_header(live.name) if header else b"")
@@ -297,39 +410,88 @@ class StateStore:
     # -- paths ---------------------------------------------------------------
 
     def config_path(self, name: str) -> Path:
-        check_name(name)
+        _check_component(name)
         return self.config_dir / f"{name}.xml"
 
     def autostart_path(self, name: str) -> Path:
-        check_name(name)
+        _check_component(name)
         return self.autostart_dir / f"{name}.xml"
 
+    def network_dir(self, name: str) -> Path:
+        _check_component(name)
+        return self.state_dir / name
+
     def status_path(self, name: str) -> Path:
-        check_name(name)
-        return self.state_dir / f"{name}.xml"
+        return self.network_dir(name) / STATUS
 
     def ports_dir(self, name: str) -> Path:
-        check_name(name)
-        return self.state_dir / name / "ports"
+        return self.network_dir(name) / "ports"
 
     def port_path(self, name: str, port: str) -> Path:
-        check_name(port, "port")
+        _check_component(port, "port")
         return self.ports_dir(name) / f"{port}.xml"
 
     # -- set-up --------------------------------------------------------------
 
     def ensure_dirs(self) -> None:
+        """Create the directories (mode 0755) and move status files of the
+        previous layout into place."""
         for d in (self.config_dir, self.autostart_dir, self.state_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_dir(d)
+        self.migrate_layout()
+
+    def migrate_layout(self) -> list[str]:
+        """Move each status file of the previous layout, ``<state_dir>/NAME.xml``,
+        to ``<state_dir>/NAME/status.xml``; returns the names moved. Its ports
+        and start intent were in ``<state_dir>/NAME/`` already. Idempotent and
+        safe to interrupt (one rename per network); a status file already in
+        the new place wins (the old one is left, and logged)."""
+        moved = []
+        for path in _xml_files(self.state_dir):
+            name = path.name[: -len(".xml")]
+            try:
+                _check_component(name)
+                target = self.status_path(name)
+                make_dir(target.parent, NETWORK_DIR_MODE)
+                if os.path.lexists(target):
+                    log.warning("%s: left as it is: %s exists", path, target)
+                    continue
+                os.rename(path, target)
+            except (OSError, NetfsError) as e:
+                log.warning("%s: cannot move it to the state layout: %s", path, e)
+                continue
+            fsync_dir(target.parent)
+            moved.append(name)
+        if moved:
+            fsync_dir(self.state_dir)
+            log.info(
+                "state directory %s: moved to the layout NAME/status.xml: %d",
+                self.state_dir,
+                len(moved),
+            )
+        return moved
+
+    def _network_dirs(self) -> list[os.DirEntry[str]]:
+        """The networks' directories (not symlinks, not our dot files)."""
+        try:
+            entries = list(os.scandir(self.state_dir))
+        except FileNotFoundError:
+            return []
+        out = []
+        for e in entries:
+            try:
+                if not e.name.startswith(".") and e.is_dir(follow_symlinks=False):
+                    out.append(e)
+            except OSError:
+                continue
+        return out
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Remove temporary files a crash left behind (only our own prefix)."""
         removed = []
         dirs = [self.config_dir, self.autostart_dir, self.state_dir]
-        try:
-            dirs += [Path(e.path) / "ports" for e in os.scandir(self.state_dir) if e.is_dir()]
-        except FileNotFoundError:
-            pass
+        for e in self._network_dirs():
+            dirs += [Path(e.path), Path(e.path) / "ports"]
         for d in dirs:
             try:
                 entries = list(os.scandir(d))
@@ -347,7 +509,11 @@ class StateStore:
     # -- definitions -----------------------------------------------------------
 
     def write_config(self, net: NetworkDef) -> None:
+        """Save a definition; EFBIG (nothing written) when it, or the status
+        file that starting it writes, would be too large to load again."""
         data = _header(net.name) + format_network(net, inactive=True).encode()
+        check_loadable(data, f"the definition of network '{shown_name(net.name)}'")
+        check_loadable(format_status(net), f"the status file of network '{shown_name(net.name)}'")
         atomic_write(self.config_path(net.name), data)
 
     def delete_config(self, name: str) -> None:
@@ -357,7 +523,7 @@ class StateStore:
     def set_autostart(self, name: str, on: bool) -> None:
         link = self.autostart_path(name)
         if on:
-            self.autostart_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.autostart_dir)
             atomic_symlink(link, os.path.join("..", f"{name}.xml"))
         else:
             try:
@@ -454,49 +620,94 @@ class StateStore:
     def write_status(
         self, live: NetworkDef, class_ids: Iterable[int] = (), floor_sum: int = 0
     ) -> None:
-        atomic_write(
-            self.status_path(live.name),
-            format_status(live, class_ids=class_ids, floor_sum=floor_sum),
-        )
+        data = format_status(live, class_ids=class_ids, floor_sum=floor_sum)
+        check_loadable(data, f"the status file of network '{shown_name(live.name)}'")
+        path = self.status_path(live.name)
+        make_dir(path.parent, NETWORK_DIR_MODE)
+        atomic_write(path, data)
 
     def delete_status(self, name: str) -> bool:
-        return remove_file(self.status_path(name))
+        removed = remove_file(self.status_path(name))
+        self._remove_network_dir(name)
+        return removed
+
+    def _remove_network_dir(self, name: str) -> None:
+        """A network's directory goes when nothing is left in it."""
+        d = self.network_dir(name)
+        with contextlib.suppress(OSError):
+            os.rmdir(d / "ports")
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
 
     def has_status(self, name: str) -> bool:
-        return self.status_path(name).exists()
+        return os.path.lexists(self.status_path(name))
 
-    def load_statuses(self) -> tuple[dict[str, StoredStatus], list[Problem]]:
+    def load_statuses(
+        self, unreadable: dict[str, str] | None = None
+    ) -> tuple[dict[str, StoredStatus], list[Problem]]:
+        """The status files and their ports. ``unreadable`` (if given) gets
+        the names of networks whose status file exists but could not be
+        read completely, with the reason."""
         statuses: dict[str, StoredStatus] = {}
         problems: list[Problem] = []
-        try:  # networks with a directory (ports, intent): one listing, not a scandir each
-            with_dir = {e.name for e in os.scandir(self.state_dir) if e.is_dir()}
-        except OSError:
-            with_dir = set()
-        for path in _xml_files(self.state_dir):
+        for e in self._network_dirs():
+            path = Path(e.path) / STATUS
             try:
-                live = parse_status(path.read_bytes())
-                _check_filename(path, live)
-            except Exception as e:
-                problems.append((path, _as_oserror_problem(e)))
+                data = read_nofollow(path)
+            except FileNotFoundError:
+                continue  # no status: an inactive network's leftovers
+            except OSError as err:
+                problems.append((path, _as_oserror_problem(err)))
+                if unreadable is not None:
+                    unreadable[e.name] = _as_oserror_problem(err)
                 continue
-            ports: dict[str, NetworkPort] = {}
-            if live.name in with_dir:
-                ports, port_problems = self.load_ports(live.name)
-                problems += port_problems
+            try:
+                live = parse_status(data)
+                if live.name != e.name:
+                    raise NetfsError(
+                        errno.EINVAL,
+                        f"Network status file '{path}' does not match network name '{live.name}'",
+                    )
+            except Exception as err:
+                problems.append((path, _as_oserror_problem(err)))
+                if unreadable is not None:
+                    unreadable[e.name] = _as_oserror_problem(err)
+                continue
+            ports, port_problems = self.load_ports(live.name)
+            problems += port_problems
             statuses[live.name] = StoredStatus(live=live, path=path, ports=ports)
         return statuses, problems
 
     def load(self) -> Loaded:
-        statuses, p1 = self.load_statuses()
+        """Everything: statuses (with ports), then configs. ``unreadable``
+        names every network with a file that exists but could not be loaded
+        (a config or a status file), so that such a network is never taken
+        for gone (its bridge is not an orphan)."""
+        bad_statuses: dict[str, str] = {}
+        statuses, p1 = self.load_statuses(bad_statuses)
         configs, p2 = self.load_configs({k: v.live for k, v in statuses.items()})
-        return Loaded(configs=configs, statuses=statuses, problems=p1 + p2)
+        unreadable = dict(bad_statuses)
+        for path, problem in p2:
+            stem = path.name[: -len(".xml")]
+            if path.parent == self.config_dir and stem not in configs:
+                unreadable.setdefault(stem, problem)
+        return Loaded(
+            configs=configs,
+            statuses=statuses,
+            problems=p1 + p2,
+            bad_statuses=bad_statuses,
+            unreadable=unreadable,
+        )
 
     # -- ports -----------------------------------------------------------------
 
     def write_port(self, name: str, port_name: str, port: NetworkPort) -> None:
         path = self.port_path(name, port_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, format_port(port).encode())
+        data = format_port(port).encode()
+        check_loadable(data, f"port '{shown_name(port_name)}'")
+        make_dir(path.parent.parent, NETWORK_DIR_MODE)
+        make_dir(path.parent, NETWORK_DIR_MODE)
+        atomic_write(path, data)
 
     def delete_port(self, name: str, port_name: str) -> bool:
         return remove_file(self.port_path(name, port_name))
@@ -510,6 +721,8 @@ class StateStore:
         removed = [p for p in names if self._unlink_quiet(self.port_path(name, p))]
         if removed:
             fsync_dir(self.ports_dir(name))
+        if port_names is None:
+            self._remove_network_dir(name)
         return removed
 
     @staticmethod
@@ -526,8 +739,9 @@ class StateStore:
         for path in _xml_files(self.ports_dir(name)):
             try:
                 port_name = path.name[: -len(".xml")]
-                check_name(port_name, "port")
-                ports[port_name] = parse_port(path.read_bytes(), strict=False, owner_name=port_name)
+                _check_component(port_name, "port")
+                data = read_nofollow(path)
+                ports[port_name] = parse_port(data, strict=False, owner_name=port_name)
             except Exception as e:
                 problems.append((path, _as_oserror_problem(e)))
         return ports, problems
@@ -535,7 +749,7 @@ class StateStore:
     # -- start intents ---------------------------------------------------------
 
     def intent_path(self, name: str) -> Path:
-        return self.state_dir / name / "starting"
+        return self.network_dir(name) / "starting"
 
     def write_intent(self, name: str, uuid: str, bridge: str | None) -> None:
         """Record "about to create BRIDGE for network NAME (uuid)".
@@ -547,8 +761,10 @@ class StateStore:
         bridges (and the state directory, a tmpfs) with it.
         """
         path = self.intent_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{uuid} {bridge or ''}\n")
+        make_dir(path.parent, NETWORK_DIR_MODE)
+        # atomic and never through a symlink: a crash or a full disk leaves
+        # the whole record or none (an empty one would name no bridge)
+        atomic_write(path, f"{uuid} {bridge or ''}\n".encode(), sync=False)
 
     def delete_intent(self, name: str) -> None:
         path = self.intent_path(name)
@@ -557,20 +773,15 @@ class StateStore:
         except FileNotFoundError:
             pass
         # the network's directory goes too when nothing else is in it
-        with contextlib.suppress(OSError):
-            os.rmdir(path.parent)
+        self._remove_network_dir(name)
 
     def load_intents(self) -> dict[str, tuple[str, str | None]]:
         """Networks whose start was under way: name -> (uuid, bridge name)."""
         out: dict[str, tuple[str, str | None]] = {}
-        try:
-            entries = [e for e in os.scandir(self.state_dir) if e.is_dir()]
-        except FileNotFoundError:
-            return out
-        for e in entries:
+        for e in self._network_dirs():
             try:
-                text = (Path(e.path) / "starting").read_text()
-            except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+                text = read_nofollow(Path(e.path) / "starting").decode()
+            except (OSError, UnicodeDecodeError):
                 continue
             parts = text.split()
             if parts:

@@ -51,7 +51,7 @@ def test_sigterm_unmounts_cleanly(daemon_factory: object) -> None:
     assert not is_mounted(d.mnt)
     # networks keep running without the daemon
     assert "nfsbr0" in bridges(d.netns)
-    assert (d.state_dir / "testA.xml").exists()
+    assert (d.state_dir / "testA" / "status.xml").exists()
     # SIGINT too
     d2: Daemon = daemon_factory()  # type: ignore[operator]
     d2.start()
@@ -250,6 +250,9 @@ def test_mount_over_a_live_mount_is_refused(daemon_factory: object) -> None:
     d: Daemon = daemon_factory()  # type: ignore[operator]
     d.start()
     other: Daemon = daemon_factory()  # type: ignore[operator]
+    # its own state directory (one shared with d is refused before the mount
+    # point is looked at: tests/test_hardening_daemon.py)
+    other.state_dir = other.state_dir.with_name("state2")
     r = subprocess.run(other.argv(), cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
     assert r.returncode == 1
     assert "already mounted" in r.stderr

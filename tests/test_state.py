@@ -83,7 +83,7 @@ def test_atomic_write_failure_keeps_old_content(tmp_path: Path, monkeypatch) -> 
     p = tmp_path / "f.xml"
     atomic_write(p, b"old")
 
-    def boom(a: object, b: object) -> None:
+    def boom(*a: object, **k: object) -> None:
         raise OSError(errno.EIO, "simulated crash before rename")
 
     monkeypatch.setattr(state_mod.os, "rename", boom)
@@ -209,6 +209,7 @@ def test_status_file_structure_and_round_trip(store: StateStore) -> None:
 
 
 def test_status_older_bare_network_form(store: StateStore) -> None:
+    store.status_path("a").parent.mkdir()
     store.status_path("a").write_text(NET.format(name="a", uuid=U1, bridge="vbr-a"))
     statuses, problems = store.load_statuses()
     assert problems == [] and statuses["a"].live.uuid == U1
@@ -216,15 +217,19 @@ def test_status_older_bare_network_form(store: StateStore) -> None:
 
 def test_status_name_mismatch_and_garbage(store: StateStore) -> None:
     store.write_status(net("b", U2, "vbr-b"))
-    os.rename(store.status_path("b"), store.status_path("a"))
-    (store.state_dir / "c.xml").write_bytes(b"\x00garbage")
-    statuses, problems = store.load_statuses()
+    os.rename(store.network_dir("b"), store.network_dir("a"))
+    store.network_dir("c").mkdir()
+    store.status_path("c").write_bytes(b"\x00garbage")
+    unreadable: dict[str, str] = {}
+    statuses, problems = store.load_statuses(unreadable)
     assert statuses == {}
-    msgs = {p.name: m for p, m in problems}
+    msgs = {p.parent.name: m for p, m in problems}
     path_a = store.status_path("a")
-    assert msgs["a.xml"] == f"Network config filename '{path_a}' does not match network name 'b'"
-    assert "c.xml" in msgs
-    assert sorted(listing(store.state_dir)) == ["a.xml", "c.xml"]
+    assert msgs["a"] == f"Network status file '{path_a}' does not match network name 'b'"
+    assert "c" in msgs
+    assert sorted(unreadable) == ["a", "c"]
+    assert sorted(listing(store.state_dir)) == ["a", "c"]
+    assert listing(store.network_dir("a")) == listing(store.network_dir("c")) == ["status.xml"]
 
 
 def test_parse_status_refuses_other_roots() -> None:

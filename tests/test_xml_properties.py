@@ -52,6 +52,8 @@ free_text = st.text(
     min_size=1,
     max_size=12,
 ).filter(lambda s: s.strip() == s and s != "")
+# one field of a dnsmasq file: netfs refuses its separators there (dnsmasq.check_values)
+field_text = free_text.filter(lambda s: "," not in s and " " not in s)
 
 
 def esc(s: str) -> str:
@@ -86,9 +88,9 @@ def ipv4_block(draw: st.DrawFn, n: int) -> str:
         )
         dhcp = f"<range start='10.{n}.0.10' end='10.{n}.0.{draw(st.integers(10, 254))}'>{lease}</range>"
         for i in range(draw(st.integers(0, 2))):
-            dhcp += f"<host mac='00:16:3e:00:00:0{i}' name='{draw(ident)}' ip='10.{n}.0.{i + 2}'/>"
+            dhcp += f"<host mac='00:16:3e:00:00:0{i}' name='h{draw(ident)}' ip='10.{n}.0.{i + 2}'/>"
         if draw(st.booleans()):
-            dhcp += f"<bootp file='{esc(draw(free_text))}' server='10.9.9.9'/>"
+            dhcp += f"<bootp file='{esc(draw(field_text))}' server='10.9.9.9'/>"
         children += f"<dhcp>{dhcp}</dhcp>"
     ptr = draw(st.sampled_from(["", " localPtr='yes'", " localPtr='no'"]))
     return f"<ip {fam}address='{addr}' {mask}{ptr}>{children}</ip>"
@@ -100,7 +102,7 @@ def ipv6_block(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         dhcp = (
             "<dhcp><range start='fd00:1::10' end='fd00:1::ff'/>"
-            f"<host id='0:3:0:1' name='{draw(ident)}' ip='fd00:1::20'/></dhcp>"
+            f"<host id='0:3:0:1' name='h{draw(ident)}' ip='fd00:1::20'/></dhcp>"
         )
     return f"<ip family='ipv6' address='fd00:1::1' prefix='64'>{dhcp}</ip>"
 
@@ -118,7 +120,7 @@ def dns_block(draw: st.DrawFn) -> str:
             f"<srv service='{draw(ident)}' protocol='tcp' target='t.example' port='80' weight='3'/>"
         )
     if draw(st.booleans()):
-        body += f"<host ip='10.1.0.7'><hostname>{esc(draw(free_text))}</hostname></host>"
+        body += f"<host ip='10.1.0.7'><hostname>{esc(draw(field_text))}</hostname></host>"
     if not attrs and not body:
         return ""
     return f"<dns{attrs}>{body}</dns>"

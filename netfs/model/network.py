@@ -1009,19 +1009,26 @@ def _parse_srv(net_name: str, node: Element) -> DNSSrv:
 
 
 def _parse_portgroup(node: Element) -> PortGroupDef:
-    name = _xstr(node, "./@name")
+    # attributes and children read directly, not by XPath (the same values:
+    # an empty attribute counts as absent; the first child of each name):
+    # a definition may hold tens of thousands of portgroups
+    name = node.get("name") or None
     if name is None:
         raise invalid("Missing required name attribute in portgroup")
-    is_default = _xstr(node, "./@default")
+    is_default = node.get("default") or None
     pg = PortGroupDef(name=name, default=bool(is_default and is_default.lower() == "yes"))
     pg.trust_guest_rx_filters = _tristate(node, "trustGuestRxFilters")
-    vp = _xnode(node, "./virtualport")
+    first: dict[str, Element] = {}
+    for c in node:
+        if isinstance(c.tag, str) and c.tag in ("virtualport", "bandwidth", "vlan"):
+            first.setdefault(c.tag, c)
+    vp = first.get("virtualport")
     if vp is not None:
         pg.virtualport = parse_virtualport(vp)
-    bw = _xnode(node, "./bandwidth")
+    bw = first.get("bandwidth")
     if bw is not None:
         pg.bandwidth = parse_bandwidth(bw, allow_floor=False)
-    vl = _xnode(node, "./vlan")
+    vl = first.get("vlan")
     if vl is not None:
         pg.vlan = parse_vlan(vl)
     return pg
@@ -1155,6 +1162,7 @@ def _parse_forward(net_name: str, node: Element) -> ForwardDef:
     if if_nodes or forward_dev:
         if forward_dev:
             fwd.ifs.append(ForwardIf(type="netdev", dev=forward_dev))
+        seen_devs = {forward_dev} if forward_dev else set()
         for i, inode in enumerate(if_nodes):
             dev = inode.get("dev")
             if dev is None:
@@ -1169,13 +1177,12 @@ def _parse_forward(net_name: str, node: Element) -> ForwardDef:
                         f"<interface dev='{dev}'/> in network {net_name}"
                     )
                 continue
-            for prev in fwd.ifs[:i]:
-                if prev.dev == dev:
-                    raise invalid(
-                        f"interface '{dev}' can only be listed once in network {net_name}"
-                    )
+            if dev in seen_devs:
+                raise invalid(f"interface '{dev}' can only be listed once in network {net_name}")
+            seen_devs.add(dev)
             fwd.ifs.append(ForwardIf(type="netdev", dev=dev))
     elif addr_nodes:
+        seen_pci: set[tuple[int, int, int, int]] = set()
         for anode in addr_nodes:
             atype = anode.get("type")
             if atype is None:
@@ -1185,11 +1192,11 @@ def _parse_forward(net_name: str, node: Element) -> ForwardDef:
             if atype != "pci":
                 raise invalid(f"unsupported address type '{atype}' in network {net_name}")
             pci = _parse_pci_address(anode)
-            for prev in fwd.ifs:
-                if prev.pci is not None and prev.pci.key() == pci.key():
-                    raise invalid(
-                        f"PCI device '{pci.text()}' can only be listed once in network {net_name}"
-                    )
+            if pci.key() in seen_pci:
+                raise invalid(
+                    f"PCI device '{pci.text()}' can only be listed once in network {net_name}"
+                )
+            seen_pci.add(pci.key())
             fwd.ifs.append(ForwardIf(type="pci", pci=pci))
     elif len(pf_nodes) > 1:
         raise invalid(f"Only one <pf> element is allowed in <forward> of network {net_name}")
@@ -1342,17 +1349,21 @@ def _parse_root(root: Element) -> NetworkDef:
 
     for r_node in _xnodes(root, "./route"):
         net.routes.append(_parse_route(name, r_node))
+    # each route's gateway must lie in the subnet of one of the addresses:
+    # the subnets by (family, prefix), then one lookup per distinct prefix
+    # (at most 129), not one comparison per address (linear, not pairwise)
+    subnets: dict[tuple[type, int], set[int]] = {}
+    for ip in net.ips:
+        addr = _ip(ip.address)
+        prefix = ip.prefix_len()
+        a = _mask_by_prefix(addr, prefix)
+        if a is not None:
+            subnets.setdefault((type(addr), prefix), set()).add(a)
     for route in net.routes:
         gw = _ip(route.gateway)
         matched = False
-        for ip in net.ips:
-            addr = _ip(ip.address)
-            if type(addr) is not type(gw):
-                continue
-            prefix = ip.prefix_len()
-            a = _mask_by_prefix(addr, prefix)
-            g = _mask_by_prefix(gw, prefix)
-            if a is not None and g is not None and a == g:
+        for (family, prefix), nets in subnets.items():
+            if family is type(gw) and _mask_by_prefix(gw, prefix) in nets:
                 matched = True
                 break
         if not matched:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from netfs.errors import NetfsError, invalid
+from netfs.model.dnsmasq import check_values as check_dnsmasq_values
+from netfs.model.names import entry_name_problem, shown
 from netfs.model.network import NetworkDef, is_virtual
 
 __all__ = [
@@ -177,7 +180,11 @@ def validate_network(
     bad_vlan = False
     default_pg = None
     pgs = net.portgroups
-    for i, pg in enumerate(pgs):
+    # libvirt compares each portgroup with the later ones; a name that occurs
+    # more than once is reported at its first occurrence, as there
+    # (counted once: linear, not pairwise)
+    name_count = Counter(pg.name for pg in pgs)
+    for pg in pgs:
         if vlan_used or (pg.vlan is not None and len(pg.vlan.tags) > 0):
             if pg.virtualport is not None:
                 if mode != "bridge" or pg.virtualport.type != "openvswitch":
@@ -191,12 +198,10 @@ def validate_network(
                     f"({default_pg.name} and {pg.name}), but only one default is allowed"
                 )
             default_pg = pg
-        for other in pgs[i + 1 :]:
-            if other.name == pg.name:
-                raise invalid(
-                    f"multiple <portgroup> elements with the same name ({pg.name}) "
-                    f"in network '{name}'"
-                )
+        if name_count[pg.name] > 1:
+            raise invalid(
+                f"multiple <portgroup> elements with the same name ({pg.name}) in network '{name}'"
+            )
         if pg.bandwidth is not None and not bandwidth_allowed:
             raise invalid(
                 f"Unsupported <bandwidth> element in network '{name}' in portgroup "
@@ -215,6 +220,18 @@ def validate_network(
                     f"unsupported <bandwidth> element in <portgroup name='{pg.name}'> of "
                     f"network '{name}' with forward mode='{mode}'"
                 )
+
+    # netfs's own rule, after libvirt's: a portgroup is a directory entry
+    # (NAME/portgroups/PG), so its name must be one that can be
+    for pg in pgs:
+        problem = entry_name_problem(pg.name)
+        if problem is not None:
+            raise invalid(
+                f"invalid portgroup name '{shown(pg.name)}' in network '{shown(name)}': {problem}"
+            )
+
+    # netfs's own rule: nothing may add a line, option or field to dnsmasq's files
+    check_dnsmasq_values(net)
 
 
 def network_problems(net: NetworkDef) -> str | None:

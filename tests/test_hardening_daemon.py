@@ -1,0 +1,160 @@
+"""Issue 9, the daemon's trust on disk (item 10) and one daemon per state
+directory (item 12)."""
+# ruff: noqa: F811  (fixtures imported from fs_support are pytest arguments)
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from fs_support import (
+    LIVENESS,
+    PYTHON,
+    ROOT,
+    Daemon,
+    daemon_factory,  # noqa: F401  (fixture)
+    is_mounted,
+    wait_for,
+)
+
+from netfs import guard
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+
+
+def mount(mnt: Path, config: Path, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [PYTHON, "-m", "netfs.cli", "mount", str(mnt), "--config-dir", str(config)]
+    argv += ["--state-dir", str(state), "-f", *extra]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])
+def test_directory_writable_by_others_refused(tmp_path: Path, mode: int) -> None:
+    d = tmp_path / "state"
+    d.mkdir()
+    d.chmod(mode)
+    with pytest.raises(guard.Refused, match="writable by group or others"):
+        guard.check_trusted(d)
+    with pytest.raises(guard.Refused, match=str(d)):
+        guard.check_trusted(d / "below" / "it")  # a parent it would create in
+
+
+@root_only
+def test_directory_of_another_user_refused(tmp_path: Path) -> None:
+    d = tmp_path / "state"
+    d.mkdir()
+    os.chown(d, 65534, 65534)
+    with pytest.raises(guard.Refused, match="owned by uid 65534"):
+        guard.check_trusted(d)
+
+
+def test_symlink_as_directory_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(guard.Refused, match="symbolic link"):
+        guard.check_trusted(tmp_path / "link")
+
+
+def test_trusted_directories_accepted(tmp_path: Path) -> None:
+    d = tmp_path / "a" / "b"
+    d.mkdir(parents=True, mode=0o755)
+    guard.check_trusted(d)
+    guard.check_trusted(tmp_path / "not" / "yet")
+    # a sticky, world-writable ancestor (/tmp) is fine
+    sticky = Path(tempfile.mkdtemp())
+    try:
+        (sticky / "s").mkdir(mode=0o755)
+        sticky.chmod(0o1777)
+        guard.check_trusted(sticky / "s")
+    finally:
+        (sticky / "s").rmdir()
+        sticky.rmdir()
+
+
+def test_second_lock_refused_naming_dir_and_pid(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    fd = guard.lock_state_dir(state)
+    try:
+        with pytest.raises(guard.Refused) as e:
+            guard.lock_state_dir(state)
+        assert str(state) in str(e.value) and f"pid {os.getpid()}" in str(e.value)
+    finally:
+        os.close(fd)
+    os.close(guard.lock_state_dir(state))  # released with its holder
+
+
+def test_prepare_sets_the_daemons_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        fd = guard.prepare(tmp_path / "etc", tmp_path / "run")
+        os.close(fd)
+        assert os.umask(0) == guard.UMASK
+        assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(old)
+
+
+def test_mount_refuses_untrusted_state_dir(tmp_path: Path) -> None:
+    mnt, config, state = tmp_path / "mnt", tmp_path / "etc", tmp_path / "run"
+    for d in (mnt, config, state):
+        d.mkdir()
+    state.chmod(0o777)
+    r = mount(mnt, config, state)
+    assert r.returncode != 0
+    assert f"{state}: writable by group or others" in r.stderr
+    assert not is_mounted(mnt) and os.listdir(state) == []
+
+
+def test_log_file_symlink_not_followed(tmp_path: Path) -> None:
+    mnt, config, state = tmp_path / "mnt", tmp_path / "etc", tmp_path / "run"
+    mnt.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file\n")
+    (tmp_path / "log").symlink_to(victim)
+    r = mount(mnt, config, state, "--log-file", str(tmp_path / "log"))
+    assert r.returncode != 0 and "log file" in r.stderr
+    assert victim.read_bytes() == b"root's file\n"
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_second_daemon_on_one_state_dir_refused(daemon_factory: object, tmp_path: Path) -> None:
+    d1: Daemon = daemon_factory()  # type: ignore[operator]
+    d1.start()
+    assert d1.proc is not None
+    other = tmp_path / "mnt2"
+    other.mkdir()
+    argv = d1.argv()
+    argv[argv.index(str(d1.mnt))] = str(other)
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert r.returncode == 1
+    assert f"state directory {d1.state_dir} is in use" in r.stderr
+    assert f"pid {d1.proc.pid}" in r.stderr
+    assert not is_mounted(other)
+    assert d1.proc.poll() is None and "events" in os.listdir(d1.mnt)
+    # the same mount point too: refused before the mount is looked at
+    r = subprocess.run(d1.argv(), cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert r.returncode == 1 and "in use by another netfs daemon" in r.stderr
+    assert d1.proc.poll() is None and "events" in os.listdir(d1.mnt)
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_detached_daemon_holds_the_lock_with_its_own_pid(daemon_factory: object) -> None:
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    argv = [a for a in d.argv() if a != "-f"]
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=LIVENESS)
+    assert r.returncode == 0, r.stderr
+    pid = int((d.state_dir / ".lock").read_text())
+    try:
+        assert b"netfs.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()  # not the parent's
+        with pytest.raises(guard.Refused, match=f"pid {pid}"):
+            guard.lock_state_dir(d.state_dir)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
+    os.close(guard.lock_state_dir(d.state_dir))  # released when it exited

@@ -1,0 +1,293 @@
+"""Issue 9, state directory: one layout where no two networks' names meet
+(item 11, with the migration of the previous layout), nothing written
+through a planted symlink (item 10), names of what could not be loaded
+(item 7), a full disk (item 15). Temp dirs only; pure (no kernel)."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from netfs import state as state_mod
+from netfs.model.network import format_network, parse_network
+from netfs.model.port import format_port, parse_port
+from netfs.state import TMP_PREFIX, StateStore
+
+ROOT = Path(__file__).resolve().parent.parent
+PREVIOUS = "bccda97"  # the last commit with the previous state layout
+
+NET = """<network>
+  <name>{name}</name>
+  <uuid>81ff0d90-c91e-6742-64da-4a736edb9a{n:02x}</uuid>
+  <bridge name='vbr{n}'/>
+  <mac address='52:54:00:11:22:{n:02x}'/>
+  <ip address='192.168.{n}.1' netmask='255.255.255.0'/>
+</network>
+"""
+
+PORT = """<interface type='network'>
+  <mac address='52:54:00:7b:35:{n:02x}'/>
+  <source network='x'/>
+</interface>
+"""
+
+
+def net(name: str, n: int = 1):  # type: ignore[no-untyped-def]
+    return parse_network(NET.format(name=name, n=n))
+
+
+def port(owner: str, n: int = 1):  # type: ignore[no-untyped-def]
+    return parse_port(PORT.format(n=n), owner_name=owner)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    s = StateStore(tmp_path / "etc", tmp_path / "run")
+    s.ensure_dirs()
+    return s
+
+
+def previous_state_module(tmp: Path) -> ModuleType | None:
+    """netfs/state.py as the previous version had it (from git)."""
+    try:
+        src = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{PREVIOUS}:netfs/state.py"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = tmp / "previous_state.py"
+    path.write_bytes(src)
+    spec = importlib.util.spec_from_file_location("previous_state", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["previous_state"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --------------------------------------------------------------------------- item 11
+
+
+def test_network_names_never_meet(store: StateStore) -> None:
+    names = ["foo", "foo.xml", "foo.xml.xml", "ports", "status.xml", "starting"]
+    for i, name in enumerate(names, 1):
+        store.write_status(net(name, i))
+        store.write_port(name, "vm1", port(name, i))
+        store.write_intent(name, f"u{i}", f"b{i}")
+    loaded = store.load()
+    assert loaded.problems == []
+    assert sorted(loaded.statuses) == sorted(names)
+    for i, name in enumerate(names, 1):
+        assert loaded.statuses[name].live.uuid.endswith(f"{i:02x}")
+        assert list(loaded.statuses[name].ports) == ["vm1"]
+        assert loaded.statuses[name].ports["vm1"].owner_name == name
+    assert store.load_intents() == {n: (f"u{i}", f"b{i}") for i, n in enumerate(names, 1)}
+
+
+def test_previous_layout_loads_identically(tmp_path: Path) -> None:
+    old = previous_state_module(tmp_path)
+    if old is None:
+        pytest.skip("no git history here")
+    etc, run = tmp_path / "etc", tmp_path / "run"
+    before = old.StateStore(etc, run)
+    before.ensure_dirs()
+    for i, name in enumerate(["a", "b", "c.xml"], 1):
+        before.write_config(net(name, i))
+    before.set_autostart("a", True)
+    before.write_status(net("a", 1))
+    before.write_port("a", "vm1", port("vm1", 1))
+    before.write_port("a", "vm2", port("vm2", 2))
+    before.write_status(net("c.xml", 3))
+    before.write_intent("b", "uuid-b", "vbr2")  # a start under way
+    before.mark_autostarted()
+    expected = before.load()
+    assert sorted(expected.statuses) == ["a", "c.xml"] and expected.problems == []
+
+    after = StateStore(etc, run)
+    after.ensure_dirs()  # migrates
+    after.remove_stale_temp_files()
+    loaded = after.load()
+    assert loaded.problems == []
+    assert sorted(loaded.configs) == sorted(expected.configs)
+    for name, cfg in expected.configs.items():
+        got = loaded.configs[name]
+        assert format_network(got.definition, inactive=True) == format_network(
+            cfg.definition, inactive=True
+        )
+        assert got.autostart == cfg.autostart
+    assert sorted(loaded.statuses) == ["a", "c.xml"]
+    for name, st in expected.statuses.items():
+        assert format_network(loaded.statuses[name].live) == format_network(st.live)
+        assert {k: format_port(v) for k, v in loaded.statuses[name].ports.items()} == {
+            k: format_port(v) for k, v in st.ports.items()
+        }
+    assert after.load_intents() == {"b": ("uuid-b", "vbr2")}
+    assert after.autostarted()
+    assert sorted(os.listdir(run)) == ["a", "autostarted", "b", "c.xml"]
+    assert after.migrate_layout() == []  # once
+
+
+# --------------------------------------------------------------------------- item 10
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    v = tmp_path / "victim"
+    v.write_bytes(b"root's secret\n")
+    v.chmod(0o600)
+    return v
+
+
+def test_planted_symlink_as_intent_file_is_not_written_through(
+    store: StateStore, victim: Path
+) -> None:
+    store.network_dir("n").mkdir()
+    store.intent_path("n").symlink_to(victim)
+    store.write_intent("n", "u", "br")
+    assert victim.read_bytes() == b"root's secret\n"
+    assert store.load_intents() == {"n": ("u", "br")}
+
+
+@pytest.mark.parametrize("what", ["status", "port", "intent"])
+def test_planted_symlink_as_network_dir_is_refused(
+    store: StateStore, tmp_path: Path, what: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "ports").mkdir(parents=True)
+    store.network_dir("n").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        if what == "status":
+            store.write_status(net("n"))
+        elif what == "port":
+            store.write_port("n", "vm1", port("vm1"))
+        else:
+            store.write_intent("n", "u", "br")
+    assert sorted(p.name for p in elsewhere.rglob("*")) == ["ports"]
+
+
+def test_planted_symlink_as_ports_dir_is_refused(store: StateStore, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store.network_dir("n").mkdir()
+    store.ports_dir("n").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        store.write_port("n", "vm1", port("vm1"))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_state_files_are_not_read_through_symlinks(store: StateStore, victim: Path) -> None:
+    victim.write_text(NET.format(name="n", n=1))
+    store.network_dir("n").mkdir()
+    store.status_path("n").symlink_to(victim)
+    loaded = store.load()
+    assert loaded.statuses == {}
+    assert "n" in loaded.unreadable and "n" in loaded.bad_statuses
+
+
+def test_directories_made_with_explicit_modes(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        s = StateStore(tmp_path / "new" / "etc", tmp_path / "new" / "run")
+        s.ensure_dirs()
+        s.write_status(net("n"))
+        s.write_port("n", "vm1", port("vm1"))
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "new", s.config_dir, s.autostart_dir, s.state_dir):
+        assert d.stat().st_mode & 0o777 == 0o755, d
+    for d in (s.network_dir("n"), s.ports_dir("n")):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    assert s.status_path("n").stat().st_mode & 0o777 == 0o600
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+def test_names_that_could_not_be_loaded_are_reported(store: StateStore) -> None:
+    big = b"<network><name>big</name>" + b" " * (1 << 20) + b"</network>"
+    (store.config_dir / "big.xml").write_bytes(big)
+    (store.config_dir / "torn.xml").write_bytes(b"<network><name>torn</na")
+    store.write_status(net("live", 2))
+    store.status_path("live").write_bytes(big)
+    store.write_config(net("good", 3))
+    loaded = store.load()
+    assert sorted(loaded.configs) == ["good"]
+    assert sorted(loaded.unreadable) == ["big", "live", "torn"]
+    assert "too large" in loaded.unreadable["big"]
+    assert "too large" in loaded.bad_statuses["live"]
+
+
+# --------------------------------------------------------------------------- item 15
+
+
+def test_full_disk_names_the_path_and_leaves_no_starting_file(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(state_mod.os, "write", full)
+    with pytest.raises(OSError) as e:
+        store.write_intent("n", "u", "br")
+    assert e.value.errno == errno.ENOSPC
+    assert e.value.filename == str(store.intent_path("n"))
+    with pytest.raises(OSError) as e:
+        store.write_status(net("n"))
+    assert e.value.filename == str(store.status_path("n"))
+    monkeypatch.undo()
+    assert not os.path.lexists(store.intent_path("n"))
+    assert not any(p.name.startswith(TMP_PREFIX) for p in store.state_dir.rglob("*"))
+
+
+FULL_DISK = """
+import errno, os, sys
+from pathlib import Path
+from netfs.state import StateStore
+from netfs.model.network import parse_network
+run = Path(sys.argv[1])
+s = StateStore(run / "etc", run / "run")
+s.ensure_dirs()
+s.network_dir("n").mkdir()
+fd = os.open(run / "filler", os.O_WRONLY | os.O_CREAT)  # fill the file system
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError as e:
+    assert e.errno == errno.ENOSPC
+os.close(fd)
+for write in (lambda: s.write_intent("n", "u" * 4000, "br"),):
+    try:
+        write()
+    except OSError as e:
+        print(e.errno, e.filename)
+print(sorted(os.listdir(s.network_dir("n"))))
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_really_full_disk_leaves_no_starting_file(tmp_path: Path) -> None:
+    script = (
+        f"mount -t tmpfs -o size=256k netfs-test {tmp_path} && "
+        f"{sys.executable} -c '{FULL_DISK}' {tmp_path}"
+    )
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines == [f"{errno.ENOSPC} {tmp_path}/run/n/starting", "[]"], r.stdout
