@@ -1,14 +1,13 @@
 """The FUSE floor for bench.fs: the smallest pyfuse3 filesystem serving one
 constant file, mounted the way netfs mounts (pyfuse3 + trio, 1 s entry and
 attribute timeouts, direct_io without page cache, allow_other and
-default_permissions).
+default_permissions) and answering FLUSH and RELEASE as no-ops, as netfs
+must (it acts at flush for its documents, so the kernel sends FLUSH at every
+close).
 
-    python -m bench.floorfs MOUNTPOINT [--with-flush | --hang]
+    python -m bench.floorfs MOUNTPOINT [--hang]
 
 Serves MOUNTPOINT/value ("0\\n") until SIGTERM or SIGINT, then unmounts.
-Without flush and release handlers the kernel learns (ENOSYS) not to send
-FLUSH at all; --with-flush answers FLUSH and RELEASE as no-ops, as a
-filesystem that must act at flush (netfs's XML documents) has to.
 
 --hang (for tests/test_fs_daemon.py): a lookup of MOUNTPOINT/hang is never
 answered, and the process itself looks it up from a thread and prints
@@ -83,6 +82,12 @@ class FloorFS(pyfuse3.Operations):
     async def read(self, fh: Any, off: int, size: int) -> bytes:
         return VALUE[off : off + size]
 
+    async def flush(self, fh: Any) -> None:
+        return None
+
+    async def release(self, fh: Any) -> None:
+        return None
+
 
 class HangFS(FloorFS):
     def __init__(self, mountpoint: str) -> None:
@@ -102,14 +107,6 @@ class HangFS(FloorFS):
             print(f"hang: {e}", flush=True)
 
 
-class FloorFSWithFlush(FloorFS):
-    async def flush(self, fh: Any) -> None:
-        return None
-
-    async def release(self, fh: Any) -> None:
-        return None
-
-
 async def _serve(fs: FloorFS) -> None:
     async with trio.open_nursery() as nursery:
         if isinstance(fs, HangFS):
@@ -127,15 +124,14 @@ async def _serve(fs: FloorFS) -> None:
 
 
 def main(argv: list[str]) -> int:
-    flush = "--with-flush" in argv
     hang = "--hang" in argv
-    argv = [a for a in argv if a not in ("--with-flush", "--hang")]
+    argv = [a for a in argv if a != "--hang"]
     if len(argv) != 1:
-        print("usage: python -m bench.floorfs MOUNTPOINT [--with-flush | --hang]", file=sys.stderr)
+        print("usage: python -m bench.floorfs MOUNTPOINT [--hang]", file=sys.stderr)
         return 2
     opts = set(pyfuse3.default_options)
     opts |= {"fsname=floorfs", "allow_other", "default_permissions"}
-    fs = HangFS(argv[0]) if hang else FloorFSWithFlush() if flush else FloorFS()
+    fs = HangFS(argv[0]) if hang else FloorFS()
     pyfuse3.init(fs, argv[0], opts)
     try:
         trio.run(_serve, fs)

@@ -792,9 +792,10 @@ class Driver:
         async with self._transition(name):
             check_name(port, "port")
             n = self._get(name)
+            # libvirt's order: parse, active, plug, allocate, then the uuid
+            p = parse_port(xml, strict=True, owner_name=port)
             if n.live is None:
                 raise NetfsError(errno.ENETDOWN, f"network '{name}' is not active")
-            p = parse_port(xml, strict=True, owner_name=port)
             if p.source_network is not None and p.source_network != name:
                 raise NetfsError(
                     errno.EINVAL,
@@ -809,11 +810,6 @@ class Driver:
                 raise NetfsError(
                     errno.EINVAL, "Port reclaim not requested but plug type is not none"
                 )
-            for q in n.ports.values():
-                if q.uuid == p.uuid:
-                    raise NetfsError(
-                        errno.EEXIST, f"Network port with UUID {p.uuid} already exists"
-                    )
             ids, floor_sum = _qos(n.ports)
             allocated = allocate_port(
                 n.live,
@@ -822,6 +818,11 @@ class Driver:
                 floor_sum=floor_sum,
                 class_ids_in_use=ids,
             )
+            for q in n.ports.values():
+                if q.uuid == p.uuid:
+                    raise NetfsError(
+                        errno.EEXIST, f"Network port with UUID {p.uuid} already exists"
+                    )
             await self._store(self.store.write_port, name, port, allocated)
             n.ports[port] = allocated
             self._recount(n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,54 @@ def test_hostile_input_fails_cleanly() -> None:
     assert p.stderr.decode().startswith("error: ")
     p = run("-", stdin=b"\xff\xfe garbage")
     assert p.returncode == 1
+
+
+# -- from the shell session (tests/test_user_session.py) -------------------------
+
+NETFS = Path(sys.executable).parent / "netfs"  # the installed command
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "testA.xml"
+OVS_GUEST = """<interface type='network'>
+  <mac address='52:54:00:12:34:56'/>
+  <source network='testA' portgroup='sales'/>
+  <virtualport type='openvswitch'>
+    <parameters interfaceid='09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f'/>
+  </virtualport>
+</interface>
+"""
+
+
+def test_the_netfs_command(conformance_dir: Path) -> None:
+    """The installed `netfs` command: generated values, the error prefixes,
+    a missing file beside a good one, and a port document printed as is."""
+    r = subprocess.run([str(NETFS), "validate", str(EXAMPLE)], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert re.search(r"<uuid>[0-9a-f-]{36}</uuid>", r.stdout)
+    assert "<mac address='52:54:00:" in r.stdout
+    r = subprocess.run(
+        [str(NETFS), "validate", "-"],
+        input="<network><name>a</name>",
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and r.stderr.startswith("error: XML error:")
+    r = subprocess.run(
+        [str(NETFS), "validate", "/nonexistent-qa", str(EXAMPLE)], capture_output=True, text=True
+    )
+    assert r.returncode == 1 and "<name>testA</name>" in r.stdout
+    assert "error: /nonexistent-qa: No such file or directory" in r.stderr
+    port = conformance_dir / "virnetworkportxml2xmldata" / "plug-direct.xml"
+    r = subprocess.run([str(NETFS), "validate", str(port)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == port.read_text()
+
+
+def test_validate_checks_a_guest_interface() -> None:
+    """man: netfs validate checks a guest <interface> as port.xml would take it; the
+    owner name is the file's name (stdin for -), like a port directory's name."""
+    p = run("-", stdin=OVS_GUEST)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "<name>stdin</name>" in out
+    assert "interfaceid='09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f'" in out
+    bad = OVS_GUEST.replace("</interface>", "  <ip address='10.0.0.2'/>\n</interface>")
+    p = run("-", stdin=bad)
+    assert p.returncode == 1 and p.stderr.decode().startswith("error: ")

@@ -1111,3 +1111,28 @@ async def test_state_thread_runs_in_order_and_ends_when_idle() -> None:
         while st._running:  # the idle thread ends; the next call starts one
             await trio.sleep(0.01)
     assert await st.run(lambda: 7) == 7
+
+
+async def test_port_checks_in_libvirts_order(driver: Driver, netns: str) -> None:
+    """networkPortCreateXML parses before it asks whether the network is
+    active, and looks for a duplicate uuid only once the port is allocated."""
+    ip("link", "add", "ovsbr0", "type", "bridge", netns=netns)
+    await driver.define(TESTA_OVS.format(uuid=U.format(11)))
+    no_uuid = "<networkport><owner><name>vm</name><uuid>{}</uuid></owner></networkport>"
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm1", no_uuid.format(U.format(12)))
+    assert (e.value.errno, e.value.message) == (errno.EINVAL, "network port has no uuid")
+    await driver.start("testA")
+    port = await driver.create_port("testA", "vm1", IFACE_OVS)
+    mido = (
+        f"<networkport><uuid>{port.uuid}</uuid><owner><name>vm</name><uuid>{U.format(12)}"
+        "</uuid></owner><mac address='52:54:00:11:11:19'/><virtualport type='midonet'>"
+        "<parameters profileid='p'/></virtualport></networkport>"
+    )
+    with pytest.raises(NetfsError) as e:
+        await driver.create_port("testA", "vm2", mido)
+    # the allocation's error, not "Network port with UUID ... already exists"
+    assert e.value.message == (
+        "attempt to merge virtualports with mismatched types (midonet and openvswitch)"
+    )
+    await driver.stop("testA")

@@ -401,3 +401,34 @@ def test_stale_mount_warning_goes_to_the_log_file(daemon_factory: object, tmp_pa
         reap(hung, conn)
     # the foreground daemons' stderr (the factory's log) never saw it
     assert "stale mount" not in d.logtext()
+
+
+def test_umount_right_after_a_start_through_a_detached_daemon(daemon_factory: object) -> None:
+    """`netfs mount` detached, a network started through it, then `umount`
+    at once: the start's announcements are over when `echo` returns, so the
+    mount is not busy; the daemon exits and the network keeps running."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    argv = [a for a in d.argv() if a != "-f"]
+    r = subprocess.run(
+        argv,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=LIVENESS,
+    )
+    assert r.returncode == 0
+    pid = _daemon_pid(d)
+    try:
+        assert is_mounted(d.mnt) and "events" in os.listdir(d.mnt)
+        define(d.mnt, "n", virtual_xml("n", "nfsdet0"))
+        assert bash(f"echo 1 > {d.mnt}/n/active").returncode == 0
+        r2 = subprocess.run(["umount", str(d.mnt)], capture_output=True, text=True)
+        assert r2.returncode == 0, r2.stderr
+        wait_for(lambda: not is_mounted(d.mnt), "unmount")
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit after umount")
+        assert "nfsdet0" in bridges(d.netns)  # networks keep running
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")

@@ -578,3 +578,35 @@ trap - EXIT
     assert "fstab: " in stdout and "testA" in stdout.split("fstab: ")[1]
     assert "fstab daemon gone" in stdout
     assert _wait_gone(str(mnt))
+
+
+# -- from the shell session (tests/test_user_session.py) -------------------------
+
+
+def test_uninstalled_helper_fake_mode_names_what_it_would_run() -> None:
+    """mount -f through the helper of the checkout: the default netfs path
+    and only netfs's own options (defaults, _netdev, nofail, x-* dropped)."""
+    r = sh("sh", HELPER, "netfs", "/net", "-f", "-o", "defaults,_netdev,netns=lab,nofail,x-a=b")
+    assert r.returncode == 0
+    assert r.stderr.strip() == "mount.fuse.netfs: /usr/sbin/netfs netfs /net -o netns=lab"
+
+
+def test_install_defaults_to_the_checkouts_netfs(tmp_path: Path) -> None:
+    """Without --netfs, the wrapper runs the netfs of the checkout's .venv."""
+    stage = tmp_path / "stage"
+    r = sh("sh", INSTALL, "--dest-root", stage)
+    assert r.returncode == 0, r.stderr
+    assert str(TOP / ".venv" / "bin" / "netfs") in (stage / "usr/sbin/netfs").read_text()
+
+
+def test_uninstall_no_systemd_keeps_the_unit(tmp_path: Path) -> None:
+    """--no-systemd leaves a unit file that is there (someone else's) alone,
+    on install and on uninstall."""
+    stage = tmp_path / "stage"
+    unit = stage / "etc/systemd/system/netfs.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Unit]\nDescription=someone else's\n")
+    for extra in ([], ["--uninstall"]):
+        r = sh("sh", INSTALL, "--dest-root", stage, "--no-systemd", *extra)
+        assert r.returncode == 0, r.stderr
+    assert unit.read_text() == "[Unit]\nDescription=someone else's\n"

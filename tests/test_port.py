@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
+from conftest import CONFORMANCE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +26,7 @@ from netfs.model.port import (
 )
 from netfs.model.virtualport import VirtualPort, format_virtualport
 
-DATA = Path("/work/shared/conformance/libvirt/virnetworkportxml2xmldata")
+DATA = CONFORMANCE / "virnetworkportxml2xmldata"
 FILES = sorted(DATA.glob("*.xml")) if DATA.is_dir() else []
 U1 = "09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f"
 U2 = "c7a5fdbd-edaf-9455-926a-d65c16db1809"
@@ -65,8 +65,8 @@ def NP(body: str = "", *, uuid: bool = True, owner: bool = True, mac: bool = Tru
 # --- libvirt's round-trip data ----------------------------------------------
 
 
-def test_nine_files_present():
-    assert len(FILES) == 9
+def test_nine_files_present(conformance_dir):
+    assert len(sorted((conformance_dir / "virnetworkportxml2xmldata").glob("*.xml"))) == 9
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -76,7 +76,7 @@ def test_round_trip_byte_for_byte(path):
     assert format_port(parse_port(data.encode(), strict=False)) == data
 
 
-def test_parsed_fields():
+def test_parsed_fields(conformance_dir):
     p = parse_port((DATA / "plug-network.xml").read_text())
     assert p.uuid == "5d744f21-ba4a-4d6e-bdb2-30a35ff3207d"
     assert p.owner_name == "memtest"
@@ -96,8 +96,14 @@ def test_parsed_fields():
 # --- <networkport> parse rules ------------------------------------------------
 
 
-def test_missing_uuid_generated(uuids):
-    p = parse_port(NP(uuid=False))
+def test_missing_uuid_refused_but_guest_interface_gets_one(uuids):
+    # libvirt 9.0: an internal error, here EINVAL as every parse error
+    assert err(parse_port, NP(uuid=False)) == "network port has no uuid"
+    assert err(parse_port, NP(uuid=False, owner=False)) == "network port has no uuid"
+    # an empty <uuid/> is no uuid either
+    assert err(parse_port, NP("<uuid/>", uuid=False)) == "network port has no uuid"
+    # a guest <interface> carries no port uuid: one is generated, as before
+    p = parse_port("<interface type='network'/>", owner_name="vm1")
     assert p.uuid == "00000000-0000-4000-8000-000000000001"
 
 
@@ -106,7 +112,8 @@ def test_missing_uuid_generated(uuids):
     [
         (NP(owner=False), "network port has no owner name"),
         (
-            "<networkport><owner><name>x</name></owner><mac address='52:54:00:00:00:01'/></networkport>",
+            "<networkport><uuid>5d744f21-ba4a-4d6e-bdb2-30a35ff3207d</uuid>"
+            "<owner><name>x</name></owner><mac address='52:54:00:00:00:01'/></networkport>",
             "network port has no owner UUID",
         ),
         (NP(mac=False), "network port has no mac"),
@@ -697,3 +704,83 @@ def test_count_connections():
     out = format_network(live)
     assert out.startswith("<network connections='1'>\n")
     assert out.count("connections") == 1
+
+
+# --- libvirt 9.0's order of checks (issue 7 item 8) ----------------------------
+
+TYPELESS_PG_BRIDGE = (
+    "<forward mode='bridge'/><bridge name='br0'/>"
+    "<portgroup name='pg' default='yes'><virtualport><parameters profileid='x'/>"
+    "</virtualport></portgroup>"
+)
+
+
+@pytest.mark.parametrize(
+    "params",
+    ["profileid='prof'", "managerid='1' profileid='prof'", "", f"interfaceid='{U1}'"],
+)
+def test_midonet_port_gets_the_forward_mode_error(params):
+    """9.0 parses a midonet profile without checking its parameters; the
+    allocation's forward-mode check refuses it (midonet never passes)."""
+    n = net(TYPELESS_PG_BRIDGE, name="mido")
+    vp = f"<virtualport type='midonet'><parameters {params}/></virtualport>"
+    p = parse_port(NP(vp))
+    assert p.virtualport is not None and p.virtualport.type == "midonet"
+    assert err(allocate_port, n, p) == (
+        "<virtualport type='midonet'> not supported for network 'mido' which uses a bridge device"
+    )
+    # the same through a guest <interface>
+    g = parse_port(f"<interface type='network'>{vp}</interface>", owner_name="vm1")
+    assert err(allocate_port, n, g) == (
+        "<virtualport type='midonet'> not supported for network 'mido' which uses a bridge device"
+    )
+    # on a NAT network: the IP-forwarding message
+    nat = net("<bridge name='virbr9'/>", name="mido")
+    assert err(allocate_port, nat, p) == (
+        "<virtualport type='midonet'> not supported for network 'mido' which uses IP forwarding"
+    )
+
+
+def test_extras_of_other_types_still_refused_at_parse():
+    """For 802.1Qbg/Qbh/openvswitch the extra-parameter check runs when the
+    port is parsed, before any network is looked at (libvirt 9.0 too)."""
+    doc = NP("<virtualport type='openvswitch'><parameters managerid='1'/></virtualport>")
+    assert err(parse_port, doc) == "extra managerid unsupported in <virtualport type='openvswitch'>"
+
+
+def test_hostdev_picks_the_device_before_checking_the_profile():
+    """libvirt's hostdev branch looks for a free device first: with none
+    free, that is the error even when the profile would not fit either."""
+    n = net(
+        "<forward mode='hostdev'>"
+        "<address type='pci' domain='0x0001' bus='0x02' slot='0x03' function='0x4'/></forward>"
+    )
+    ovs = port(virtualport=VirtualPort("openvswitch", interfaceid=U1))
+    assert err(allocate_port, n, ovs, device_usage={"0001:02:03.4": 1}) == (
+        "network 'testA' requires exclusive access to interfaces, but none are available"
+    )
+    # a free device: then the profile is checked
+    assert err(allocate_port, n, ovs) == (
+        "<virtualport type='openvswitch'> not supported for network 'testA' which uses an "
+        "SR-IOV Virtual Function via PCI passthrough"
+    )
+    # a network without any device at all: the same order
+    empty = net("<forward mode='hostdev'><pf dev='eth9'/></forward>")
+    assert err(allocate_port, empty, ovs) == (
+        "network 'testA' requires exclusive access to interfaces, but none are available"
+    )
+
+
+def test_macvtap_checks_the_profile_before_the_pool():
+    """The macvtap branch checks the profile first, then the pool."""
+    n = net("<forward mode='vepa'/>")
+    ovs = port(virtualport=VirtualPort("openvswitch", interfaceid=U1))
+    assert err(allocate_port, n, ovs) == (
+        "<virtualport type='openvswitch'> not supported for network 'testA' which uses a "
+        "macvtap device"
+    )
+    pt = net("<forward mode='passthrough'><interface dev='eth0'/></forward>")
+    assert err(allocate_port, pt, ovs, device_usage={"eth0": 1}) == (
+        "<virtualport type='openvswitch'> not supported for network 'testA' which uses a "
+        "macvtap device"
+    )

@@ -533,3 +533,19 @@ def test_merge3_union_property(a, b, c):
     for f in ("managerid", "typeid", "typeidversion", "instanceid", "interfaceid", "profileid"):
         if getattr(a, f) is not None:
             assert getattr(m, f) == getattr(a, f)
+
+
+def test_midonet_extras_unchecked_for_ports():
+    """libvirt 9.0's CheckNoExtras has no midonet rule; ports are matched
+    against 9.0 (the port path passes midonet_extras=False), networks keep
+    today's rule (the default)."""
+    doc = "<virtualport type='midonet'><parameters profileid='p' managerid='1'/></virtualport>"
+    assert P(doc, midonet_extras=False) == VirtualPort("midonet", managerid=1, profileid="p")
+    assert err(P, doc) == "extra managerid unsupported in <virtualport type='midonet'>"
+    check_no_extras(VirtualPort("midonet", profileid="p"), midonet=False)
+    # the other types are checked whatever the flag says
+    assert err(
+        P,
+        "<virtualport type='openvswitch'><parameters managerid='1'/></virtualport>",
+        midonet_extras=False,
+    ) == ("extra managerid unsupported in <virtualport type='openvswitch'>")

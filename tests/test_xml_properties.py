@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from conftest import CONFORMANCE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,10 +19,7 @@ from netfs.errors import NetfsError
 from netfs.model import validate as V
 from netfs.model.network import format_network, parse_network
 
-DATA = Path(
-    os.environ.get("NETFS_CONFORMANCE")
-    or Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "libvirt"
-)
+DATA = CONFORMANCE
 CORPUS = sorted(DATA.glob("network*/*.xml")) if DATA.is_dir() else []
 CORPUS_TEXT = [p.read_bytes() for p in CORPUS]
 

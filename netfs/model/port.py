@@ -4,9 +4,15 @@ allocation logic of libvirt's networkAllocatePort.
 
 Facts from src/conf/virnetworkportdef.c and src/network/bridge_driver.c.
 
+Behaviour is libvirt 9.0's (checked against it): a ``<networkport>``
+without ``<uuid>`` is refused ("network port has no uuid"); a ``midonet``
+profile brought by a port is not checked for extra parameters (9.0's
+CheckNoExtras has no midonet rule), so such a port fails at allocation with
+the forward-mode error, as every midonet port does; in a hostdev network the
+free device is picked before the profile is checked against the mode.
+
 Differences from libvirt, on purpose:
 
-- A ``<networkport>`` without ``<uuid>`` gets a generated one.
 - A guest ``<interface>`` is accepted too: ``<source portgroup>`` gives the
   group, ``<source network>`` is kept as ``source_network`` (for the caller
   to check against the network), a missing ``<mac>`` becomes a random 52:54:00 address, the owner
@@ -249,12 +255,10 @@ def _parse_plug(root: Element) -> Plug | None:
 def _parse_networkport(root: Element, strict: bool) -> NetworkPort:
     raw_uuid = _xpath_string(root, "./uuid")
     if raw_uuid is None:
-        port_uuid = _vp.generate_uuid()
-    else:
-        parsed = parse_uuid(raw_uuid)
-        if parsed is None:
-            raise invalid(f"Unable to parse UUID '{raw_uuid}'")
-        port_uuid = parsed
+        raise invalid("network port has no uuid")
+    port_uuid = parse_uuid(raw_uuid)
+    if port_uuid is None:
+        raise invalid(f"Unable to parse UUID '{raw_uuid}'")
     owner_name = _xpath_string(root, "./owner/name")
     if owner_name is None:
         raise invalid("network port has no owner name")
@@ -265,7 +269,7 @@ def _parse_networkport(root: Element, strict: bool) -> NetworkPort:
     if owner_uuid is None:
         raise invalid(f"Unable to parse UUID '{raw_owner_uuid}'")
     group = _xpath_string(root, "./group")
-    vport = parse_virtualport(child(root, "virtualport"))
+    vport = parse_virtualport(child(root, "virtualport"), midonet_extras=False)
     raw_mac = _xpath_string(root, "./mac/@address")
     if raw_mac is None:
         raise invalid("network port has no mac")
@@ -316,7 +320,7 @@ def _parse_interface(root: Element, strict: bool, owner_name: str | None) -> Net
         if int(parsed_mac[:2], 16) & 1:
             raise invalid(f"expected unicast mac address, found multicast '{raw_mac}'")
         mac = parsed_mac
-    vport = parse_virtualport(child(root, "virtualport"), generate=True)
+    vport = parse_virtualport(child(root, "virtualport"), generate=True, midonet_extras=False)
     bandwidth = parse_bandwidth(child(root, "bandwidth"), allow_floor=True)
     vlan = parse_vlan(child(root, "vlan"))
     isolated = parse_port_isolated(root)
@@ -549,12 +553,18 @@ def allocate_port(
     mgr = (
         net.bridge.mac_table_manager if net.bridge.mac_table_manager in MAC_TABLE_MANAGERS else None
     )
-    check_forward_mode(vport, mode, bridge_named=bool(bridge_name), network_name=name)
 
+    def check_mode() -> None:
+        check_forward_mode(vport, mode, bridge_named=bool(bridge_name), network_name=name)
+
+    # each branch checks the profile against the mode where libvirt does:
+    # before picking a device, except for hostdev (device first)
     plug: Plug
     if mode in ("none", "nat", "route", "open"):
+        check_mode()
         plug = Plug(type="network", bridge=bridge_name, mac_table_manager=mgr)
     elif mode == "bridge" and bridge_name:
+        check_mode()
         plug = Plug(type="bridge", bridge=bridge_name, mac_table_manager=mgr)
     elif mode == "hostdev":
         chosen_pci: PciAddress | None = None
@@ -577,7 +587,9 @@ def allocate_port(
             # libvirt stores the bool in a yes/absent tristate: never 'no'
             managed=True if net.forward.managed else None,
         )
+        check_mode()
     elif mode in MACVLAN_MODES:
+        check_mode()
         ifs = net.forward.ifs
         if not ifs and not net.forward.pfs:
             raise invalid(

@@ -103,11 +103,14 @@ def parse_virtualport(
     generate: bool = False,
     require_all: bool = False,
     gen: Callable[[], str] | None = None,
+    midonet_extras: bool = True,
 ) -> VirtualPort | None:
     """Parse a ``<virtualport>`` element (None when ``elem`` is None).
 
     Flags as libvirt's: REQUIRE_TYPE, GENERATE_MISSING_DEFAULTS,
-    REQUIRE_ALL_ATTRIBUTES. CheckNoExtras always runs.
+    REQUIRE_ALL_ATTRIBUTES. CheckNoExtras always runs; ``midonet_extras``
+    False leaves a midonet profile unchecked there, as libvirt 9.0 does
+    (ports are matched against 9.0; networks follow today's rule).
     """
     if elem is None:
         return None
@@ -169,7 +172,7 @@ def parse_virtualport(
     )
     if require_all:
         check_complete(vp, generate=False)
-    check_no_extras(vp)
+    check_no_extras(vp, midonet=midonet_extras)
     return vp
 
 
@@ -217,9 +220,13 @@ def check_complete(
     return vp
 
 
-def check_no_extras(vp: VirtualPort | None) -> None:
-    """CheckNoExtras: an attribute the type does not take is an error."""
-    if vp is None or vp.type is None:
+def check_no_extras(vp: VirtualPort | None, *, midonet: bool = True) -> None:
+    """CheckNoExtras: an attribute the type does not take is an error.
+
+    ``midonet`` False: a midonet profile passes whatever it carries
+    (libvirt 9.0 had no midonet rule here; later versions added it).
+    """
+    if vp is None or vp.type is None or (vp.type == MIDONET and not midonet):
         return
     extra: str | None = None
     qbg_attrs = (
