@@ -102,6 +102,7 @@ class ContentHandle(Handle):
         self.seen = space.notifier.gens.get(path, 0)
         self.ahead: bytes | None = None  # poll: a value read before it was announced
         self.polled = False  # registered as a poll waiter at least once
+        self.reported = -1  # poll: the change count last reported as a change
 
     def read(self, off: int, size: int) -> bytes:
         data = self.data
@@ -127,7 +128,17 @@ class ContentHandle(Handle):
             # the announcement of the value this handle read already (it
             # changed before the notifier announced it): one change, one wake-up
             self.seen, self.ahead = gen, None
-        if gen != self.seen or (
+        if self.node.cacheable:
+            # its reads may come from the page cache and never reach us: a
+            # new wait (a waker) after this change was reported means the
+            # reader has had it; a change is reported once announced (the
+            # cached copy is invalidated before, so a read then is fresh)
+            if gen != self.seen and waker is not None and self.reported == gen:
+                self.seen = gen
+            if gen != self.seen:
+                self.reported = gen
+                return mask | CHANGED_POLLMASK
+        elif gen != self.seen or (
             self.last_read is not None
             and self.space.safe_content(self.path, node=self.node) != self.last_read
         ):

@@ -20,7 +20,22 @@ handler for the same inode deadlocks in the kernel); it only queues work.
 :meth:`Notifier.changed` is the one place where "the value of file X
 changed" is known (its mtime, poll's change count, the wake-ups).
 
-No pyfuse3 here: the adapter passes in how to drop a cached dentry.
+Files declared ``cacheable`` are read through the kernel's page cache, kept
+across opens. :meth:`Notifier.invalidate_net` drops the cached content and
+size of a network's cacheable files; it runs before any change of that
+network is made known: at the start of :meth:`Notifier.reconcile` (before
+the helper announces anything; every change of the core's state, also one
+found from outside, comes here), and in a write that acted, after the core
+call and before the write returns or poll() waiters are woken. The kernel
+call runs in a worker thread, never on the trio thread: it locks the
+file's cached pages, and a reader holding one of them waits for our answer
+to its READ, which the loop must stay free to give. It does not take the
+inode lock, and writes to cacheable files are never cached (a write open is
+direct_io), so a write handler may wait for the invalidation of its own
+file.
+
+No pyfuse3 here: the adapter passes in how to drop a cached dentry and a
+cached inode.
 """
 
 from __future__ import annotations
@@ -127,12 +142,17 @@ class Notifier:
     """The published view, the queue of announcements, poll's change counts."""
 
     def __init__(
-        self, space: Space, mountpoint: str, invalidate: Callable[[Path, str], None]
+        self,
+        space: Space,
+        mountpoint: str,
+        invalidate: Callable[[Path, str], None],
+        invalidate_inode: Callable[[int], None] | None = None,
     ) -> None:
         self.space = space
         space.notifier = self
         self.mountpoint = os.path.abspath(mountpoint)
         self._invalidate = invalidate
+        self._invalidate_inode = invalidate_inode
         self.hands = Hands()
         # network -> the paths under it announced so far (its directory: the key)
         self.published: dict[str, set[Path]] = {}
@@ -330,6 +350,21 @@ class Notifier:
         if entries and not self.closing:
             await trio.to_thread.run_sync(self._invalidate_all, entries, abandon_on_cancel=True)
 
+    def _invalidate_inodes(self, inos: list[int]) -> None:
+        assert self._invalidate_inode is not None
+        for ino in inos:
+            self._invalidate_inode(ino)
+
+    async def invalidate_net(self, name: str) -> None:
+        """Drop what the kernel caches of network `name`'s cacheable files
+        (content and size), in a worker thread (see the module docstring).
+        Called after the network's state changed and before that change is
+        made known, so that no read after it shows the old value."""
+        inos = self.space.cached_inos.get(name)
+        if not inos or self._invalidate_inode is None or self.closing:
+            return
+        await trio.to_thread.run_sync(self._invalidate_inodes, list(inos), abandon_on_cancel=True)
+
     async def _own_new(self, items: list[tuple[str, Path]]) -> None:
         """mkdir or mknod of each path, in order, after dropping dentries the
         kernel may have cached for them (one thread hop for all)."""
@@ -343,6 +378,7 @@ class Notifier:
     async def reconcile(self, name: str) -> None:
         """Make what watchers were told of network `name` the truth."""
         sp = self.space
+        await self.invalidate_net(name)  # before anything is announced
         st = sp.state(name)
         sp.is_pending(name, st)  # adopts a pending directory the core now has
         if st is None and name not in sp.pending:

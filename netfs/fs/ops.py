@@ -38,7 +38,7 @@ from netfs.fs.handles import (
 )
 from netfs.fs.notifier import Notifier
 from netfs.fs.space import UNSET, Space, StateArg
-from netfs.fs.tree import Core, Dir, File, Node, Path, Write
+from netfs.fs.tree import Core, Dir, File, Node, Path, Presence, Write
 
 log = logging.getLogger("netfs.fs")
 
@@ -140,7 +140,9 @@ class NetfsOperations(pyfuse3.Operations):
     def __init__(self, driver: Core, mountpoint: str, *, gid: int | None = None) -> None:
         super().__init__()
         self.space = Space(driver, gid=gid)
-        self.notifier = Notifier(self.space, mountpoint, self._invalidate)
+        self.notifier = Notifier(
+            self.space, mountpoint, self._invalidate, invalidate_inode=self._invalidate_inode
+        )
         self._fhs = itertools.count(1)
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -198,17 +200,31 @@ class NetfsOperations(pyfuse3.Operations):
         except OSError:
             pass
 
+    @staticmethod
+    def _invalidate_inode(ino: int) -> None:
+        """Drop the kernel's cached content and attributes of inode `ino`
+        (from a worker thread only: see netfs.fs.notifier)."""
+        try:
+            pyfuse3.invalidate_inode(InodeT(ino), attr_only=False)
+        except OSError:
+            pass  # not in the kernel's cache (ENOENT), or not mounted
+
     def _handle(self, fh: int) -> Handle:
         h = self._handles.get(fh)
         if h is None:
             raise _err(errno.EBADF)
         return h
 
-    def _open_handle(self, h: Handle, *, nonseekable: bool = False) -> pyfuse3.FileInfo:
+    def _open_handle(
+        self, h: Handle, *, nonseekable: bool = False, cached: bool = False
+    ) -> pyfuse3.FileInfo:
+        """`cached`: reads go through the page cache, which this open keeps
+        (a file declared cacheable, opened read-only); else direct_io."""
         fh = next(self._fhs)
         self._handles[fh] = h
-        fi = pyfuse3.FileInfo(fh=FileHandleT(fh), direct_io=True, keep_cache=False)
-        fi.nonseekable = nonseekable
+        fi = pyfuse3.FileInfo(fh=FileHandleT(fh), direct_io=not cached, keep_cache=cached)
+        if nonseekable:
+            fi.nonseekable = True
         return fi
 
     # ================================================================ lookups
@@ -490,9 +506,15 @@ class NetfsOperations(pyfuse3.Operations):
             return self._open_handle(
                 DocumentHandle(sp, path, inode, node, trunc=bool(flags & os.O_TRUNC))
             )
+        # a write open is never cached: a write through the page cache would
+        # hold the page's lock while the write handler waits for the
+        # invalidation of that very page
+        cached = node.cacheable and not write and not flags & os.O_TRUNC
+        if cached and node.presence is Presence.SHOWN and sp.safe_content(path, node=node) is None:
+            cached = False  # showing it fails: its size is 0, and only a READ says why
         if node.write is Write.FLAG:
-            return self._open_handle(FlagHandle(sp, path, inode, node))
-        return self._open_handle(ContentHandle(sp, path, inode, node))
+            return self._open_handle(FlagHandle(sp, path, inode, node), cached=cached)
+        return self._open_handle(ContentHandle(sp, path, inode, node), cached=cached)
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         try:
