@@ -78,7 +78,7 @@ async def drop_port(sp: Space, path: Path) -> None:
             await sp.core.delete_port(name, port)
         finally:
             await sp.notifier.invalidate_net(name)  # status.xml's connections
-            sp.notifier.queue("reconcile", name)
+            sp.notifier.queue_reconcile(name)
     sp.notifier.unpublish(path)
     sp.scratch.drop_under(path)
 
@@ -100,7 +100,7 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         # the kernel's cached copies go before anyone hears of the change
         await sp.notifier.invalidate_net(name)
         sp.notifier.written(path, node)
-        sp.notifier.queue("reconcile", name)
+        sp.notifier.queue_reconcile(name)
         await drop_stale_entries(sp, name, before)
 
 
@@ -129,7 +129,7 @@ async def store_document(
         await drop_stale_entries(sp, name, before)
     finally:
         await sp.notifier.invalidate_net(name)  # before the store returns
-        sp.notifier.queue("reconcile", name)
+        sp.notifier.queue_reconcile(name)
     if node.watched:
         sp.touched(path)
     if not renamed:

@@ -47,9 +47,8 @@ class Handle:
 
     blocking = False
 
-    def __init__(self, path: Path, ino: int) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.ino = ino
 
     def read(self, off: int, size: int) -> bytes:
         raise NetfsError(errno.EACCES, "not readable")
@@ -91,8 +90,8 @@ class OwnHandle(Handle):
 
 
 class ContentHandle(Handle):
-    def __init__(self, space: Space, path: Path, ino: int, node: File) -> None:
-        super().__init__(path, ino)
+    def __init__(self, space: Space, path: Path, node: File) -> None:
+        super().__init__(path)
         self.space = space
         self.node = node
         self.data: bytes | None = None  # content snapshot (refreshed at offset 0)
@@ -177,8 +176,8 @@ class FlagHandle(ContentHandle):
 class DocumentHandle(ContentHandle):
     """A document opened for writing: stored once per batch of writes."""
 
-    def __init__(self, space: Space, path: Path, ino: int, node: File, *, trunc: bool) -> None:
-        super().__init__(space, path, ino, node)
+    def __init__(self, space: Space, path: Path, node: File, *, trunc: bool) -> None:
+        super().__init__(space, path, node)
         self.buf = bytearray()  # content written since open
         if not trunc:
             # like a file: `>>` appends to, and an in-place edit starts
@@ -248,7 +247,7 @@ class DocumentHandle(ContentHandle):
 
 class ScratchHandle(Handle):
     def __init__(self, space: Space, path: Path, sc: Scratch) -> None:
-        super().__init__(path, sc.ino)
+        super().__init__(path)
         self.space = space
         self.scratch = sc
 
@@ -270,10 +269,8 @@ class EventsHandle(Handle):
 
     blocking = True
 
-    def __init__(
-        self, space: Space, path: Path, ino: int, pid: int, blocked: set[trio.CancelScope]
-    ) -> None:
-        super().__init__(path, ino)
+    def __init__(self, space: Space, path: Path, pid: int, blocked: set[trio.CancelScope]) -> None:
+        super().__init__(path)
         self.space = space
         self.channel = space.core.subscribe()
         self.pid = pid  # the opener (to notice it has been killed)

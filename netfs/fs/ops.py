@@ -148,10 +148,6 @@ class NetfsOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._blocked_reads: set[trio.CancelScope] = set()
 
-    @property
-    def closing(self) -> bool:
-        return self.notifier.closing
-
     # ================================================================ helpers
 
     def _is_self(self, ctx: pyfuse3.RequestContext | None) -> bool:
@@ -345,7 +341,7 @@ class NetfsOperations(pyfuse3.Operations):
         path = ppath + (n,)
         if self._is_self(ctx):
             self.notifier.publish(path)
-            own = OwnHandle(path, self.space.ino(path))
+            own = OwnHandle(path)
             return self._open_handle(own), self._own_entry(path)
         sc = editors.new_scratch(self.space, ppath, pnode, n, mode, ctx.uid, ctx.gid)
         h = ScratchHandle(self.space, path, sc)
@@ -483,7 +479,7 @@ class NetfsOperations(pyfuse3.Operations):
         sp = self.space
         path, node = self._node(inode)
         if self._is_self(ctx):
-            return self._open_handle(OwnHandle(path, inode))
+            return self._open_handle(OwnHandle(path))
         write = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
         sc = sp.scratch.by_ino.get(inode)
         if sc is not None:
@@ -494,7 +490,7 @@ class NetfsOperations(pyfuse3.Operations):
         if node is tree.EVENTS:
             if write or flags & os.O_TRUNC:
                 raise _err(errno.EACCES)
-            h = EventsHandle(sp, path, inode, ctx.pid, self._blocked_reads)
+            h = EventsHandle(sp, path, ctx.pid, self._blocked_reads)
             return self._open_handle(h, nonseekable=True)
         if not isinstance(node, File):
             raise _err(errno.EISDIR if node is not None else errno.ENOENT)
@@ -503,9 +499,7 @@ class NetfsOperations(pyfuse3.Operations):
         if (write or flags & os.O_TRUNC) and node.write is None:
             raise _err(errno.EACCES)  # O_RDONLY|O_TRUNC too: it asks to truncate
         if write and node.write is Write.DOCUMENT:
-            return self._open_handle(
-                DocumentHandle(sp, path, inode, node, trunc=bool(flags & os.O_TRUNC))
-            )
+            return self._open_handle(DocumentHandle(sp, path, node, trunc=bool(flags & os.O_TRUNC)))
         # a write open is never cached: a write through the page cache would
         # hold the page's lock while the write handler waits for the
         # invalidation of that very page
@@ -513,8 +507,8 @@ class NetfsOperations(pyfuse3.Operations):
         if cached and node.presence is Presence.SHOWN and sp.safe_content(path, node=node) is None:
             cached = False  # showing it fails: its size is 0, and only a READ says why
         if node.write is Write.FLAG:
-            return self._open_handle(FlagHandle(sp, path, inode, node), cached=cached)
-        return self._open_handle(ContentHandle(sp, path, inode, node), cached=cached)
+            return self._open_handle(FlagHandle(sp, path, node), cached=cached)
+        return self._open_handle(ContentHandle(sp, path, node), cached=cached)
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         try:
