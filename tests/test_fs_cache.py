@@ -6,7 +6,7 @@ known. A reader hammering them while the network is started and stopped by
 writes, and stopped from outside (its bridge deleted), never reads a value
 older than the last completed change: for a write, once close() returned;
 for an outside change, once the daemon's first inotify event about it
-arrived.
+arrived; for either, once its line in `events` arrived.
 """
 # ruff: noqa: F811  (fixtures imported from fs_support are pytest arguments)
 
@@ -89,10 +89,50 @@ class Hammer:
         self._thread.join(LIVENESS)
 
 
+class EventLines:
+    """A thread reading `events`, recording when each line arrived."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            t = time.monotonic()
+            buf += chunk
+            *done, buf = buf.split(b"\n")
+            self.lines.extend((t, line.decode()) for line in done)
+
+    def changes(self, network: str) -> list[Change]:
+        """A change complete at the arrival of each started/stopped line."""
+        out = []
+        for t, line in self.lines:
+            fields = line.split()
+            if fields[1:] == [network, "started"]:
+                out.append(Change(t, t, b"1\n", True))
+            elif fields[1:] == [network, "stopped"]:
+                out.append(Change(t, t, b"0\n", False))
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)  # the blocked read ends with EBADF or EINTR
+        self._thread.join(1)
+
+
 def _stale(seen: list[Seen], changes: list[Change], field: str) -> list[str]:
     """Answers asked after a change completed and before the next began
     that do not show that change's value (answers asked while a change was
     under way may show either)."""
+    changes = sorted(changes, key=lambda c: c.begun)
     bad = []
     for s in seen:
         last = None
@@ -141,6 +181,7 @@ def test_a_hammering_reader_never_reads_an_old_value(mounted: Daemon) -> None:
     ino = libc.inotify_init1(IN_NONBLOCK)
     assert ino >= 0
     changes = [Change(0.0, time.monotonic(), b"0\n", False)]
+    events = EventLines(str(mnt / "events"))
     hammer = Hammer(active, status)
     try:
         assert libc.inotify_add_watch(ino, bytes(net), IN_DELETE) >= 0
@@ -163,10 +204,15 @@ def test_a_hammering_reader_never_reads_an_old_value(mounted: Daemon) -> None:
             n = len(hammer.reads)
             wait_for(lambda n=n: len(hammer.reads) > n + 20, "reads after the announcement")
             _drain(ino)
+        # the last lines of events are in
+        wait_for(lambda: len(events.changes("testA")) >= 6 * 4, "the events lines")
     finally:
         hammer.stop()
         os.close(ino)
+        events.close()
     assert hammer.errors == []
+    # a line of events counts as the change made known, too
+    changes += events.changes("testA")
     assert _stale(hammer.reads, changes, "active") == []
     assert _stale(hammer.stats, changes, "status") == []
     # the reader saw both values (the test exercised changes, not one value)

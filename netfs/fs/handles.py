@@ -21,6 +21,7 @@ import logging
 import select
 import time
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import trio
@@ -275,6 +276,7 @@ class EventsHandle(Handle):
         self.channel = space.core.subscribe()
         self.pid = pid  # the opener (to notice it has been killed)
         self.leftover = b""  # undelivered part of a batch
+        self.newest: datetime | None = None  # the time of the newest event taken
         self._blocked = blocked
 
     def _take(self, first: Event | None = None) -> None:
@@ -288,6 +290,7 @@ class EventsHandle(Handle):
                     ev = self.channel.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
+            self.newest = ev.time
             if ev.kind not in HIDDEN_EVENTS:
                 line = ev.line()
                 lines.append(line if line.endswith("\n") else line + "\n")
@@ -315,6 +318,9 @@ class EventsHandle(Handle):
             if cs.cancelled_caught:
                 raise NetfsError(errno.EINTR, "interrupted")
             self._take(ev)
+        if self.newest is not None:
+            # no line before the cached files it concerns were invalidated
+            await self.space.notifier.fresh(self.newest)
         out, self.leftover = self.leftover[:size], self.leftover[size:]
         return out
 

@@ -53,6 +53,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, Union
 
 import trio
@@ -190,6 +191,10 @@ class Notifier:
         self.todo_seq = 0
         self._done_seq = 0
         self._progress = trio.Event()
+        # the time of the newest core event whose networks' cached files
+        # have been invalidated (see _pump and fresh)
+        self._fresh_time: datetime | None = None
+        self._fresh_progress = trio.Event()
         self.closing = False
 
     def is_self(self, pid: int) -> bool:
@@ -335,6 +340,7 @@ class Notifier:
             self.space.core.unsubscribe(core)
             self._todo_send = None
             self._progress.set()
+            self._fresh_progress.set()
 
     async def _do(self, item: Todo) -> None:
         if isinstance(item, _Wake):
@@ -352,8 +358,62 @@ class Notifier:
             await self.reconcile(item.network)
 
     async def _pump(self, core: trio.MemoryReceiveChannel[Event]) -> None:
-        async for ev in core:
-            self._queue(ev)
+        """Core events, in batches: the cached files of their networks are
+        invalidated at once (not behind the queue's announcements), then the
+        events are queued. A line of `events` waits for this (:meth:`fresh`),
+        so a reader of `events` never reads an older value afterwards."""
+        while True:
+            try:
+                batch = [await core.receive()]
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            while True:
+                try:
+                    batch.append(core.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            names = list(dict.fromkeys(ev.network for ev in batch))
+            await self.invalidate_net(*names)
+            await self.drop_entries(self._vanished(names))
+            newest = max(ev.time for ev in batch)
+            if self._fresh_time is None or newest > self._fresh_time:
+                self._fresh_time = newest
+            self._fresh_progress.set()
+            self._fresh_progress = trio.Event()
+            for ev in batch:
+                self._queue(ev)
+
+    def _vanished(self, names: list[str]) -> list[tuple[Path, str]]:
+        """Entries of networks `names` that watchers were told of and that
+        are gone now (status.xml after a stop, freed ports, the network
+        itself), as (parent, name): their dentries are dropped before a line
+        of `events` says why (the helper's own view still has them, so its
+        rmdir or unlink announces them as before)."""
+        out: list[tuple[Path, str]] = []
+        for name in names:
+            pub = self.published.get(name)
+            if pub is None:
+                continue
+            st = self.space.state(name)
+            if st is None:
+                if name not in self.space.pending:
+                    out.append(((), name))
+                continue
+            keep = {p for _op, p in self._wanted(name, st)}
+            out.extend((p[:-1], p[-1]) for p in pub - keep)
+        return out
+
+    async def fresh(self, when: datetime) -> None:
+        """Wait until the cached files of the networks of every core event
+        up to time `when` have been invalidated (at most SETTLE_TIMEOUT; at
+        once when the notifier is not running)."""
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while (
+                (self._fresh_time is None or self._fresh_time < when)
+                and not self.closing
+                and self._todo_send is not None
+            ):
+                await self._fresh_progress.wait()
 
     # ================================================================ the helper's operations
 
@@ -383,15 +443,17 @@ class Notifier:
         for ino in inos:
             self._invalidate_inode(ino)
 
-    async def invalidate_net(self, name: str) -> None:
-        """Drop what the kernel caches of network `name`'s cacheable files
-        (content and size), in a worker thread (see the module docstring).
-        Called after the network's state changed and before that change is
-        made known, so that no read after it shows the old value."""
-        inos = self.space.cached_inos.get(name)
-        if not inos or self._invalidate_inode is None or self.closing:
+    async def invalidate_net(self, *names: str) -> None:
+        """Drop what the kernel caches of the cacheable files of networks
+        `names` (content and size), in one worker thread hop (see the module
+        docstring). Called after a network's state changed and before that
+        change is made known, so that no read after it shows the old value."""
+        if self._invalidate_inode is None or self.closing:
             return
-        await trio.to_thread.run_sync(self._invalidate_inodes, list(inos), abandon_on_cancel=True)
+        cached = self.space.cached_inos
+        inos = [ino for name in names for ino in cached.get(name, ())]
+        if inos:
+            await trio.to_thread.run_sync(self._invalidate_inodes, inos, abandon_on_cancel=True)
 
     async def _own_new(self, items: list[tuple[str, Path]]) -> None:
         """mkdir or mknod of each path, in order, after dropping dentries the
