@@ -194,6 +194,8 @@ class Notifier:
         # the time of the newest core event whose networks' cached files
         # have been invalidated (see _pump and fresh)
         self._fresh_time: datetime | None = None
+        # network -> the invalidation of its cached files under way
+        self._inflight: dict[str, trio.Event] = {}
         self._fresh_progress = trio.Event()
         self.closing = False
 
@@ -447,13 +449,37 @@ class Notifier:
         """Drop what the kernel caches of the cacheable files of networks
         `names` (content and size), in one worker thread hop (see the module
         docstring). Called after a network's state changed and before that
-        change is made known, so that no read after it shows the old value."""
+        change is made known, so that no read after it shows the old value.
+        A network nothing of which reached the kernel since its last
+        invalidation (`Space.exposed`: no size in a reply, no cached open, no
+        READ) is skipped: the kernel cannot hold anything of it."""
         if self._invalidate_inode is None or self.closing:
             return
+        exposed = self.space.exposed
         cached = self.space.cached_inos
-        inos = [ino for name in names for ino in cached.get(name, ())]
+        inos: list[int] = []
+        mine: list[str] = []
+        waits: list[trio.Event] = []
+        for name in names:
+            if name in exposed:
+                exposed.discard(name)  # before the hop: what comes after counts again
+                inos.extend(cached.get(name, ()))
+                mine.append(name)
+            elif name in self._inflight:
+                waits.append(self._inflight[name])  # another caller's hop: wait for it too
         if inos:
-            await trio.to_thread.run_sync(self._invalidate_inodes, inos, abandon_on_cancel=True)
+            done = trio.Event()
+            for name in mine:
+                self._inflight[name] = done
+            try:
+                await trio.to_thread.run_sync(self._invalidate_inodes, inos, abandon_on_cancel=True)
+            finally:
+                done.set()
+                for name in mine:
+                    if self._inflight.get(name) is done:
+                        del self._inflight[name]
+        for ev in waits:
+            await ev.wait()
 
     async def _own_new(self, items: list[tuple[str, Path]]) -> None:
         """mkdir or mknod of each path, in order, after dropping dentries the

@@ -121,6 +121,8 @@ def attributes(
         else:
             content = sp.safe_content(path, st, node)
             a.st_size = len(content) if content is not None else 0
+            if node.cacheable:
+                sp.exposed.add(path[0])  # the kernel keeps this size
         a.st_nlink = 1
     a.st_mode = ModeT(mode)
     a.st_uid = sp.uid
@@ -506,6 +508,8 @@ class NetfsOperations(pyfuse3.Operations):
         cached = node.cacheable and not write and not flags & os.O_TRUNC
         if cached and node.presence is Presence.SHOWN and sp.safe_content(path, node=node) is None:
             cached = False  # showing it fails: its size is 0, and only a READ says why
+        if cached:
+            sp.exposed.add(path[0])
         if node.write is Write.FLAG:
             return self._open_handle(FlagHandle(sp, path, node), cached=cached)
         return self._open_handle(ContentHandle(sp, path, node), cached=cached)
@@ -515,6 +519,8 @@ class NetfsOperations(pyfuse3.Operations):
             h = self._handle(fh)
             if h.blocking:
                 return await h.read_wait(size)
+            if isinstance(h, ContentHandle) and h.node.cacheable:
+                self.space.exposed.add(h.path[0])  # the page cache keeps what we answer
             return h.read(off, size)
         except Exception as e:
             raise _fuse_error(e, "read") from None

@@ -70,6 +70,11 @@ class Space:
         # network -> the inodes of its cacheable files (what a change of its
         # state must invalidate in the kernel: content and size)
         self.cached_inos: dict[str, set[int]] = {}
+        # networks whose cacheable files the kernel may hold something of
+        # (a size, content) since their last invalidation: the adapter adds
+        # a network when it replies with such a file's attributes, opens one
+        # through the page cache, or answers a READ of one
+        self.exposed: set[str] = set()
         self.pending: dict[str, Pending] = {}
         self.pending_ports: dict[str, set[str]] = {}
         self.scratch = ScratchStore()
