@@ -97,8 +97,9 @@ Hook = Callable[["Space", Path], Awaitable[None]]
 class File:
     name: str
     show: Show | None = None  # None: a stream with its own handle (events)
-    write: Write | None = None  # None: read-only (0444)
-    store: StoreFlag | StoreDocument | None = None
+    # how a write is stored (neither: read-only, 0444)
+    flag: StoreFlag | None = None  # "0" or "1", acting at each write
+    document: StoreDocument | None = None  # a document, acting at close
     presence: Presence = Presence.ALWAYS
     polled: bool = False  # poll() reports changes (POLLPRI|POLLERR)
     watched: bool = False  # the notifier announces changes (IN_MODIFY, IN_CLOSE_WRITE)
@@ -111,8 +112,14 @@ class File:
     # netfs.fs.notifier). False: every read asks the daemon (direct_io), for
     # content that changes without the network's state (or per reader).
     cacheable: bool = False
+    # how writes act, from the store given (None: read-only)
+    write: Write | None = field(init=False, default=None)
 
     is_dir = False
+
+    def __post_init__(self) -> None:
+        write = Write.FLAG if self.flag else Write.DOCUMENT if self.document else None
+        object.__setattr__(self, "write", write)
 
 
 @dataclass(eq=False)
@@ -277,7 +284,7 @@ EVENTS = File("events")
 PORT = Dir(
     "port",
     {
-        F_PORT: File(F_PORT, _show_port, Write.DOCUMENT, _store_port, cacheable=True),
+        F_PORT: File(F_PORT, _show_port, document=_store_port, cacheable=True),
         F_VIRTUALPORT: File(
             F_VIRTUALPORT, _show_port_virtualport, presence=Presence.SHOWN, cacheable=True
         ),
@@ -304,17 +311,15 @@ NETWORK = Dir(
         F_DEFINITION: File(
             F_DEFINITION,
             _show_definition,
-            Write.DOCUMENT,
-            _store_definition,
+            document=_store_definition,
             watched=True,
             cacheable=True,
         ),
         "active": File(
             "active",
             _show_active,
-            Write.FLAG,
-            _store_active,
-            Presence.DEFINED,
+            flag=_store_active,
+            presence=Presence.DEFINED,
             polled=True,
             watched=True,
             cacheable=True,
@@ -322,9 +327,8 @@ NETWORK = Dir(
         "autostart": File(
             "autostart",
             _show_autostart,
-            Write.FLAG,
-            _store_autostart,
-            Presence.DEFINED,
+            flag=_store_autostart,
+            presence=Presence.DEFINED,
             polled=True,
             watched=True,
             cacheable=True,
