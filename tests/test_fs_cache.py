@@ -250,3 +250,34 @@ def test_reads_after_an_outside_change_without_any_reader_in_between(
     after = (net / "definition.xml").read_text()
     assert "192.168.151.1" in after and after != before
     assert os.stat(net / "definition.xml").st_size == len(after.encode())
+
+
+def test_a_poller_waits_again_after_reading_a_cached_value(mounted: Daemon) -> None:
+    """Another reader took the new value into the page cache first, so the
+    poller's own re-read never reaches the daemon: its next waiting poll()
+    still waits for the next change instead of reporting this one again."""
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    active = mnt / "testA" / "active"
+    fd = os.open(active, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 16, 0) == b"0\n"
+        p = select.poll()
+        p.register(fd, select.POLLPRI | select.POLLERR)
+        _write(str(active), b"1\n")
+        assert active.read_bytes() == b"1\n"  # another reader: now in the page cache
+        ready = p.poll(int(LIVENESS * 1000))
+        assert ready and ready[0][1] & select.POLLPRI
+        assert os.pread(fd, 16, 0) == b"1\n"
+        assert p.poll(300) == []  # nothing changed since: it waits (300 ms) and times out
+        # and the next change still wakes it
+        timer = threading.Timer(0.2, lambda: _write(str(active), b"0\n"))
+        timer.start()
+        try:
+            ready = p.poll(int(LIVENESS * 1000))
+        finally:
+            timer.join()
+        assert ready and ready[0][1] & select.POLLPRI
+        assert os.pread(fd, 16, 0) == b"0\n"
+    finally:
+        os.close(fd)
