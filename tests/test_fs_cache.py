@@ -95,16 +95,18 @@ class EventLines:
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDONLY)
         self.lines: list[tuple[float, str]] = []
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         buf = b""
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:
-                return
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        while not self._stop.is_set():
+            if not p.poll(100):  # readable when a line is waiting: read never blocks
+                continue
+            chunk = os.read(self.fd, 65536)
             if not chunk:
                 return
             t = time.monotonic()
@@ -124,8 +126,9 @@ class EventLines:
         return out
 
     def close(self) -> None:
-        os.close(self.fd)  # the blocked read ends with EBADF or EINTR
-        self._thread.join(1)
+        self._stop.set()
+        self._thread.join(LIVENESS)
+        os.close(self.fd)
 
 
 def _stale(seen: list[Seen], changes: list[Change], field: str) -> list[str]:
