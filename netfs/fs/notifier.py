@@ -26,10 +26,14 @@ changed" is known (its mtime, poll's change count, the wake-ups).
 Files declared ``cacheable`` are read through the kernel's page cache, kept
 across opens. :meth:`Notifier.invalidate_net` drops the cached content and
 size of a network's cacheable files; it runs before any change of that
-network is made known: at the start of :meth:`Notifier.reconcile` (before
-the helper announces anything; every change of the core's state, also one
-found from outside, comes here), and in a write that acted, after the core
-call and before the write returns or poll() waiters are woken. The kernel
+network is made known: when the pump receives the core's events (every
+change of the core's state, also one found from outside, is an event) —
+a line of ``events`` waits for it (:meth:`Notifier.fresh`), and the dentries
+of announced entries that are gone are dropped then too; at the start of
+:meth:`Notifier.reconcile` (before the helper announces anything); and in a
+write that acted, after the core call and before the write returns or
+poll() waiters are woken. A network the kernel cannot hold anything of
+(nothing of it exposed since its last invalidation) is skipped. The kernel
 call runs in a worker thread, never on the trio thread: it locks the
 file's cached pages, and a reader holding one of them waits for our answer
 to its READ, which the loop must stay free to give. It does not take the
