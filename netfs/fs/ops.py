@@ -87,9 +87,17 @@ def _name(raw: bytes) -> str:
 
 
 def attributes(
-    sp: Space, ino: int, path: Path, node: Node | None, st: StateArg = UNSET
+    sp: Space,
+    ino: int,
+    path: Path,
+    node: Node | None,
+    st: StateArg = UNSET,
+    *,
+    kept: bool = True,
 ) -> pyfuse3.EntryAttributes:
-    """What stat shows of `path` (inode `ino`, declared type `node`)."""
+    """What stat shows of `path` (inode `ino`, declared type `node`).
+    `kept`: the kernel keeps them (for the timeouts), so a cacheable file's
+    network counts as exposed (see Space.exposed)."""
     a = pyfuse3.EntryAttributes()
     a.st_ino = InodeT(ino)
     a.generation = 0
@@ -121,7 +129,7 @@ def attributes(
         else:
             content = sp.safe_content(path, st, node)
             a.st_size = len(content) if content is not None else 0
-            if node.cacheable:
+            if node.cacheable and kept:
                 sp.exposed.add(path[0])  # the kernel keeps this size
         a.st_nlink = 1
     a.st_mode = ModeT(mode)
@@ -168,21 +176,23 @@ class NetfsOperations(pyfuse3.Operations):
         return path, node
 
     def _attr(
-        self, ino: int, path: Path, node: Node | None, st: StateArg = UNSET
+        self, ino: int, path: Path, node: Node | None, st: StateArg = UNSET, *, kept: bool = True
     ) -> pyfuse3.EntryAttributes:
-        return attributes(self.space, ino, path, node, st)
+        return attributes(self.space, ino, path, node, st, kept=kept)
 
-    def _entry(self, path: Path, st: StateArg = UNSET) -> pyfuse3.EntryAttributes:
+    def _entry(
+        self, path: Path, st: StateArg = UNSET, *, kept: bool = True
+    ) -> pyfuse3.EntryAttributes:
         sc = self.space.scratch.get(path)
         ino = sc.ino if sc is not None else self.space.ino(path)
-        return self._attr(ino, path, self.space.nodes[ino][1], st)
+        return self._attr(ino, path, self.space.nodes[ino][1], st, kept=kept)
 
     def _own_entry(self, path: Path) -> pyfuse3.EntryAttributes:
         """An entry as the helper sees it. The kernel's dentry cache is
         shared by everyone: what the own view shows (a network not yet
         announced, status.xml not yet removed) must not be cached, or others
         would see it too."""
-        a = self._entry(path)
+        a = self._entry(path, kept=False)  # (timeouts 0: the kernel asks again)
         a.entry_timeout = 0
         a.attr_timeout = 0
         return a
