@@ -5,9 +5,14 @@ default_permissions) and answering FLUSH and RELEASE as no-ops, as netfs
 must (it acts at flush for its documents, so the kernel sends FLUSH at every
 close).
 
-    python -m bench.floorfs MOUNTPOINT [--hang]
+    python -m bench.floorfs MOUNTPOINT [--hang | --cached]
 
 Serves MOUNTPOINT/value ("0\\n") until SIGTERM or SIGINT, then unmounts.
+
+--cached: the file is opened through the page cache, kept across opens
+(FOPEN_KEEP_CACHE, no direct_io): what a FUSE read costs at least when only
+OPEN, FLUSH and RELEASE reach the daemon (pyfuse3 cannot ask for
+FOPEN_NOFLUSH).
 
 --hang (for tests/test_fs_daemon.py): a lookup of MOUNTPOINT/hang is never
 answered, and the process itself looks it up from a thread and prints
@@ -37,6 +42,8 @@ TIMEOUT = 1.0
 
 
 class FloorFS(pyfuse3.Operations):
+    cached = False
+
     def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
@@ -77,7 +84,7 @@ class FloorFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR):
             raise pyfuse3.FUSEError(errno.EACCES)
-        return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+        return pyfuse3.FileInfo(fh=inode, direct_io=not self.cached, keep_cache=self.cached)
 
     async def read(self, fh: Any, off: int, size: int) -> bytes:
         return VALUE[off : off + size]
@@ -125,13 +132,15 @@ async def _serve(fs: FloorFS) -> None:
 
 def main(argv: list[str]) -> int:
     hang = "--hang" in argv
-    argv = [a for a in argv if a != "--hang"]
+    cached = "--cached" in argv
+    argv = [a for a in argv if a not in ("--hang", "--cached")]
     if len(argv) != 1:
-        print("usage: python -m bench.floorfs MOUNTPOINT [--hang]", file=sys.stderr)
+        print("usage: python -m bench.floorfs MOUNTPOINT [--hang | --cached]", file=sys.stderr)
         return 2
     opts = set(pyfuse3.default_options)
     opts |= {"fsname=floorfs", "allow_other", "default_permissions"}
     fs = HangFS(argv[0]) if hang else FloorFS()
+    fs.cached = cached
     pyfuse3.init(fs, argv[0], opts)
     try:
         trio.run(_serve, fs)

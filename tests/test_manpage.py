@@ -46,7 +46,7 @@ MOUNT_OPTIONS = [
     "group=",
 ]
 
-# The contract's table, then what the implementation adds (netfs/fs/, core.py).
+# The contract's table, then what the implementation adds (netfs/fs.py, core.py).
 ERRNOS = [
     "EINVAL",
     "EADDRINUSE",

@@ -77,6 +77,7 @@ async def drop_port(sp: Space, path: Path) -> None:
         try:
             await sp.core.delete_port(name, port)
         finally:
+            await sp.notifier.invalidate_net(name)  # status.xml's connections
             sp.notifier.queue_reconcile(name)
     sp.notifier.unpublish(path)
     sp.scratch.drop_under(path)
@@ -96,6 +97,8 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
     try:
         await node.flag(sp.core, path, value)
     finally:
+        # the kernel's cached copies go before anyone hears of the change
+        await sp.notifier.invalidate_net(name)
         sp.notifier.written(path, node)
         sp.notifier.queue_reconcile(name)
         await drop_stale_entries(sp, name, before)
@@ -125,6 +128,7 @@ async def store_document(
             sp.pending_ports[name].discard(path[2])
         await drop_stale_entries(sp, name, before)
     finally:
+        await sp.notifier.invalidate_net(name)  # before the store returns
         sp.notifier.queue_reconcile(name)
     if node.watched:
         sp.touched(path)

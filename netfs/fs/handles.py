@@ -21,6 +21,7 @@ import logging
 import select
 import time
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import trio
@@ -101,6 +102,7 @@ class ContentHandle(Handle):
         self.seen = space.notifier.gens.get(path, 0)
         self.ahead: bytes | None = None  # poll: a value read before it was announced
         self.polled = False  # registered as a poll waiter at least once
+        self.reported = -1  # poll: the change count last reported as a change
 
     def read(self, off: int, size: int) -> bytes:
         data = self.data
@@ -126,7 +128,17 @@ class ContentHandle(Handle):
             # the announcement of the value this handle read already (it
             # changed before the notifier announced it): one change, one wake-up
             self.seen, self.ahead = gen, None
-        if gen != self.seen or (
+        if self.node.cacheable:
+            # its reads may come from the page cache and never reach us: a
+            # new wait (a waker) after this change was reported means the
+            # reader has had it; a change is reported once announced (the
+            # cached copy is invalidated before, so a read then is fresh)
+            if gen != self.seen and waker is not None and self.reported == gen:
+                self.seen = gen
+            if gen != self.seen:
+                self.reported = gen
+                return mask | CHANGED_POLLMASK
+        elif gen != self.seen or (
             self.last_read is not None
             and self.space.safe_content(self.path, node=self.node) != self.last_read
         ):
@@ -264,6 +276,7 @@ class EventsHandle(Handle):
         self.channel = space.core.subscribe()
         self.pid = pid  # the opener (to notice it has been killed)
         self.leftover = b""  # undelivered part of a batch
+        self.newest: datetime | None = None  # the time of the newest event taken
         self._blocked = blocked
 
     def _take(self, first: Event | None = None) -> None:
@@ -277,6 +290,7 @@ class EventsHandle(Handle):
                     ev = self.channel.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
+            self.newest = ev.time
             if ev.kind not in HIDDEN_EVENTS:
                 line = ev.line()
                 lines.append(line if line.endswith("\n") else line + "\n")
@@ -304,6 +318,9 @@ class EventsHandle(Handle):
             if cs.cancelled_caught:
                 raise NetfsError(errno.EINTR, "interrupted")
             self._take(ev)
+        if self.newest is not None:
+            # no line before the cached files it concerns were invalidated
+            await self.space.notifier.fresh(self.newest)
         out, self.leftover = self.leftover[:size], self.leftover[size:]
         return out
 

@@ -23,7 +23,26 @@ holds no lock of ours during FLUSH, so the helper's operations proceed.
 :meth:`Notifier.changed` is the one place where "the value of file X
 changed" is known (its mtime, poll's change count, the wake-ups).
 
-No pyfuse3 here: the adapter passes in how to drop a cached dentry.
+Files declared ``cacheable`` are read through the kernel's page cache, kept
+across opens. :meth:`Notifier.invalidate_net` drops the cached content and
+size of a network's cacheable files; it runs before any change of that
+network is made known: when the pump receives the core's events (every
+change of the core's state, also one found from outside, is an event) —
+a line of ``events`` waits for it (:meth:`Notifier.fresh`), and the dentries
+of announced entries that are gone are dropped then too; at the start of
+:meth:`Notifier.reconcile` (before the helper announces anything); and in a
+write that acted, after the core call and before the write returns or
+poll() waiters are woken. A network the kernel cannot hold anything of
+(nothing of it exposed since its last invalidation) is skipped. The kernel
+call runs in a worker thread, never on the trio thread: it locks the
+file's cached pages, and a reader holding one of them waits for our answer
+to its READ, which the loop must stay free to give. It does not take the
+inode lock, and writes to cacheable files are never cached (a write open is
+direct_io), so a write handler may wait for the invalidation of its own
+file.
+
+No pyfuse3 here: the adapter passes in how to drop a cached dentry and a
+cached inode.
 """
 
 from __future__ import annotations
@@ -38,6 +57,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, Union
 
 import trio
@@ -150,12 +170,17 @@ class Notifier:
     """The published view, the queue of announcements, poll's change counts."""
 
     def __init__(
-        self, space: Space, mountpoint: str, invalidate: Callable[[Path, str], None]
+        self,
+        space: Space,
+        mountpoint: str,
+        invalidate: Callable[[Path, str], None],
+        invalidate_inode: Callable[[int], None] | None = None,
     ) -> None:
         self.space = space
         space.notifier = self
         self.mountpoint = os.path.abspath(mountpoint)
         self._invalidate = invalidate
+        self._invalidate_inode = invalidate_inode
         self.hands = Hands()
         # network -> the paths under it announced so far (its directory: the key)
         self.published: dict[str, set[Path]] = {}
@@ -170,6 +195,12 @@ class Notifier:
         self.todo_seq = 0
         self._done_seq = 0
         self._progress = trio.Event()
+        # the time of the newest core event whose networks' cached files
+        # have been invalidated (see _pump and fresh)
+        self._fresh_time: datetime | None = None
+        # network -> the invalidation of its cached files under way
+        self._inflight: dict[str, trio.Event] = {}
+        self._fresh_progress = trio.Event()
         self.closing = False
 
     def is_self(self, pid: int) -> bool:
@@ -315,6 +346,7 @@ class Notifier:
             self.space.core.unsubscribe(core)
             self._todo_send = None
             self._progress.set()
+            self._fresh_progress.set()
 
     async def _do(self, item: Todo) -> None:
         if isinstance(item, _Wake):
@@ -332,8 +364,62 @@ class Notifier:
             await self.reconcile(item.network)
 
     async def _pump(self, core: trio.MemoryReceiveChannel[Event]) -> None:
-        async for ev in core:
-            self._queue(ev)
+        """Core events, in batches: the cached files of their networks are
+        invalidated at once (not behind the queue's announcements), then the
+        events are queued. A line of `events` waits for this (:meth:`fresh`),
+        so a reader of `events` never reads an older value afterwards."""
+        while True:
+            try:
+                batch = [await core.receive()]
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            while True:
+                try:
+                    batch.append(core.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            names = list(dict.fromkeys(ev.network for ev in batch))
+            await self.invalidate_net(*names)
+            await self.drop_entries(self._vanished(names))
+            newest = max(ev.time for ev in batch)
+            if self._fresh_time is None or newest > self._fresh_time:
+                self._fresh_time = newest
+            self._fresh_progress.set()
+            self._fresh_progress = trio.Event()
+            for ev in batch:
+                self._queue(ev)
+
+    def _vanished(self, names: list[str]) -> list[tuple[Path, str]]:
+        """Entries of networks `names` that watchers were told of and that
+        are gone now (status.xml after a stop, freed ports, the network
+        itself), as (parent, name): their dentries are dropped before a line
+        of `events` says why (the helper's own view still has them, so its
+        rmdir or unlink announces them as before)."""
+        out: list[tuple[Path, str]] = []
+        for name in names:
+            pub = self.published.get(name)
+            if pub is None:
+                continue
+            st = self.space.state(name)
+            if st is None:
+                if name not in self.space.pending:
+                    out.append(((), name))
+                continue
+            keep = {p for _op, p in self._wanted(name, st)}
+            out.extend((p[:-1], p[-1]) for p in pub - keep)
+        return out
+
+    async def fresh(self, when: datetime) -> None:
+        """Wait until the cached files of the networks of every core event
+        up to time `when` have been invalidated (at most SETTLE_TIMEOUT; at
+        once when the notifier is not running)."""
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while (
+                (self._fresh_time is None or self._fresh_time < when)
+                and not self.closing
+                and self._todo_send is not None
+            ):
+                await self._fresh_progress.wait()
 
     # ================================================================ the helper's operations
 
@@ -358,6 +444,47 @@ class Notifier:
         if entries and not self.closing:
             await trio.to_thread.run_sync(self._invalidate_all, entries, abandon_on_cancel=True)
 
+    def _invalidate_inodes(self, inos: list[int]) -> None:
+        assert self._invalidate_inode is not None
+        for ino in inos:
+            self._invalidate_inode(ino)
+
+    async def invalidate_net(self, *names: str) -> None:
+        """Drop what the kernel caches of the cacheable files of networks
+        `names` (content and size), in one worker thread hop (see the module
+        docstring). Called after a network's state changed and before that
+        change is made known, so that no read after it shows the old value.
+        A network nothing of which reached the kernel since its last
+        invalidation (`Space.exposed`: no size in a reply, no cached open, no
+        READ) is skipped: the kernel cannot hold anything of it."""
+        if self._invalidate_inode is None or self.closing:
+            return
+        exposed = self.space.exposed
+        cached = self.space.cached_inos
+        inos: list[int] = []
+        mine: list[str] = []
+        waits: list[trio.Event] = []
+        for name in names:
+            if name in exposed:
+                exposed.discard(name)  # before the hop: what comes after counts again
+                inos.extend(cached.get(name, ()))
+                mine.append(name)
+            elif name in self._inflight:
+                waits.append(self._inflight[name])  # another caller's hop: wait for it too
+        if inos:
+            done = trio.Event()
+            for name in mine:
+                self._inflight[name] = done
+            try:
+                await trio.to_thread.run_sync(self._invalidate_inodes, inos, abandon_on_cancel=True)
+            finally:
+                done.set()
+                for name in mine:
+                    if self._inflight.get(name) is done:
+                        del self._inflight[name]
+        for ev in waits:
+            await ev.wait()
+
     async def _own_new(self, items: list[tuple[str, Path]]) -> None:
         """mkdir or mknod of each path, in order, after dropping dentries the
         kernel may have cached for them (one thread hop for all)."""
@@ -371,6 +498,7 @@ class Notifier:
     async def reconcile(self, name: str) -> None:
         """Make what watchers were told of network `name` the truth."""
         sp = self.space
+        await self.invalidate_net(name)  # before anything is announced
         st = sp.state(name)
         sp.is_pending(name, st)  # adopts a pending directory the core now has
         if st is None and name not in sp.pending:

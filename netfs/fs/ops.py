@@ -38,7 +38,7 @@ from netfs.fs.handles import (
 )
 from netfs.fs.notifier import Notifier
 from netfs.fs.space import UNSET, Space, StateArg
-from netfs.fs.tree import Core, Dir, File, Node, Path, Write
+from netfs.fs.tree import Core, Dir, File, Node, Path, Presence, Write
 
 log = logging.getLogger("netfs.fs")
 
@@ -87,9 +87,17 @@ def _name(raw: bytes) -> str:
 
 
 def attributes(
-    sp: Space, ino: int, path: Path, node: Node | None, st: StateArg = UNSET
+    sp: Space,
+    ino: int,
+    path: Path,
+    node: Node | None,
+    st: StateArg = UNSET,
+    *,
+    kept: bool = True,
 ) -> pyfuse3.EntryAttributes:
-    """What stat shows of `path` (inode `ino`, declared type `node`)."""
+    """What stat shows of `path` (inode `ino`, declared type `node`).
+    `kept`: the kernel keeps them (for the timeouts), so a cacheable file's
+    network counts as exposed (see Space.exposed)."""
     a = pyfuse3.EntryAttributes()
     a.st_ino = InodeT(ino)
     a.generation = 0
@@ -121,6 +129,8 @@ def attributes(
         else:
             content = sp.safe_content(path, st, node)
             a.st_size = len(content) if content is not None else 0
+            if node.cacheable and kept:
+                sp.exposed.add(path[0])  # the kernel keeps this size
         a.st_nlink = 1
     a.st_mode = ModeT(mode)
     a.st_uid = sp.uid
@@ -140,7 +150,9 @@ class NetfsOperations(pyfuse3.Operations):
     def __init__(self, driver: Core, mountpoint: str, *, gid: int | None = None) -> None:
         super().__init__()
         self.space = Space(driver, gid=gid)
-        self.notifier = Notifier(self.space, mountpoint, self._invalidate)
+        self.notifier = Notifier(
+            self.space, mountpoint, self._invalidate, invalidate_inode=self._invalidate_inode
+        )
         self._fhs = itertools.count(1)
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -164,21 +176,23 @@ class NetfsOperations(pyfuse3.Operations):
         return path, node
 
     def _attr(
-        self, ino: int, path: Path, node: Node | None, st: StateArg = UNSET
+        self, ino: int, path: Path, node: Node | None, st: StateArg = UNSET, *, kept: bool = True
     ) -> pyfuse3.EntryAttributes:
-        return attributes(self.space, ino, path, node, st)
+        return attributes(self.space, ino, path, node, st, kept=kept)
 
-    def _entry(self, path: Path, st: StateArg = UNSET) -> pyfuse3.EntryAttributes:
+    def _entry(
+        self, path: Path, st: StateArg = UNSET, *, kept: bool = True
+    ) -> pyfuse3.EntryAttributes:
         sc = self.space.scratch.get(path)
         ino = sc.ino if sc is not None else self.space.ino(path)
-        return self._attr(ino, path, self.space.nodes[ino][1], st)
+        return self._attr(ino, path, self.space.nodes[ino][1], st, kept=kept)
 
     def _own_entry(self, path: Path) -> pyfuse3.EntryAttributes:
         """An entry as the helper sees it. The kernel's dentry cache is
         shared by everyone: what the own view shows (a network not yet
         announced, status.xml not yet removed) must not be cached, or others
         would see it too."""
-        a = self._entry(path)
+        a = self._entry(path, kept=False)  # (timeouts 0: the kernel asks again)
         a.entry_timeout = 0
         a.attr_timeout = 0
         return a
@@ -194,17 +208,31 @@ class NetfsOperations(pyfuse3.Operations):
         except OSError:
             pass
 
+    @staticmethod
+    def _invalidate_inode(ino: int) -> None:
+        """Drop the kernel's cached content and attributes of inode `ino`
+        (from a worker thread only: see netfs.fs.notifier)."""
+        try:
+            pyfuse3.invalidate_inode(InodeT(ino), attr_only=False)
+        except OSError:
+            pass  # not in the kernel's cache (ENOENT), or not mounted
+
     def _handle(self, fh: int) -> Handle:
         h = self._handles.get(fh)
         if h is None:
             raise _err(errno.EBADF)
         return h
 
-    def _open_handle(self, h: Handle, *, nonseekable: bool = False) -> pyfuse3.FileInfo:
+    def _open_handle(
+        self, h: Handle, *, nonseekable: bool = False, cached: bool = False
+    ) -> pyfuse3.FileInfo:
+        """`cached`: reads go through the page cache, which this open keeps
+        (a file declared cacheable, opened read-only); else direct_io."""
         fh = next(self._fhs)
         self._handles[fh] = h
-        fi = pyfuse3.FileInfo(fh=FileHandleT(fh), direct_io=True, keep_cache=False)
-        fi.nonseekable = nonseekable
+        fi = pyfuse3.FileInfo(fh=FileHandleT(fh), direct_io=not cached, keep_cache=cached)
+        if nonseekable:
+            fi.nonseekable = True
         return fi
 
     # ================================================================ lookups
@@ -484,15 +512,25 @@ class NetfsOperations(pyfuse3.Operations):
             raise _err(errno.EACCES)  # O_RDONLY|O_TRUNC too: it asks to truncate
         if write and node.write is Write.DOCUMENT:
             return self._open_handle(DocumentHandle(sp, path, node, trunc=bool(flags & os.O_TRUNC)))
+        # a write open is never cached: a write through the page cache would
+        # hold the page's lock while the write handler waits for the
+        # invalidation of that very page
+        cached = node.cacheable and not write and not flags & os.O_TRUNC
+        if cached and node.presence is Presence.SHOWN and sp.safe_content(path, node=node) is None:
+            cached = False  # showing it fails: its size is 0, and only a READ says why
+        if cached:
+            sp.exposed.add(path[0])
         if node.write is Write.FLAG:
-            return self._open_handle(FlagHandle(sp, path, node))
-        return self._open_handle(ContentHandle(sp, path, node))
+            return self._open_handle(FlagHandle(sp, path, node), cached=cached)
+        return self._open_handle(ContentHandle(sp, path, node), cached=cached)
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         try:
             h = self._handle(fh)
             if h.blocking:
                 return await h.read_wait(size)
+            if isinstance(h, ContentHandle) and h.node.cacheable:
+                self.space.exposed.add(h.path[0])  # the page cache keeps what we answer
             return h.read(off, size)
         except Exception as e:
             raise _fuse_error(e, "read") from None

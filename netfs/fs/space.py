@@ -67,6 +67,14 @@ class Space:
         self.inos: dict[Path, int] = {(): ROOT_INODE}
         # inode -> its path and declared type (None: a scratch file)
         self.nodes: dict[int, tuple[Path, Node | None]] = {ROOT_INODE: ((), tree.ROOT)}
+        # network -> the inodes of its cacheable files (what a change of its
+        # state must invalidate in the kernel: content and size)
+        self.cached_inos: dict[str, set[int]] = {}
+        # networks whose cacheable files the kernel may hold something of
+        # (a size, content) since their last invalidation: the adapter adds
+        # a network when it replies with such a file's attributes, opens one
+        # through the page cache, or answers a READ of one
+        self.exposed: set[str] = set()
         self.pending: dict[str, Pending] = {}
         self.pending_ports: dict[str, set[str]] = {}
         self.scratch = ScratchStore()
@@ -82,7 +90,10 @@ class Space:
         if ino is None:
             ino = next(self._next_ino)
             self.inos[path] = ino
-            self.nodes[ino] = (path, tree.resolve(path))
+            node = tree.resolve(path)
+            self.nodes[ino] = (path, node)
+            if isinstance(node, File) and node.cacheable:
+                self.cached_inos.setdefault(path[0], set()).add(ino)
         return ino
 
     def new_ino(self) -> int:
@@ -106,6 +117,9 @@ class Space:
             hit = self.nodes.get(ino)
             if hit is not None and hit[0] == p:
                 del self.nodes[ino]
+            cached = self.cached_inos.get(p[0]) if p else None
+            if cached is not None:
+                cached.discard(ino)
 
     # ================================================================ the core's view
 

@@ -14,6 +14,9 @@ Adding an attribute file to a network is one :class:`File` in
 
     File("leases", show=_show_leases, presence=Presence.DEFINED, polled=True, watched=True)
 
+(``cacheable=True`` only if every change of its content is a change of the
+core's network state or goes through a declared store.)
+
 No pyfuse3 here.
 """
 
@@ -103,6 +106,12 @@ class File:
     # part of what was announced besides the content (the error's sequence
     # number: a new error with the same words is still a change)
     seq: Callable[[Space, str], int] | None = None
+    # read through the kernel's page cache, kept across opens: the content
+    # changes only with the core's state, and every such change invalidates
+    # the network's cacheable files before it is visible (see
+    # netfs.fs.notifier). False: every read asks the daemon (direct_io), for
+    # content that changes without the network's state (or per reader).
+    cacheable: bool = False
     # how writes act, from the store given (None: read-only)
     write: Write | None = field(init=False, default=None)
 
@@ -275,8 +284,10 @@ EVENTS = File("events")
 PORT = Dir(
     "port",
     {
-        F_PORT: File(F_PORT, _show_port, document=_store_port),
-        F_VIRTUALPORT: File(F_VIRTUALPORT, _show_port_virtualport, presence=Presence.SHOWN),
+        F_PORT: File(F_PORT, _show_port, document=_store_port, cacheable=True),
+        F_VIRTUALPORT: File(
+            F_VIRTUALPORT, _show_port_virtualport, presence=Presence.SHOWN, cacheable=True
+        ),
     },
     scratch=True,
     make=None,
@@ -285,10 +296,12 @@ PORT = Dir(
 PORTGROUP = Dir(
     "portgroup",
     {
-        "default": File("default", _show_pg_default),
+        "default": File("default", _show_pg_default, cacheable=True),
         # also present when the merge fails (conflicting profiles): the
         # directory still lists and stats, only reading it is EINVAL
-        F_VIRTUALPORT: File(F_VIRTUALPORT, _show_pg_virtualport, presence=Presence.SHOWN),
+        F_VIRTUALPORT: File(
+            F_VIRTUALPORT, _show_pg_virtualport, presence=Presence.SHOWN, cacheable=True
+        ),
     },
 )
 
@@ -296,7 +309,11 @@ NETWORK = Dir(
     "network",
     {
         F_DEFINITION: File(
-            F_DEFINITION, _show_definition, document=_store_definition, watched=True
+            F_DEFINITION,
+            _show_definition,
+            document=_store_definition,
+            watched=True,
+            cacheable=True,
         ),
         "active": File(
             "active",
@@ -305,6 +322,7 @@ NETWORK = Dir(
             presence=Presence.DEFINED,
             polled=True,
             watched=True,
+            cacheable=True,
         ),
         "autostart": File(
             "autostart",
@@ -313,9 +331,14 @@ NETWORK = Dir(
             presence=Presence.DEFINED,
             polled=True,
             watched=True,
+            cacheable=True,
         ),
-        "status.xml": File("status.xml", _show_status, presence=Presence.ACTIVE, watched=True),
-        "uuid": File("uuid", _show_uuid, presence=Presence.DEFINED, watched=True),
+        "status.xml": File(
+            "status.xml", _show_status, presence=Presence.ACTIVE, watched=True, cacheable=True
+        ),
+        "uuid": File("uuid", _show_uuid, presence=Presence.DEFINED, watched=True, cacheable=True),
+        # recorded also by failures above the core (a refused name at mkdir):
+        # read from the daemon each time
         F_ERROR: File(F_ERROR, _show_error, polled=True, watched=True, seq=_error_seq),
         "portgroups": Dir(
             "portgroups", presence=Presence.DEFINED, item=PORTGROUP, items=_portgroups
