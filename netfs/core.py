@@ -485,33 +485,27 @@ class Driver:
         sub.prepare(live)
         intent = sub.intent(live)
         ctx = self._context(live)
-        # the start intent is recorded while the sub-driver checks (one wait)
-        prepared = self._state_thread.submit(self._prepare_start, n.name, live.uuid, intent)
         link = sub.watched_link(live)
         self._links.lost_in_start.discard(n.name)
         if link:
             self._links.starting[link] = n.name
         try:
-            committed = False
             try:
-                try:
-                    await sub.check(ctx)
-                finally:
-                    await prepared.wait()
-                await sub.start(ctx)
-                try:
-                    # status written, then the intent removed: one thread hop
-                    await self._store(self._commit_start, n.name, live, intent is not None)
-                    committed = True
-                except BaseException:
-                    try:
-                        await sub.stop(ctx)
-                    except Exception:
-                        log.exception("network %s: undoing a failed start", n.name)
-                    raise
-            finally:
-                if not committed and intent is not None:
-                    await self._store(self.store.delete_intent, n.name)
+                # metadata only, nothing fsync'ed: made here, no thread hop
+                self.store.delete_ports(n.name, sync=False)
+                if intent is not None:
+                    self.store.write_intent(n.name, live.uuid, intent)
+                await sub.check(ctx)
+                await self._run_start(sub, ctx)
+            except BaseException:
+                if intent is not None:
+                    self.store.delete_intent(n.name)
+                raise
+            if intent is not None:
+                try:  # started: a stale intent would be cleared at recovery
+                    self.store.delete_intent(n.name)
+                except OSError as e:
+                    log.warning("network %s: cannot remove its start intent: %s", n.name, e)
             n.ports = {}
             self._set_live(n, live)
         finally:
@@ -528,19 +522,28 @@ class Driver:
                 )
                 await self._mark_down(n)
 
-    def _prepare_start(self, name: str, uuid: str, intent: str | None) -> None:
-        self.store.delete_ports(name)
-        if intent is not None:
-            self.store.write_intent(name, uuid, intent)
-
-    def _commit_start(self, name: str, live: NetworkDef, intent: bool) -> None:
-        self.store.write_status(live)
-        if not intent:
-            return
-        try:  # the network is started now: a stale intent is cleared at recovery
-            self.store.delete_intent(name)
-        except OSError as e:
-            log.warning("network %s: cannot remove its start intent: %s", name, e)
+    async def _run_start(self, sub: subdrivers.SubDriver, ctx: StepContext) -> None:
+        """The sub-driver's start while the state thread stages the status
+        file (written and fsync'ed under a temporary name: the steps never
+        change the live definition); renamed into place once the network is
+        up, so it is written last. A failure of either undoes the other."""
+        staging = self._state_thread.submit(self.store.stage_status, ctx.net)
+        try:
+            await sub.start(ctx)
+        except BaseException:
+            try:
+                self.store.discard_staged(await staging.wait())
+            except Exception:
+                pass  # not staged: nothing to remove
+            raise
+        try:
+            self.store.publish_staged(await staging.wait())
+        except BaseException:
+            try:
+                await sub.stop(ctx)
+            except Exception:
+                log.exception("network %s: undoing a failed start", ctx.net.name)
+            raise
 
     async def stop(self, name: str) -> None:
         """Stop a network; already inactive is a no-op success. Frees its ports."""

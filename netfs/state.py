@@ -42,8 +42,21 @@ validation would refuse is loaded with its problem recorded (only starting it
 is refused, by the core). A saved port is re-read with ``strict=False``, so a
 guest ``<ip>``/``<route>`` saved by an older version does not make it vanish.
 
-Every method here is synchronous and may block (fsync): the core calls them
-from a worker thread.
+A start's files are the exception to "fsync the directory", because they
+describe kernel state that a crash of the host takes with it: the start
+intent is not fsync'ed at all, and the status file of a start is staged
+(written and fsync'ed under a temporary name, :meth:`StateStore.stage_status`)
+while the kernel work runs, then renamed into place without a directory
+fsync (:func:`publish_staged`). What a crash of the daemon (kill -9) finds
+is the same either way (the page cache survives it); after a crash of the
+host an older complete status file or none is the same truth to recovery
+(the network is not running), and none is ever torn.
+
+Every method here is synchronous. Those that fsync may block: the core calls
+them from a worker thread. The metadata-only steps of a start (writing and
+removing the intent, removing stale port files with ``sync=False``,
+publishing or discarding a staged file) never fsync; the core makes them on
+its loop, saving a thread hop each.
 """
 
 from __future__ import annotations
@@ -159,40 +172,111 @@ def _named(e: OSError, path: Path) -> OSError:
     return OSError(e.errno, e.strerror, str(path))
 
 
+def _stage(dfd: int, path: Path, data: bytes, mode: int, sync: bool) -> str:
+    """``data`` in a new temporary file beside ``path`` (in the directory
+    ``dfd``), fsync'ed if ``sync``; its name. On failure nothing is left."""
+    # short: a 250-byte network name makes a 254-byte file name already
+    tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode, dir_fd=dfd)
+    except OSError as e:
+        raise _named(e, path) from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as e:
+        _discard(dfd, tmp)
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
+        raise
+    return tmp
+
+
+def _publish(dfd: int, tmp: str, path: Path) -> None:
+    """Rename the temporary file ``tmp`` over ``path`` (both in ``dfd``);
+    on failure the temporary file is removed."""
+    try:
+        os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException as e:
+        _discard(dfd, tmp)
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
+        raise
+
+
+def _discard(dfd: int, tmp: str) -> None:
+    try:
+        os.unlink(tmp, dir_fd=dfd)
+    except OSError:
+        pass
+
+
+def _open_parent(path: Path) -> int:
+    try:
+        return _open_dir(path.parent)
+    except OSError as e:
+        raise _named(e, path.parent) from None
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, sync: bool = True) -> None:
     """Replace ``path`` with ``data``: temp file (O_EXCL, in the directory
     opened without following a symlink), fsync, rename, fsync dir. On any
     failure no temporary file is left and the target is as it was."""
-    # short: a 250-byte network name makes a 254-byte file name already
-    tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}"
+    dfd = _open_parent(path)
     try:
-        dfd = _open_dir(path.parent)
-    except OSError as e:
-        raise _named(e, path.parent) from None
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, mode, dir_fd=dfd)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException as e:
-            try:
-                os.unlink(tmp, dir_fd=dfd)
-            except OSError:
-                pass
-            if isinstance(e, OSError):
-                raise _named(e, path) from None
-            raise
+        _publish(dfd, _stage(dfd, path, data, mode, sync), path)
         if sync:
             os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file written and fsync'ed under a temporary name beside ``path``,
+    not yet in place (:func:`stage_write`)."""
+
+    path: Path
+    tmp: str
+
+
+def stage_write(path: Path, data: bytes, *, mode: int = 0o600) -> Staged:
+    """The first half of :func:`atomic_write`: the temporary file, written
+    and fsync'ed. :func:`publish_staged` or :func:`discard_staged` follows."""
+    dfd = _open_parent(path)
+    try:
+        return Staged(path, _stage(dfd, path, data, mode, True))
+    finally:
+        os.close(dfd)
+
+
+def publish_staged(staged: Staged) -> None:
+    """The second half: the rename into place, metadata only (the directory
+    is not fsync'ed: for what that suits, see the module docstring). On
+    failure the temporary file is removed and the target is as it was."""
+    dfd = _open_parent(staged.path)
+    try:
+        _publish(dfd, staged.tmp, staged.path)
+    finally:
+        os.close(dfd)
+
+
+def discard_staged(staged: Staged) -> None:
+    """Remove a staged file that will not be published (missing is fine)."""
+    try:
+        dfd = _open_parent(staged.path)
+    except OSError:
+        return
+    try:
+        _discard(dfd, staged.tmp)
     finally:
         os.close(dfd)
 
@@ -632,6 +716,24 @@ class StateStore:
         make_dir(path.parent, NETWORK_DIR_MODE)
         atomic_write(path, data)
 
+    def stage_status(self, live: NetworkDef) -> Staged:
+        """A start's status file (no ports yet), written and fsync'ed under
+        a temporary name while the kernel work runs; the core publishes it
+        (:func:`publish_staged`, on its loop) once the network is up, or
+        discards it (:func:`discard_staged`)."""
+        data = format_status(live)
+        check_loadable(data, f"the status file of network '{shown_name(live.name)}'")
+        path = self.status_path(live.name)
+        make_dir(path.parent, NETWORK_DIR_MODE)
+        return stage_write(path, data)
+
+    def publish_staged(self, staged: Staged) -> None:
+        """Rename a staged file into place (:func:`publish_staged`)."""
+        publish_staged(staged)
+
+    def discard_staged(self, staged: Staged) -> None:
+        discard_staged(staged)
+
     def delete_status(self, name: str) -> bool:
         removed = remove_file(self.status_path(name))
         self._remove_network_dir(name)
@@ -721,11 +823,15 @@ class StateStore:
     def port_names(self, name: str) -> list[str]:
         return [p.name[: -len(".xml")] for p in _xml_files(self.ports_dir(name))]
 
-    def delete_ports(self, name: str, port_names: Iterable[str] | None = None) -> list[str]:
-        """Delete the port files of a network (all of them by default)."""
+    def delete_ports(
+        self, name: str, port_names: Iterable[str] | None = None, *, sync: bool = True
+    ) -> list[str]:
+        """Delete the port files of a network (all of them by default);
+        ``sync=False``: the directory is not fsync'ed (stale files removed
+        at a start, removed again at the next one if a host crash kept them)."""
         names = self.port_names(name) if port_names is None else list(port_names)
         removed = [p for p in names if self._unlink_quiet(self.port_path(name, p))]
-        if removed:
+        if removed and sync:
             fsync_dir(self.ports_dir(name))
         if port_names is None:
             self._remove_network_dir(name)

@@ -695,13 +695,13 @@ async def test_bridge_deleted_while_its_network_starts(
     ev = Events(driver, nursery)
     await nursery.start(driver.run_monitor)
     await driver.define(net_xml("a", bridge="nfsa0"))
-    commit = driver._commit_start
+    publish = driver.store.publish_staged
 
-    def delete_then_commit(*args: Any) -> None:
+    def delete_then_publish(*args: Any) -> None:  # the status file goes in last
         ip("link", "del", "nfsa0", netns=netns)
-        commit(*args)
+        publish(*args)
 
-    driver._commit_start = delete_then_commit  # type: ignore[method-assign]
+    driver.store.publish_staged = delete_then_publish  # type: ignore[method-assign]
     await driver.start("a")
     await ev.wait_for("a", "stopped")
     assert not driver.get("a").active

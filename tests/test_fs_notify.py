@@ -386,3 +386,42 @@ def test_one_wake_up_per_change_made_by_the_daemon(mounted: Daemon) -> None:
         assert bash(f"echo 1 > {active}").returncode == 0
         seen = _wake_ups_for_one_bridge_deletion(active, ns, "nfsbr0")
         assert seen == [b"1\n", b"0\n"], seen
+
+
+def _helper_pid(daemon: Daemon) -> int:
+    """The notifier's helper process (netfs/fs/helper.py), a child of the daemon."""
+    assert daemon.proc is not None
+    out = subprocess.run(
+        ["ps", "-o", "pid=,args=", "--ppid", str(daemon.proc.pid)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = [int(line.split()[0]) for line in out.splitlines() if "helper.py" in line]
+    assert len(pids) == 1, out
+    return pids[0]
+
+
+def test_create_announced_while_the_kernel_holds_the_entry(mounted: Daemon) -> None:
+    """The kernel holds a dentry for status.xml (a process looked it up
+    after the start, before the announcement) when the helper's mknod comes:
+    the kernel asks the daemon again (an exclusive create), the helper's
+    view says absent, and watchers still get IN_CREATE, although the
+    notifier no longer drops the dentry before its mknod."""
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    w = Watch(net)
+    helper = _helper_pid(mounted)
+    os.kill(helper, signal.SIGSTOP)  # the announcement waits: its close too
+    try:
+        writer = subprocess.Popen(["bash", "-c", f"echo 1 > {net}/active"])
+        # the start acted: this lookup leaves the kernel a dentry (entry timeout 1 s)
+        wait_for(lambda: (net / "status.xml").exists(), "status.xml")
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    try:
+        assert writer.wait(timeout=LIVENESS) == 0
+        w.wait(net / "status.xml", "CREATE")
+    finally:
+        w.close()

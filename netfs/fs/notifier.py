@@ -423,14 +423,17 @@ class Notifier:
 
     # ================================================================ the helper's operations
 
-    async def _own(self, op: str, path: Path) -> None:
-        """One operation through the mount, done by the helper process."""
+    async def _own(self, op: str, path: Path) -> int:
+        """One operation through the mount, done by the helper process: its
+        errno (0: done)."""
         if self.closing:
-            return
+            return 0
         try:
             await self.hands.call(op, os.path.join(self.mountpoint, *path))
         except OSError as e:
             log.debug("own %s %s: %s", op, "/".join(path), e)
+            return e.errno or errno.EIO
+        return 0
 
     def _invalidate_all(self, entries: list[tuple[Path, str]]) -> None:
         for parent, n in entries:
@@ -486,13 +489,18 @@ class Notifier:
             await ev.wait()
 
     async def _own_new(self, items: list[tuple[str, Path]]) -> None:
-        """mkdir or mknod of each path, in order, after dropping dentries the
-        kernel may have cached for them (one thread hop for all)."""
+        """mkdir or mknod of each path, in order. A dentry the kernel holds
+        for one (a process looked it up since it exists) needs no dropping
+        first: for an exclusive create FUSE asks us again (LOOKUP_EXCL), the
+        helper's view says absent, and the kernel drops it itself. Should a
+        kernel refuse with EEXIST instead, the dentry is dropped (a thread
+        hop) and the operation made again."""
         if self.closing or not items:
             return
-        await self.drop_entries([(p[:-1], p[-1]) for _op, p in items])
         for op, path in items:
-            await self._own(op, path)
+            if await self._own(op, path) == errno.EEXIST:
+                await self.drop_entries([(path[:-1], path[-1])])
+                await self._own(op, path)
             self.publish(path)
 
     async def reconcile(self, name: str) -> None:
