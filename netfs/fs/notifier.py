@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import math
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -48,6 +50,54 @@ if TYPE_CHECKING:
 log = logging.getLogger("netfs.fs")
 
 SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
+EVENTS_KEPT = 4096  # lines of `events` kept for readers that are behind
+
+
+class EventFeed:
+    """The lines of ``events``, kept once for all readers: the last
+    EVENTS_KEPT lines, numbered from 0 (`end`: the number of the next one).
+    A reader holds only the number of its next line, so an idle reader costs
+    nothing per event; one further behind than EVENTS_KEPT lines loses the
+    oldest (its handle says so in the log, once). Events that are not words
+    of ``events`` (kind "error") are not kept."""
+
+    def __init__(self, kept: int = EVENTS_KEPT) -> None:
+        self.lines: deque[bytes] = deque(maxlen=kept)
+        self.end = 0
+        self._changed = trio.Event()
+
+    @property
+    def start(self) -> int:
+        """The number of the oldest line kept."""
+        return self.end - len(self.lines)
+
+    def push(self, ev: Event) -> None:
+        if ev.kind in HIDDEN_EVENTS:
+            return
+        line = ev.line()
+        self.lines.append((line if line.endswith("\n") else line + "\n").encode())
+        self.end += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def take(self, pos: int, size: int) -> tuple[bytes, int]:
+        """Whole lines from number `pos` (>= start), at least one and then
+        as many as fit in `size` bytes; with the number after the last."""
+        out: list[bytes] = []
+        n = 0
+        for line in itertools.islice(self.lines, pos - self.start, None):
+            if out and n + len(line) > size:
+                break
+            out.append(line)
+            n += len(line)
+            pos += 1
+        return b"".join(out), pos
+
+    async def wait(self, pos: int) -> None:
+        """Until line `pos` exists (one trio.Event for all waiters: no work
+        while nothing happens)."""
+        while self.end <= pos:
+            await self._changed.wait()
 
 
 class Waker(Protocol):
@@ -142,6 +192,8 @@ class Notifier:
         self.gens: dict[Path, int] = {}
         self._pollers: dict[Path, dict[int, Waker]] = {}
         self._event_pollers: dict[int, Waker] = {}
+        self.feed = EventFeed()
+        self._core_events: trio.MemoryReceiveChannel[Event] | None = None
         self._todo_send: trio.MemorySendChannel[tuple[str, object]] | None = None
         # how many items were queued, and how many are done
         self.todo_seq = 0
@@ -267,7 +319,7 @@ class Notifier:
         through the mount (inotify), poll wake-ups and nothing else."""
         send, recv = trio.open_memory_channel[tuple[str, object]](math.inf)
         self._todo_send = send
-        core = self.space.core.subscribe()
+        core = self.listen()
         self.publish_initial()
         # start the helper now: spawned at the first change, its start-up
         # (~20 ms) would delay that change's announcement
@@ -284,6 +336,7 @@ class Notifier:
                     finally:
                         self._did_one()
         finally:
+            self._core_events = None
             self.space.core.unsubscribe(core)
             self._todo_send = None
             self._progress.set()
@@ -305,7 +358,30 @@ class Notifier:
 
     async def _pump(self, core: trio.MemoryReceiveChannel[Event]) -> None:
         async for ev in core:
-            self.queue("event", ev)
+            self._take_event(ev)
+
+    def _take_event(self, ev: Event) -> None:
+        self.feed.push(ev)
+        self.queue("event", ev)
+
+    def listen(self) -> trio.MemoryReceiveChannel[Event]:
+        """The one subscription to the core's events (for every reader of
+        `events` and for the announcements)."""
+        if self._core_events is None:
+            self._core_events = self.space.core.subscribe()
+        return self._core_events
+
+    def sync_events(self) -> int:
+        """Take what the core emitted and the pump has not taken yet (a
+        reader opening `events` now starts after it); the feed's end."""
+        core = self._core_events
+        while core is not None:
+            try:
+                ev = core.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            self._take_event(ev)
+        return self.feed.end
 
     # ================================================================ the helper's operations
 
