@@ -171,18 +171,32 @@ class DocumentHandle(ContentHandle):
     def __init__(self, space: Space, path: Path, ino: int, node: File, *, trunc: bool) -> None:
         super().__init__(space, path, ino, node)
         self.buf = bytearray()  # content written since open
+        self.held = 0  # bytes of the buffer counted in the store's total
         if not trunc:
             # like a file: `>>` appends to, and an in-place edit starts
             # from, what the document holds (vim truncates first)
-            self.buf[:] = space.content(path, node=node) or b""
+            content = space.content(path, node=node) or b""
+            self._hold(len(content))
+            self.buf[:] = content
         self.dirty = False  # written or truncated since the last store
         self.refused = False  # a size past the limit was refused: never stores
         self.settle = 0
+
+    def _hold(self, size: int) -> None:
+        """The buffer is to be `size` bytes (at most): count them."""
+        if size > self.held:
+            hold(self.space, self.path, size - self.held)
+            self.held = size
+
+    def _unhold(self) -> None:
+        self.space.scratch.reserve(-self.held)
+        self.held = 0
 
     async def write(self, off: int, buf: bytes) -> int:
         if off + len(buf) > MAX_FILE_BYTES:
             self.refused = True
         self.space.check_size(self.path, off + len(buf))
+        self._hold(off + len(buf))
         put(self.buf, off, buf)
         self.dirty = True
         return len(buf)
@@ -191,6 +205,7 @@ class DocumentHandle(ContentHandle):
         if size > MAX_FILE_BYTES:
             self.refused = True
         space.check_size(self.path, size)
+        self._hold(size)
         resize(self.buf, size)
         self.dirty = True
 
@@ -228,13 +243,20 @@ class DocumentHandle(ContentHandle):
 
     def release(self, fh: int) -> Awaitable[None] | None:
         super().release(fh)
-        return self._release_commit() if self.dirty else None
+        if self.dirty:
+            return self._release_commit()
+        self._unhold()
+        self.buf = bytearray()
+        return None
 
     async def _release_commit(self) -> None:
         try:
             await self._commit()
         except NetfsError as e:
             log.warning("%s: %s", "/".join(self.path), e.message)
+        finally:
+            self._unhold()
+            self.buf = bytearray()
 
 
 class ScratchHandle(Handle):
@@ -242,15 +264,22 @@ class ScratchHandle(Handle):
         super().__init__(path, sc.ino)
         self.space = space
         self.scratch = sc
+        space.scratch.opened(sc)
 
     def read(self, off: int, size: int) -> bytes:
         return bytes(self.scratch.data[off : off + size])
 
     async def write(self, off: int, buf: bytes) -> int:
+        data = self.scratch.data
         self.space.check_size(self.path, off + len(buf))
-        put(self.scratch.data, off, buf)
+        hold(self.space, self.path, off + len(buf) - len(data))
+        put(data, off, buf)
         self.scratch.mtime_ns = time.time_ns()
         return len(buf)
+
+    def release(self, fh: int) -> Awaitable[None] | None:
+        self.space.scratch.closed(self.scratch)
+        return None
 
 
 class EventReaders:
@@ -409,6 +438,23 @@ class DirHandle:
 
     def __init__(self, path: Path, names: list[str]) -> None:
         self.entries = [(".", path), ("..", path[:-1])] + [(n, path + (n,)) for n in names]
+
+
+def hold(space: Space, path: Path, delta: int) -> None:
+    """Count `delta` more bytes (if positive) held in editors' temporary
+    files and document buffers: ENOSPC beyond the daemon's total, with the reason in
+    the network's error, and nothing allocated."""
+    store = space.scratch
+    if delta <= 0 or store.reserve(delta):
+        return
+    message = (
+        f"{'/'.join(path[1:])}: editors' temporary files and documents open for writing "
+        f"hold {store.held} bytes; {delta} more would pass the daemon's limit of "
+        f"{store.limit} bytes (remove temporary files or close documents)"
+    )
+    if path and (space.state(path[0]) is not None or path[0] in space.pending):
+        space.record(path[0], message)
+    raise NetfsError(errno.ENOSPC, "the daemon's memory for file contents is full")
 
 
 def put(buf: bytearray, off: int, data: bytes) -> None:

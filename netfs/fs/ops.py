@@ -37,6 +37,7 @@ from netfs.fs.handles import (
     Handle,
     OwnHandle,
     ScratchHandle,
+    hold,
 )
 from netfs.fs.interrupts import Interrupts
 from netfs.fs.notifier import Notifier
@@ -435,6 +436,7 @@ class NetfsOperations(pyfuse3.Operations):
         if sc is not None:
             if fields.update_size:
                 sp.check_size(path, attr.st_size)
+                hold(sp, path, attr.st_size - len(sc.data))
             sp.scratch.setattr(
                 sc,
                 size=attr.st_size if fields.update_size else None,
@@ -478,7 +480,7 @@ class NetfsOperations(pyfuse3.Operations):
         sc = sp.scratch.by_ino.get(inode)
         if sc is not None:
             if flags & os.O_TRUNC:
-                sc.data.clear()
+                sp.scratch.resize(sc, 0)
                 sc.mtime_ns = time.time_ns()
             return self._open_handle(ScratchHandle(sp, path, sc))
         if node is tree.EVENTS:
