@@ -304,3 +304,28 @@ def test_temporary_file_churn_does_not_grow_the_daemon(mounted: Daemon) -> None:
     after = _rss(mounted.proc.pid)
     print(f"\ndaemon RSS after 1 round {before >> 20} MiB, after 4 rounds {after >> 20} MiB")
     assert after - before < 100 << 20, (before, after)
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(300)
+def test_a_stopped_daemon_is_not_taken_over(daemon_factory: object) -> None:
+    """Item 2: `netfs mount` on the mount point of a daemon that does not
+    answer because it is stopped (SIGSTOP; as busy as can be) is refused;
+    the daemon serves on once it continues, on the one mount."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    d.start()
+    assert d.proc is not None
+    other: Daemon = daemon_factory()  # type: ignore[operator]
+    other.state_dir = other.state_dir.with_name("state2")
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.run(other.argv(), capture_output=True, text=True, timeout=LIVENESS * 2)
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    assert r.returncode == 1, r.stderr
+    assert "already mounted by a running daemon" in r.stderr
+    assert f"pid {d.proc.pid}" in r.stderr
+    define(d.mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    assert (d.config_dir / "testA.xml").exists()
+    with open("/proc/self/mountinfo") as f:
+        assert sum(line.split()[4] == str(d.mnt) for line in f) == 1
