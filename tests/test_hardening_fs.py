@@ -38,8 +38,8 @@ from netfs.model.network import parse_network
 NOBODY = 65534
 
 # an unprivileged user opening `events` OPENS times, then starting one
-# thread blocked in read() per descriptor it got (the kernel lets one read
-# at a time through an open file); prints
+# thread reading per descriptor it got, until a read fails (the kernel lets
+# one read at a time through an open file); prints
 # "ready OPENED REFUSED_OPENS" once every thread has been started, then
 # each failed read's errno as it comes, and waits for its stdin to close
 ATTACKER = r"""
@@ -58,7 +58,8 @@ for _ in range(opens):
 lock = threading.Lock()
 def reader(fd):
     try:
-        os.read(fd, 4096)
+        while True:  # an event that comes meanwhile: read on
+            os.read(fd, 4096)
     except OSError as e:
         with lock:
             print("read-error", e.errno, flush=True)

@@ -1,11 +1,11 @@
 """What the tree's writes and directory hooks do: store a value through the
 core, make and drop network and port directories.
 
-The declaration (:mod:`netfs.fs.tree`) names these: a file's ``store``
-function is the core call alone; :func:`store_flag` and :func:`store_document`
-wrap it with what every write needs (the error a refused value leaves, the
-pending directory adopted, the notifier told, stale dentries dropped). No
-pyfuse3 here: errors are NetfsError.
+The declaration (:mod:`netfs.fs.tree`) names these: a file's store function
+(its ``flag`` or ``document``) is the core call alone; :func:`store_flag`
+and :func:`store_document` wrap it with what every write needs (the error a
+refused value leaves, the pending directory adopted, the notifier told,
+stale dentries dropped). No pyfuse3 here: errors are NetfsError.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ async def drop_port(sp: Space, path: Path) -> None:
         try:
             await sp.core.delete_port(name, port)
         finally:
-            sp.notifier.queue("reconcile", name)
+            sp.notifier.queue_reconcile(name)
     sp.notifier.unpublish(path)
     sp.scratch.drop_under(path)
 
@@ -91,13 +91,13 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         shown = repr(bytes(buf[:40]).decode(errors="replace"))
         sp.record(name, f"invalid value for {node.name}: {shown} (write 0 or 1)")
         raise NetfsError(errno.EINVAL, "write 0 or 1")
-    assert node.store is not None
+    assert node.flag is not None
     before = sp.state(name)
     try:
-        await node.store(sp.core, path, value)  # type: ignore[arg-type]
+        await node.flag(sp.core, path, value)
     finally:
         sp.notifier.written(path, node)
-        sp.notifier.queue("reconcile", name)
+        sp.notifier.queue_reconcile(name)
         await drop_stale_entries(sp, name, before)
 
 
@@ -108,10 +108,10 @@ async def store_document(
     name = path[0]
     pending = sp.is_pending(name)
     before = None if pending else sp.state(name)
-    assert node.store is not None
+    assert node.document is not None
     try:
         try:
-            await node.store(sp.core, path, data)  # type: ignore[arg-type]
+            await node.document(sp.core, path, data)
         except NetfsError as e:
             p = sp.pending.get(name)
             if p is not None and sp.is_pending(name):
@@ -125,7 +125,7 @@ async def store_document(
             sp.pending_ports[name].discard(path[2])
         await drop_stale_entries(sp, name, before)
     finally:
-        sp.notifier.queue("reconcile", name)
+        sp.notifier.queue_reconcile(name)
     if node.watched:
         sp.touched(path)
     if not renamed:

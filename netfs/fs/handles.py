@@ -49,9 +49,8 @@ class Handle:
 
     blocking = False
 
-    def __init__(self, path: Path, ino: int) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.ino = ino
 
     def read(self, off: int, size: int) -> bytes:
         raise NetfsError(errno.EACCES, "not readable")
@@ -93,8 +92,8 @@ class OwnHandle(Handle):
 
 
 class ContentHandle(Handle):
-    def __init__(self, space: Space, path: Path, ino: int, node: File) -> None:
-        super().__init__(path, ino)
+    def __init__(self, space: Space, path: Path, node: File) -> None:
+        super().__init__(path)
         self.space = space
         self.node = node
         self.data: bytes | None = None  # content snapshot (refreshed at offset 0)
@@ -168,8 +167,8 @@ class FlagHandle(ContentHandle):
 class DocumentHandle(ContentHandle):
     """A document opened for writing: stored once per batch of writes."""
 
-    def __init__(self, space: Space, path: Path, ino: int, node: File, *, trunc: bool) -> None:
-        super().__init__(space, path, ino, node)
+    def __init__(self, space: Space, path: Path, node: File, *, trunc: bool) -> None:
+        super().__init__(space, path, node)
         self.buf = bytearray()  # content written since open
         self.held = 0  # bytes of the buffer counted in the store's total
         if not trunc:
@@ -261,7 +260,7 @@ class DocumentHandle(ContentHandle):
 
 class ScratchHandle(Handle):
     def __init__(self, space: Space, path: Path, sc: Scratch) -> None:
-        super().__init__(path, sc.ino)
+        super().__init__(path)
         self.space = space
         self.scratch = sc
         space.scratch.opened(sc)
@@ -361,8 +360,8 @@ class EventsHandle(Handle):
 
     blocking = True
 
-    def __init__(self, space: Space, path: Path, ino: int, uid: int, readers: EventReaders) -> None:
-        super().__init__(path, ino)
+    def __init__(self, space: Space, path: Path, uid: int, readers: EventReaders) -> None:
+        super().__init__(path)
         self.space = space
         self.uid = uid
         self.readers = readers

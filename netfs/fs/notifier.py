@@ -17,6 +17,9 @@ what has been published. Two views of the tree follow:
 
 A handler never waits for the notifier (touching an inode from inside a
 handler for the same inode deadlocks in the kernel); it only queues work.
+The one exception is close() (FLUSH) of a write that acted: it waits in
+:meth:`Notifier.settle` until that change has been announced — the kernel
+holds no lock of ours during FLUSH, so the helper's operations proceed.
 :meth:`Notifier.changed` is the one place where "the value of file X
 changed" is known (its mtime, poll's change count, the wake-ups).
 
@@ -36,7 +39,8 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Union
 
 import trio
 
@@ -104,6 +108,25 @@ class Waker(Protocol):
     """A poll() waiter (pyfuse3's PollHandle)."""
 
     def notify(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Reconcile:
+    """Make what watchers were told of network `name` (None: of every
+    network) the truth."""
+
+    name: str | None
+
+
+@dataclass(frozen=True)
+class _Wake:
+    """Wake the poll() waiters of the file at `path`."""
+
+    path: Path
+
+
+# what the notifier's queue holds: a core event or a handler's request
+Todo = Union["Event", _Reconcile, _Wake]  # noqa: UP007 (a runtime alias with a forward reference)
 
 
 class Hands:
@@ -194,7 +217,7 @@ class Notifier:
         self._event_pollers: dict[int, Waker] = {}
         self.feed = EventFeed()
         self._core_events: trio.MemoryReceiveChannel[Event] | None = None
-        self._todo_send: trio.MemorySendChannel[tuple[str, object]] | None = None
+        self._todo_send: trio.MemorySendChannel[Todo] | None = None
         # how many items were queued, and how many are done
         self.todo_seq = 0
         self._done_seq = 0
@@ -284,10 +307,10 @@ class Notifier:
 
     # ================================================================ queue
 
-    def queue(self, kind: str, arg: object = None) -> None:
+    def _queue(self, item: Todo) -> None:
         if self._todo_send is not None:
             try:
-                self._todo_send.send_nowait((kind, arg))
+                self._todo_send.send_nowait(item)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             self.todo_seq += 1
@@ -310,14 +333,19 @@ class Notifier:
             while self._done_seq < target and not self.closing and self._todo_send is not None:
                 await self._progress.wait()
 
+    def queue_reconcile(self, name: str) -> None:
+        """Compare network `name` with what watchers were told (a handler
+        changed it, or tried to)."""
+        self._queue(_Reconcile(name))
+
     def request_reconcile_all(self) -> None:
         """Compare every network with what watchers were told (after SIGHUP)."""
-        self.queue("all")
+        self._queue(_Reconcile(None))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Turn core events and handler requests into the helper's operations
         through the mount (inotify), poll wake-ups and nothing else."""
-        send, recv = trio.open_memory_channel[tuple[str, object]](math.inf)
+        send, recv = trio.open_memory_channel[Todo](math.inf)
         self._todo_send = send
         core = self.listen()
         self.publish_initial()
@@ -328,11 +356,11 @@ class Notifier:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, core)
                 task_status.started()
-                async for kind, arg in recv:
+                async for item in recv:
                     try:
-                        await self._do(kind, arg)
+                        await self._do(item)
                     except Exception:
-                        log.exception("notifier: %s %s", kind, arg)
+                        log.exception("notifier: %s", item)
                     finally:
                         self._did_one()
         finally:
@@ -341,20 +369,20 @@ class Notifier:
             self._todo_send = None
             self._progress.set()
 
-    async def _do(self, kind: str, arg: object) -> None:
-        if kind == "event":
-            ev: Event = arg  # type: ignore[assignment]
-            if ev.kind not in HIDDEN_EVENTS:  # "error": only its sequence number changed
-                self._wake_event_pollers()
-            await self.reconcile(ev.network)
-        elif kind == "wake":
-            self.wake_pollers(arg)  # type: ignore[arg-type]
-        elif kind == "reconcile":
-            await self.reconcile(arg)  # type: ignore[arg-type]
-        elif kind == "all":
+    async def _do(self, item: Todo) -> None:
+        if isinstance(item, _Wake):
+            self.wake_pollers(item.path)
+        elif isinstance(item, _Reconcile):
+            if item.name is not None:
+                await self.reconcile(item.name)
+                return
             names = set(self.space.core.names()) | set(self.published) | set(self.space.pending)
             for name in sorted(names):
                 await self.reconcile(name)
+        else:  # a core event
+            if item.kind not in HIDDEN_EVENTS:  # "error": only its sequence number changed
+                self._wake_event_pollers()
+            await self.reconcile(item.network)
 
     async def _pump(self, core: trio.MemoryReceiveChannel[Event]) -> None:
         async for ev in core:
@@ -362,7 +390,7 @@ class Notifier:
 
     def _take_event(self, ev: Event) -> None:
         self.feed.push(ev)
-        self.queue("event", ev)
+        self._queue(ev)
 
     def listen(self) -> trio.MemoryReceiveChannel[Event]:
         """The one subscription to the core's events (for every reader of
@@ -435,7 +463,8 @@ class Notifier:
             await self._own_new([(op, p) for op, p in wanted if p not in pub])
             keep = {p for _op, p in wanted}
             for p in sorted(pub - keep, key=lambda p: (-len(p), p)):
-                await self._own("rmdir" if tree.resolve(p).is_dir else "unlink", p)  # type: ignore[union-attr]
+                node = tree.resolve(p)
+                await self._own("rmdir" if node is not None and node.is_dir else "unlink", p)
                 pub.discard(p)
         await self._announce_changes(name)
 
@@ -464,7 +493,7 @@ class Notifier:
         self.gens[path] = self.gens.get(path, 0) + 1
         if node.polled:
             if wake_later:
-                self.queue("wake", path)
+                self._queue(_Wake(path))
             else:
                 self.wake_pollers(path)
 

@@ -153,10 +153,6 @@ class NetfsOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self.readers = EventReaders(Interrupts())
 
-    @property
-    def closing(self) -> bool:
-        return self.notifier.closing
-
     # ================================================================ helpers
 
     def _is_self(self, ctx: pyfuse3.RequestContext | None) -> bool:
@@ -336,7 +332,7 @@ class NetfsOperations(pyfuse3.Operations):
         path = ppath + (n,)
         if self._is_self(ctx):
             self.notifier.publish(path)
-            own = OwnHandle(path, self.space.ino(path))
+            own = OwnHandle(path)
             return self._open_handle(own), self._own_entry(path)
         sc = editors.new_scratch(self.space, ppath, pnode, n, mode, ctx.uid, ctx.gid)
         h = ScratchHandle(self.space, path, sc)
@@ -475,7 +471,7 @@ class NetfsOperations(pyfuse3.Operations):
         sp = self.space
         path, node = self._node(inode)
         if self._is_self(ctx):
-            return self._open_handle(OwnHandle(path, inode))
+            return self._open_handle(OwnHandle(path))
         write = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
         sc = sp.scratch.by_ino.get(inode)
         if sc is not None:
@@ -486,7 +482,7 @@ class NetfsOperations(pyfuse3.Operations):
         if node is tree.EVENTS:
             if write or flags & os.O_TRUNC:
                 raise _err(errno.EACCES)
-            h = EventsHandle(sp, path, inode, ctx.uid, self.readers)
+            h = EventsHandle(sp, path, ctx.uid, self.readers)
             return self._open_handle(h, nonseekable=True)
         if not isinstance(node, File):
             raise _err(errno.EISDIR if node is not None else errno.ENOENT)
@@ -495,12 +491,10 @@ class NetfsOperations(pyfuse3.Operations):
         if (write or flags & os.O_TRUNC) and node.write is None:
             raise _err(errno.EACCES)  # O_RDONLY|O_TRUNC too: it asks to truncate
         if write and node.write is Write.DOCUMENT:
-            return self._open_handle(
-                DocumentHandle(sp, path, inode, node, trunc=bool(flags & os.O_TRUNC))
-            )
+            return self._open_handle(DocumentHandle(sp, path, node, trunc=bool(flags & os.O_TRUNC)))
         if node.write is Write.FLAG:
-            return self._open_handle(FlagHandle(sp, path, inode, node))
-        return self._open_handle(ContentHandle(sp, path, inode, node))
+            return self._open_handle(FlagHandle(sp, path, node))
+        return self._open_handle(ContentHandle(sp, path, node))
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         try:

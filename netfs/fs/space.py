@@ -178,8 +178,8 @@ class Space:
             return True
         if path in self.scratch.by_path:
             return True
-        if path == ("events",):
-            return True
+        if len(path) == 1 and path[0] in tree.ROOT.entries:
+            return True  # the root's own files (events)
         name = path[0]
         if isinstance(st, _Unset):
             st = self.state(name)
@@ -311,7 +311,7 @@ class Space:
             log.warning("network %s: %s", name, message)
         else:
             self.core.set_error(name, message)
-        self.notifier.queue("reconcile", name)
+        self.notifier.queue_reconcile(name)
 
     def check_size(self, path: Path, size: int) -> None:
         """A document buffer or scratch file may not grow past the document

@@ -94,16 +94,23 @@ Hook = Callable[["Space", Path], Awaitable[None]]
 class File:
     name: str
     show: Show | None = None  # None: a stream with its own handle (events)
-    write: Write | None = None  # None: read-only (0444)
-    store: StoreFlag | StoreDocument | None = None
+    # how a write is stored (neither: read-only, 0444)
+    flag: StoreFlag | None = None  # "0" or "1", acting at each write
+    document: StoreDocument | None = None  # a document, acting at close
     presence: Presence = Presence.ALWAYS
     polled: bool = False  # poll() reports changes (POLLPRI|POLLERR)
     watched: bool = False  # the notifier announces changes (IN_MODIFY, IN_CLOSE_WRITE)
     # part of what was announced besides the content (the error's sequence
     # number: a new error with the same words is still a change)
     seq: Callable[[Space, str], int] | None = None
+    # how writes act, from the store given (None: read-only)
+    write: Write | None = field(init=False, default=None)
 
     is_dir = False
+
+    def __post_init__(self) -> None:
+        write = Write.FLAG if self.flag else Write.DOCUMENT if self.document else None
+        object.__setattr__(self, "write", write)
 
 
 @dataclass(eq=False)
@@ -268,7 +275,7 @@ EVENTS = File("events")
 PORT = Dir(
     "port",
     {
-        F_PORT: File(F_PORT, _show_port, Write.DOCUMENT, _store_port),
+        F_PORT: File(F_PORT, _show_port, document=_store_port),
         F_VIRTUALPORT: File(F_VIRTUALPORT, _show_port_virtualport, presence=Presence.SHOWN),
     },
     scratch=True,
@@ -289,23 +296,21 @@ NETWORK = Dir(
     "network",
     {
         F_DEFINITION: File(
-            F_DEFINITION, _show_definition, Write.DOCUMENT, _store_definition, watched=True
+            F_DEFINITION, _show_definition, document=_store_definition, watched=True
         ),
         "active": File(
             "active",
             _show_active,
-            Write.FLAG,
-            _store_active,
-            Presence.DEFINED,
+            flag=_store_active,
+            presence=Presence.DEFINED,
             polled=True,
             watched=True,
         ),
         "autostart": File(
             "autostart",
             _show_autostart,
-            Write.FLAG,
-            _store_autostart,
-            Presence.DEFINED,
+            flag=_store_autostart,
+            presence=Presence.DEFINED,
             polled=True,
             watched=True,
         ),
