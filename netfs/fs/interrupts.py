@@ -122,7 +122,10 @@ class Interrupts:
                     "blocked on events waits for the next event"
                 )
             return
-        self._register(req, self._callback, w.key)
+        try:
+            self._register(req, self._callback, w.key)
+        except Exception as e:  # as above
+            log.debug("interrupts: %s", e)
 
     def _interrupted(self, _req: int | None, data: int | None) -> None:
         """libfuse's callback (inside pyfuse3's processing of the INTERRUPT,
