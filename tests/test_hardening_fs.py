@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -39,9 +41,10 @@ NOBODY = 65534
 
 # an unprivileged user opening `events` OPENS times, then starting one
 # thread reading per descriptor it got, until a read fails (the kernel lets
-# one read at a time through an open file); prints
-# "ready OPENED REFUSED_OPENS" once every thread has been started, then
-# each failed read's errno as it comes, and waits for its stdin to close
+# one read at a time through an open file); prints "ready OPENED
+# REFUSED_OPENS ERRNOS" after the opens, then each failed read's errno as it
+# comes (a reader an event woke reads on: more than OPENED minus the bound
+# may fail), and waits for its stdin to close
 ATTACKER = r"""
 import os, resource, sys, threading
 path, opens = sys.argv[1], int(sys.argv[2])
@@ -63,10 +66,10 @@ def reader(fd):
     except OSError as e:
         with lock:
             print("read-error", e.errno, flush=True)
+print("ready", len(fds), len(refused), set(refused), flush=True)
 threading.stack_size(256 * 1024)
 for fd in fds:
     threading.Thread(target=reader, args=(fd,), daemon=True).start()
-print("ready", len(fds), len(refused), set(refused), flush=True)
 sys.stdin.read()
 os._exit(0)
 """
@@ -114,8 +117,14 @@ def test_blocked_event_readers_leave_root_working(mounted: Daemon) -> None:
         ready: list[str] = []
         refused_reads = []
         # every open answered, the reads beyond the user's bound refused at once
+        lines: queue.Queue[str] = queue.Queue()
+        out = attacker.stdout
+        threading.Thread(target=lambda: [lines.put(x) for x in out], daemon=True).start()
         while not ready or len(refused_reads) < MAX_EVENTS_OPEN - MAX_EVENTS_BLOCKED:
-            line = attacker.stdout.readline().split()
+            try:
+                line = lines.get(timeout=LIVENESS).split()
+            except queue.Empty:
+                raise AssertionError((ready, len(refused_reads))) from None
             assert line, "the attacker ended"
             if line[0] == "ready":
                 ready = line

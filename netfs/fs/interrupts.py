@@ -13,10 +13,12 @@ its task's coroutine chain is pyfuse3's worker, then pyfuse3's
 ``fuse_read_async`` coroutine, whose closure holds pyfuse3's request
 container; the request pointer sits in that container right before the
 read's offset and size (both known, and checked). A system task does that
-once per parked read (the chain can only be walked while the handler is
-suspended), then registers a callback that cancels the handler's cancel
-scope: the handler answers EINTR at once, whichever process was reading.
-Nothing runs periodically. When the request cannot be found (another
+for the reads still parked 50 ms after they parked, in batches (the chain
+can only be walked while the handler is suspended; a read answered sooner
+needs nothing), then registers a callback that cancels the handler's cancel
+scope: the handler answers EINTR at once, whichever process was reading (an
+interrupt that came before the registration is recorded by libfuse, which
+calls back as soon as it is registered). Nothing runs while nothing parks. When the request cannot be found (another
 pyfuse3 build), a waiting reader is only released by an event, its file's
 release or the daemon's end, and this is logged once.
 
@@ -40,6 +42,7 @@ log = logging.getLogger("netfs.fs")
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _U64 = ctypes.c_uint64
 _STAT_SIZE = 144  # struct stat on 64-bit Linux: between `size` and `fh`
+REGISTER_DELAY = 0.05  # s: parked reads are registered in batches
 
 
 @dataclass(eq=False)
@@ -66,6 +69,9 @@ class Interrupts:
         self._register: Callable[..., None] | None = None
         self._failed = False
         self._warned = False
+        self._pending: list[Waiter] = []
+        self._more = trio.Event()
+        self._running = False
         # kept alive as long as libfuse may call it
         self._callback = _CALLBACK(self._interrupted)
 
@@ -97,14 +103,35 @@ class Interrupts:
         w = Waiter(next(self._keys), scope, trio.lowlevel.current_task(), off, size, fh)
         self._waiters[w.key] = w
         if self._load():
-            trio.lowlevel.spawn_system_task(self._watch, w, name="netfs-interrupt")
+            self._pending.append(w)
+            if not self._running:
+                self._running = True
+                trio.lowlevel.spawn_system_task(self._registrar, name="netfs-interrupts")
+            self._more.set()
         return w
 
     def unpark(self, w: Waiter) -> None:
         w.waiting = False
         self._waiters.pop(w.key, None)
 
-    async def _watch(self, w: Waiter) -> None:
+    async def _registrar(self) -> None:
+        """Register the parked reads, in batches: REGISTER_DELAY after the
+        first of a batch parked, those still waiting (a read answered by
+        then needs nothing; one interrupted meanwhile is marked by libfuse,
+        and the registration calls back at once). Waits on an event while
+        nothing is parked: no periodic work."""
+        try:
+            while True:
+                await self._more.wait()
+                self._more = trio.Event()
+                await trio.sleep(REGISTER_DELAY)
+                batch, self._pending = self._pending, []
+                for w in batch:
+                    self._watch(w)
+        finally:
+            self._running = False
+
+    def _watch(self, w: Waiter) -> None:
         # runs while the handler is suspended (or already done: then its
         # request may be freed, and is not touched)
         if not w.waiting or self._register is None:
