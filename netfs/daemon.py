@@ -12,7 +12,10 @@ directory without unmounting.
 Before mounting, a mount left at the mount point by a killed daemon is
 cleared without touching the mount point (netfs.fs.mounts.cleanup_stale): its FUSE
 connection is aborted, which also lets a killed daemon that was stuck on one
-of its own requests through the mount exit, then it is lazily unmounted.
+of its own requests through the mount exit, then it is lazily unmounted. A
+mount is taken over only when the processes holding its FUSE connection are
+gone or dying, never because its daemon is slow to answer (busy or stopped):
+then `netfs mount` fails naming the daemon's pid.
 
 Logs go to stderr, one line per record, with ``<N>`` syslog priority prefixes
 when stderr is the journal (JOURNAL_STREAM matches stderr's device and

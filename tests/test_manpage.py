@@ -287,7 +287,7 @@ def test_recent_behaviour_is_documented() -> None:
     assert "/sys/fs/fuse/connections/N/abort" in recovery
     assert "umount -l MOUNTPOINT" in recovery
     assert "already mounted by a running daemon" in recovery
-    assert "3 seconds" in recovery
+    assert "however slow it is to answer" in recovery
     assert "host bridge network becomes inactive" in recovery
     state = sections["STATE ON DISK"]
     assert "saved back atomically in canonical form" in state
@@ -330,11 +330,9 @@ def _netfs_constants(name: str) -> set[object]:
 
 @needs_groff
 def test_numbers_and_paths_the_page_promises_are_the_codes() -> None:
-    """RECOVERY promises a probe timeout in seconds and the fusectl path:
-    the constants the code uses say the same."""
+    """RECOVERY promises the fusectl path (and no probe timeout: a live
+    daemon is never taken over, however slow): the code uses the same."""
     recovery = _sections()["RECOVERY AND RECONCILIATION"]
-    timeout = re.search(r"does not answer within (\d+) seconds", recovery)
-    assert timeout, recovery
-    assert _netfs_constants("PROBE_TIMEOUT") == {float(timeout.group(1))}
+    assert "does not answer within" not in recovery
     assert "/sys/fs/fuse/connections/N/abort" in recovery
     assert _netfs_constants("FUSECTL") == {"/sys/fs/fuse/connections"}

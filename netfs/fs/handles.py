@@ -29,10 +29,10 @@ import trio
 from netfs.errors import NetfsError
 from netfs.fs import acts
 from netfs.fs.space import MAX_FILE_BYTES, Space
-from netfs.fs.tree import HIDDEN_EVENTS, File, Path
+from netfs.fs.tree import File, Path
 
 if TYPE_CHECKING:
-    from netfs.core import Event
+    from netfs.fs.interrupts import Interrupts
     from netfs.fs.notifier import Waker
     from netfs.fs.scratch import Scratch
 
@@ -40,7 +40,9 @@ log = logging.getLogger("netfs.fs")
 
 DEFAULT_POLLMASK = select.POLLIN | select.POLLRDNORM
 CHANGED_POLLMASK = select.POLLPRI | select.POLLERR
-EVENTS_BATCH = 1000  # events moved into a reader's buffer at a time
+MAX_EVENTS_OPEN = 64  # open `events` handles per user (root: no bound)
+MAX_EVENTS_BLOCKED = 32  # reads waiting on `events` per user (root: no bound)
+MAX_BLOCKED_TOTAL = 1024  # reads waiting on `events`, all users but root
 
 
 class Handle:
@@ -54,7 +56,7 @@ class Handle:
     def read(self, off: int, size: int) -> bytes:
         raise NetfsError(errno.EACCES, "not readable")
 
-    async def read_wait(self, size: int) -> bytes:
+    async def read_wait(self, fh: int, off: int, size: int) -> bytes:
         raise NetfsError(errno.EACCES, "not readable")
 
     async def write(self, off: int, buf: bytes) -> int:
@@ -180,18 +182,32 @@ class DocumentHandle(ContentHandle):
     def __init__(self, space: Space, path: Path, node: File, *, trunc: bool) -> None:
         super().__init__(space, path, node)
         self.buf = bytearray()  # content written since open
+        self.held = 0  # bytes of the buffer counted in the store's total
         if not trunc:
             # like a file: `>>` appends to, and an in-place edit starts
             # from, what the document holds (vim truncates first)
-            self.buf[:] = space.content(path, node=node) or b""
+            content = space.content(path, node=node) or b""
+            self._hold(len(content))
+            self.buf[:] = content
         self.dirty = False  # written or truncated since the last store
         self.refused = False  # a size past the limit was refused: never stores
         self.settle = 0
+
+    def _hold(self, size: int) -> None:
+        """The buffer is to be `size` bytes (at most): count them."""
+        if size > self.held:
+            hold(self.space, self.path, size - self.held)
+            self.held = size
+
+    def _unhold(self) -> None:
+        self.space.scratch.reserve(-self.held)
+        self.held = 0
 
     async def write(self, off: int, buf: bytes) -> int:
         if off + len(buf) > MAX_FILE_BYTES:
             self.refused = True
         self.space.check_size(self.path, off + len(buf))
+        self._hold(off + len(buf))
         put(self.buf, off, buf)
         self.dirty = True
         return len(buf)
@@ -200,6 +216,7 @@ class DocumentHandle(ContentHandle):
         if size > MAX_FILE_BYTES:
             self.refused = True
         space.check_size(self.path, size)
+        self._hold(size)
         resize(self.buf, size)
         self.dirty = True
 
@@ -237,13 +254,20 @@ class DocumentHandle(ContentHandle):
 
     def release(self, fh: int) -> Awaitable[None] | None:
         super().release(fh)
-        return self._release_commit() if self.dirty else None
+        if self.dirty:
+            return self._release_commit()
+        self._unhold()
+        self.buf = bytearray()
+        return None
 
     async def _release_commit(self) -> None:
         try:
             await self._commit()
         except NetfsError as e:
             log.warning("%s: %s", "/".join(self.path), e.message)
+        finally:
+            self._unhold()
+            self.buf = bytearray()
 
 
 class ScratchHandle(Handle):
@@ -251,91 +275,175 @@ class ScratchHandle(Handle):
         super().__init__(path)
         self.space = space
         self.scratch = sc
+        space.scratch.opened(sc)
 
     def read(self, off: int, size: int) -> bytes:
         return bytes(self.scratch.data[off : off + size])
 
     async def write(self, off: int, buf: bytes) -> int:
+        data = self.scratch.data
         self.space.check_size(self.path, off + len(buf))
-        put(self.scratch.data, off, buf)
+        hold(self.space, self.path, off + len(buf) - len(data))
+        put(data, off, buf)
         self.scratch.mtime_ns = time.time_ns()
         return len(buf)
 
+    def release(self, fh: int) -> Awaitable[None] | None:
+        self.space.scratch.closed(self.scratch)
+        return None
+
+
+class EventReaders:
+    """Bounds on ``events`` readers, and the reads waiting now.
+
+    A user other than root may hold at most MAX_EVENTS_OPEN open ``events``
+    handles and MAX_EVENTS_BLOCKED reads waiting on them (counted for the
+    user who opened the handle); all such users together at most
+    MAX_BLOCKED_TOTAL waiting reads. Beyond a bound: EMFILE (ENFILE for the
+    total), and one log line for the user until all the user's handles are
+    closed. A waiting read is a parked coroutine: no periodic work, and the
+    adapter raises pyfuse3's worker limit by MAX_BLOCKED_TOTAL so that
+    waiting reads never take the workers other requests need."""
+
+    def __init__(self, interrupts: Interrupts) -> None:
+        self.interrupts = interrupts
+        self.open: dict[int, int] = {}
+        self.blocked: dict[int, int] = {}
+        self.blocked_total = 0  # of users other than root
+        self.scopes: set[trio.CancelScope] = set()  # every waiting read (shutdown)
+        self._said: set[int] = set()
+
+    def _refuse(self, uid: int, code: int, what: str) -> NetfsError:
+        if uid not in self._said:
+            self._said.add(uid)
+            log.warning(
+                "events: uid %d refused (%s): %s (said once until the user's "
+                "events handles are all closed)",
+                uid,
+                errno.errorcode.get(code, code),
+                what,
+            )
+        return NetfsError(code, what)
+
+    def opened(self, uid: int) -> None:
+        n = self.open.get(uid, 0)
+        if uid != 0 and n >= MAX_EVENTS_OPEN:
+            raise self._refuse(uid, errno.EMFILE, f"more than {MAX_EVENTS_OPEN} open")
+        self.open[uid] = n + 1
+
+    def closed(self, uid: int) -> None:
+        n = self.open.get(uid, 0) - 1
+        if n > 0:
+            self.open[uid] = n
+        else:
+            self.open.pop(uid, None)
+            self._said.discard(uid)
+
+    def park(self, uid: int) -> None:
+        if uid != 0:
+            if self.blocked.get(uid, 0) >= MAX_EVENTS_BLOCKED:
+                raise self._refuse(
+                    uid, errno.EMFILE, f"more than {MAX_EVENTS_BLOCKED} blocked reads"
+                )
+            if self.blocked_total >= MAX_BLOCKED_TOTAL:
+                raise self._refuse(
+                    uid, errno.ENFILE, f"more than {MAX_BLOCKED_TOTAL} blocked reads in all"
+                )
+            self.blocked_total += 1
+        self.blocked[uid] = self.blocked.get(uid, 0) + 1
+
+    def unpark(self, uid: int) -> None:
+        n = self.blocked.get(uid, 0) - 1
+        if n > 0:
+            self.blocked[uid] = n
+        else:
+            self.blocked.pop(uid, None)
+        if uid != 0:
+            self.blocked_total -= 1
+
 
 class EventsHandle(Handle):
-    """One reader of ``events``: its own subscription to the core's events.
-    A read waits for the next event; it ends with EINTR when the reader is
-    killed (checked twice a second: a FUSE read is not interruptible once it
-    reached us) or the daemon stops (its cancel scope in `blocked`)."""
+    """One reader of ``events``: the number of its next line in the
+    notifier's feed (and the rest of a line a short read did not take). A
+    read with nothing to give waits for the next event; it ends with EINTR
+    when its request is interrupted (the reading process got a signal,
+    whichever process it is: FUSE INTERRUPT, see :mod:`netfs.fs.interrupts`)
+    or the daemon stops."""
 
     blocking = True
 
-    def __init__(self, space: Space, path: Path, pid: int, blocked: set[trio.CancelScope]) -> None:
+    def __init__(self, space: Space, path: Path, uid: int, readers: EventReaders) -> None:
         super().__init__(path)
         self.space = space
-        self.channel = space.core.subscribe()
-        self.pid = pid  # the opener (to notice it has been killed)
-        self.leftover = b""  # undelivered part of a batch
-        self.newest: datetime | None = None  # the time of the newest event taken
-        self._blocked = blocked
+        self.uid = uid
+        self.readers = readers
+        readers.opened(uid)
+        self.pos = space.notifier.sync_events()
+        self.leftover = b""  # the rest of a line a short read did not take
+        self.lost = False  # fell behind once (logged)
+        self.newest: datetime | None = None  # the time of the newest line taken
 
-    def _take(self, first: Event | None = None) -> None:
-        """Move what the subscription holds into the buffer. Events that are
-        not lines of `events` (kind "error") are dropped here."""
-        lines = []
-        ev = first
-        for _ in range(EVENTS_BATCH):
-            if ev is None:
-                try:
-                    ev = self.channel.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-            self.newest = ev.time
-            if ev.kind not in HIDDEN_EVENTS:
-                line = ev.line()
-                lines.append(line if line.endswith("\n") else line + "\n")
-            ev = None
-        if lines:
-            self.leftover += "".join(lines).encode()
-
-    async def read_wait(self, size: int) -> bytes:
-        if not self.leftover:
-            self._take()
-        while not self.leftover:
-            with trio.CancelScope() as cs:
-                self._blocked.add(cs)
-                try:
-                    while True:
-                        with trio.move_on_after(0.5):
-                            ev = await self.channel.receive()
-                            break
-                        if caller_gone(self.pid) or self.space.notifier.closing:
-                            raise NetfsError(errno.EINTR, "interrupted")
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    return b""
-                finally:
-                    self._blocked.discard(cs)
-            if cs.cancelled_caught:
-                raise NetfsError(errno.EINTR, "interrupted")
-            self._take(ev)
-        if self.newest is not None:
-            # no line before the cached files it concerns were invalidated
-            await self.space.notifier.fresh(self.newest)
-        out, self.leftover = self.leftover[:size], self.leftover[size:]
+    def _take(self, size: int) -> bytes:
+        if self.leftover:
+            out, self.leftover = self.leftover[:size], self.leftover[size:]
+            return out
+        n = self.space.notifier
+        n.sync_events()
+        feed = n.feed
+        if self.pos < feed.start:
+            if not self.lost:
+                self.lost = True
+                log.warning(
+                    "events: a reader (uid %d) fell behind by more than %d lines: "
+                    "%d lost (said once per reader)",
+                    self.uid,
+                    len(feed.lines),
+                    feed.start - self.pos,
+                )
+            self.pos = feed.start
+        if self.pos >= feed.end:
+            return b""
+        data, self.pos, self.newest = feed.take(self.pos, size)
+        out, self.leftover = data[:size], data[size:]
         return out
 
+    async def read_wait(self, fh: int, off: int, size: int) -> bytes:
+        while True:
+            out = self._take(size)
+            if out:
+                if self.newest is not None:
+                    # no line before the cached files it concerns were invalidated
+                    await self.space.notifier.fresh(self.newest)
+                return out
+            n = self.space.notifier
+            if n.closing:
+                raise NetfsError(errno.EINTR, "interrupted")
+            self.readers.park(self.uid)
+            try:
+                with trio.CancelScope() as cs:
+                    self.readers.scopes.add(cs)
+                    waiter = self.readers.interrupts.park(cs, off, size, fh)
+                    try:
+                        await n.feed.wait(self.pos)
+                    finally:
+                        self.readers.interrupts.unpark(waiter)
+                        self.readers.scopes.discard(cs)
+            finally:
+                self.readers.unpark(self.uid)
+            if cs.cancelled_caught:
+                raise NetfsError(errno.EINTR, "interrupted")
+
     def poll(self, fh: int, waker: Waker | None) -> int:
-        if not self.leftover:
-            self._take()
-        if self.leftover:
+        n = self.space.notifier
+        if self.leftover or self.pos < n.sync_events():
             return DEFAULT_POLLMASK
         if waker is not None:
-            self.space.notifier.add_event_poller(fh, waker)
+            n.add_event_poller(fh, waker)
         return 0
 
     def release(self, fh: int) -> Awaitable[None] | None:
         self.space.notifier.drop_event_poller(fh)
-        self.space.core.unsubscribe(self.channel)
+        self.readers.closed(self.uid)
         return None
 
 
@@ -347,24 +455,21 @@ class DirHandle:
         self.entries = [(".", path), ("..", path[:-1])] + [(n, path + (n,)) for n in names]
 
 
-def caller_gone(pid: int) -> bool:
-    """Has the reader been killed? (A FUSE read is not interruptible once
-    it reached us and pyfuse3 does not pass interrupts on, so a blocked
-    reader with a fatal signal pending waits for our answer.)"""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            text = f.read()
-    except OSError:
-        return True
-    masks: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn"):
-            masks[key] = int(value.strip(), 16)
-        elif key == "State" and value.strip().startswith(("Z", "X")):
-            return True
-    pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
-    return bool(pending & ~masks.get("SigBlk", 0) & ~masks.get("SigIgn", 0))
+def hold(space: Space, path: Path, delta: int) -> None:
+    """Count `delta` more bytes (if positive) held in editors' temporary
+    files and document buffers: ENOSPC beyond the daemon's total, with the reason in
+    the network's error, and nothing allocated."""
+    store = space.scratch
+    if delta <= 0 or store.reserve(delta):
+        return
+    message = (
+        f"{'/'.join(path[1:])}: editors' temporary files and documents open for writing "
+        f"hold {store.held} bytes; {delta} more would pass the daemon's limit of "
+        f"{store.limit} bytes (remove temporary files or close documents)"
+    )
+    if path and (space.state(path[0]) is not None or path[0] in space.pending):
+        space.record(path[0], message)
+    raise NetfsError(errno.ENOSPC, "the daemon's memory for file contents is full")
 
 
 def put(buf: bytearray, off: int, data: bytes) -> None:

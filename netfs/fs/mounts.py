@@ -1,10 +1,17 @@
-"""Mount hygiene: find, probe, abort and clear FUSE mounts at a mount point.
+"""Mount hygiene: find, judge, abort and clear FUSE mounts at a mount point.
 
 Needs no pyfuse3 (`netfs validate` and the tests use it where libfuse is
-missing). A mount left by a killed daemon is found in mountinfo without
-touching the mount point (any syscall on a hung FUSE mount hangs), probed from
-a child process that can always be killed, aborted through fusectl and lazily
-unmounted.
+missing). A mount at the mount point is found in mountinfo without touching
+the mount point (any syscall on a hung FUSE mount hangs). It is taken over
+only when its daemon is gone: no process holds its FUSE connection's device
+(the kernel names the connection in /proc/PID/fdinfo of /dev/fuse), or every
+process holding it is dead or dying (a zombie, or SIGKILL pending: killed
+while one of its own requests through the mount was in flight, it can
+neither answer nor exit). A daemon that is slow, busy or stopped keeps its
+mount, however long it takes to answer. The mount taken over is aborted
+through fusectl and lazily unmounted. Where the kernel does not name the
+connection, a statfs probe from a child process decides: only ENOTCONN (no
+daemon at all) lets the mount be taken over.
 """
 
 from __future__ import annotations
@@ -179,19 +186,125 @@ class MountBusy(Exception):
     """A running daemon already serves the mount point."""
 
 
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def connection_holders(conn: int) -> list[int] | None:
+    """The processes holding the FUSE device of connection `conn` (read from
+    /proc/PID/fdinfo, "fuse_connection"); None when that cannot be known
+    (the kernel does not say, or a /dev/fuse descriptor cannot be read)."""
+    holders: list[int] = []
+    unknown = False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            found = _holds(f"/proc/{entry}", conn)
+            if found is None:
+                # the leader exited (a zombie shows no descriptors) while a
+                # thread lives on: the descriptors are the threads'
+                for tid in os.listdir(f"/proc/{entry}/task"):
+                    found = _holds(f"/proc/{entry}/task/{tid}", conn)
+                    if found is not None:
+                        break
+        except FileNotFoundError:
+            continue
+        except OSError:
+            unknown = True  # another user's process (not root): cannot tell
+            continue
+        if found == "unknown":
+            unknown = True
+        elif found == "yes":
+            holders.append(int(entry))
+    return None if unknown and not holders else holders
+
+
+def _holds(task: str, conn: int) -> str | None:
+    """Does `task` (a /proc directory) hold connection `conn`'s device:
+    "yes", "no", "unknown" (a /dev/fuse not named), None: no descriptors."""
+    fds = os.listdir(f"{task}/fd")
+    if not fds:
+        return None
+    answer = "no"
+    for fd in fds:
+        try:
+            if os.readlink(f"{task}/fd/{fd}") != "/dev/fuse":
+                continue
+            with open(f"{task}/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        m = re.search(r"^fuse_connection:\s*(\d+)", info, re.M)
+        if m is None:
+            answer = "unknown"
+        elif int(m.group(1)) == conn:
+            return "yes"
+    return answer
+
+
+def process_gone(pid: int) -> bool:
+    """Is process `pid` dead or dying? (No such process, every thread a
+    zombie or with SIGKILL pending.) A stopped or busy process is alive."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue
+        fields = dict(line.partition(":")[::2] for line in text.splitlines())
+        if fields.get("State", "").strip()[:1] in ("Z", "X"):
+            continue
+        pending = int(fields.get("SigPnd", "0").strip() or "0", 16) | int(
+            fields.get("ShdPnd", "0").strip() or "0", 16
+        )
+        if not pending & _SIGKILL_BIT:
+            return False
+    return True
+
+
+def _judge(mountpoint: str, conns: list[int]) -> str:
+    """ "dead" (no process holds the connections), "hung" (only dead or
+    dying ones do); MountBusy when a living process serves them, or when
+    that cannot be known and the mount answers or does not answer at all."""
+    holders: list[int] = []
+    for conn in conns:
+        pids = connection_holders(conn)
+        if pids is None:
+            state = probe(mountpoint)
+            if state == "dead":
+                return "dead"
+            raise MountBusy(
+                f"{mountpoint} is already mounted by a daemon that "
+                + ("answers" if state == "live" else "does not answer now (stopped or busy)")
+                + ": not taken over"
+            )
+        holders += pids
+    alive = [pid for pid in holders if not process_gone(pid)]
+    if alive:
+        raise MountBusy(
+            f"{mountpoint} is already mounted by a running daemon "
+            f"(pid {', '.join(map(str, alive))}): not taken over, however slow it is to answer"
+        )
+    return "hung" if holders else "dead"
+
+
 def cleanup_stale(mountpoint: str) -> bool:
     """Clear a mount left by a killed daemon, before anything stats the mount
-    point: find it in mountinfo, abort its FUSE connection (which also frees a
-    killed daemon stuck on one of its own requests, so it can exit), then
-    lazily unmount it. Raises MountBusy when a live daemon serves it. Returns
-    True when something was cleared."""
+    point: find it in mountinfo, make sure its daemon is gone (module
+    docstring), abort its FUSE connection (which also frees a killed daemon
+    stuck on one of its own requests, so it can exit), then lazily unmount
+    it. Raises MountBusy when a living daemon serves it, slow or stopped as
+    it may be. Returns True when something was cleared."""
     found = fuse_mounts_at(mountpoint)
     if not found:
         return False
-    state = probe(mountpoint)
-    if state == "live":
-        raise MountBusy(f"{mountpoint} is already mounted by a running daemon")
-    for conn in sorted({m.connection for m in found}):
+    conns = sorted({m.connection for m in found})
+    state = _judge(mountpoint, conns)
+    for conn in conns:
         log.warning(
             "%s: stale mount left by a previous daemon (%s, connection %d): aborting it",
             mountpoint,

@@ -49,12 +49,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import math
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,6 +74,58 @@ if TYPE_CHECKING:
 log = logging.getLogger("netfs.fs")
 
 SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
+EVENTS_KEPT = 4096  # lines of `events` kept for readers that are behind
+
+
+class EventFeed:
+    """The lines of ``events``, kept once for all readers: the last
+    EVENTS_KEPT lines, numbered from 0 (`end`: the number of the next one).
+    A reader holds only the number of its next line, so an idle reader costs
+    nothing per event; one further behind than EVENTS_KEPT lines loses the
+    oldest (its handle says so in the log, once). Events that are not words
+    of ``events`` (kind "error") are not kept."""
+
+    def __init__(self, kept: int = EVENTS_KEPT) -> None:
+        self.lines: deque[bytes] = deque(maxlen=kept)
+        self.times: deque[datetime] = deque(maxlen=kept)  # each line's event time
+        self.end = 0
+        self._changed = trio.Event()
+
+    @property
+    def start(self) -> int:
+        """The number of the oldest line kept."""
+        return self.end - len(self.lines)
+
+    def push(self, ev: Event) -> None:
+        if ev.kind in HIDDEN_EVENTS:
+            return
+        line = ev.line()
+        self.lines.append((line if line.endswith("\n") else line + "\n").encode())
+        self.times.append(ev.time)
+        self.end += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def take(self, pos: int, size: int) -> tuple[bytes, int, datetime]:
+        """Whole lines from number `pos` (start <= pos < end), at least one
+        and then as many as fit in `size` bytes; with the number after the
+        last and the event time of the last."""
+        out: list[bytes] = []
+        n = 0
+        first = pos - self.start
+        for line in itertools.islice(self.lines, first, None):
+            if out and n + len(line) > size:
+                break
+            out.append(line)
+            n += len(line)
+            pos += 1
+        return b"".join(out), pos, self.times[first + len(out) - 1]
+
+    async def wait(self, pos: int) -> None:
+        """Until line `pos` exists (one trio.Event for all waiters: no work
+        while nothing happens)."""
+        while self.end <= pos:
+            await self._changed.wait()
 
 
 class Waker(Protocol):
@@ -190,6 +244,8 @@ class Notifier:
         self.gens: dict[Path, int] = {}
         self._pollers: dict[Path, dict[int, Waker]] = {}
         self._event_pollers: dict[int, Waker] = {}
+        self.feed = EventFeed()
+        self._core_events: trio.MemoryReceiveChannel[Event] | None = None
         self._todo_send: trio.MemorySendChannel[Todo] | None = None
         # how many items were queued, and how many are done
         self.todo_seq = 0
@@ -326,7 +382,7 @@ class Notifier:
         through the mount (inotify), poll wake-ups and nothing else."""
         send, recv = trio.open_memory_channel[Todo](math.inf)
         self._todo_send = send
-        core = self.space.core.subscribe()
+        core = self.listen()
         self.publish_initial()
         # start the helper now: spawned at the first change, its start-up
         # (~20 ms) would delay that change's announcement
@@ -343,6 +399,7 @@ class Notifier:
                     finally:
                         self._did_one()
         finally:
+            self._core_events = None
             self.space.core.unsubscribe(core)
             self._todo_send = None
             self._progress.set()
@@ -387,7 +444,7 @@ class Notifier:
             self._fresh_progress.set()
             self._fresh_progress = trio.Event()
             for ev in batch:
-                self._queue(ev)
+                self._take_event(ev)
 
     def _vanished(self, names: list[str]) -> list[tuple[Path, str]]:
         """Entries of networks `names` that watchers were told of and that
@@ -420,6 +477,24 @@ class Notifier:
                 and self._todo_send is not None
             ):
                 await self._fresh_progress.wait()
+
+    def _take_event(self, ev: Event) -> None:
+        self.feed.push(ev)
+        self._queue(ev)
+
+    def listen(self) -> trio.MemoryReceiveChannel[Event]:
+        """The one subscription to the core's events (for every reader of
+        `events` and for the announcements)."""
+        if self._core_events is None:
+            self._core_events = self.space.core.subscribe()
+        return self._core_events
+
+    def sync_events(self) -> int:
+        """The feed's end: where a reader opening `events` now starts. Lines
+        enter the feed only through the pump, once the cached files their
+        events concern were invalidated (so no line is read before a cached
+        value it announces could be stale)."""
+        return self.feed.end
 
     # ================================================================ the helper's operations
 

@@ -27,15 +27,19 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 from netfs.errors import NetfsError
 from netfs.fs import editors, tree
 from netfs.fs.handles import (
+    MAX_BLOCKED_TOTAL,
     ContentHandle,
     DirHandle,
     DocumentHandle,
+    EventReaders,
     EventsHandle,
     FlagHandle,
     Handle,
     OwnHandle,
     ScratchHandle,
+    hold,
 )
+from netfs.fs.interrupts import Interrupts
 from netfs.fs.notifier import Notifier
 from netfs.fs.space import UNSET, Space, StateArg
 from netfs.fs.tree import Core, Dir, File, Node, Path, Presence, Write
@@ -43,7 +47,10 @@ from netfs.fs.tree import Core, Dir, File, Node, Path, Presence, Write
 log = logging.getLogger("netfs.fs")
 
 TIMEOUT = 1.0  # entry and attribute timeouts, seconds
-MAX_TASKS = 1000  # pyfuse3 worker tasks (each blocked `events` reader holds one)
+WORKERS = 1000  # pyfuse3 worker tasks for requests other than waiting reads
+# a read waiting on `events` is a parked pyfuse3 worker (pyfuse3 answers a
+# request from the task that read it): the limit counts them on top
+MAX_TASKS = WORKERS + MAX_BLOCKED_TOTAL
 BASE_OPTIONS = frozenset({"default_permissions", "allow_other", "fsname=netfs", "subtype=netfs"})
 
 
@@ -156,7 +163,7 @@ class NetfsOperations(pyfuse3.Operations):
         self._fhs = itertools.count(1)
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
-        self._blocked_reads: set[trio.CancelScope] = set()
+        self.readers = EventReaders(Interrupts())
 
     # ================================================================ helpers
 
@@ -453,6 +460,7 @@ class NetfsOperations(pyfuse3.Operations):
         if sc is not None:
             if fields.update_size:
                 sp.check_size(path, attr.st_size)
+                hold(sp, path, attr.st_size - len(sc.data))
             sp.scratch.setattr(
                 sc,
                 size=attr.st_size if fields.update_size else None,
@@ -496,13 +504,13 @@ class NetfsOperations(pyfuse3.Operations):
         sc = sp.scratch.by_ino.get(inode)
         if sc is not None:
             if flags & os.O_TRUNC:
-                sc.data.clear()
+                sp.scratch.resize(sc, 0)
                 sc.mtime_ns = time.time_ns()
             return self._open_handle(ScratchHandle(sp, path, sc))
         if node is tree.EVENTS:
             if write or flags & os.O_TRUNC:
                 raise _err(errno.EACCES)
-            h = EventsHandle(sp, path, ctx.pid, self._blocked_reads)
+            h = EventsHandle(sp, path, ctx.uid, self.readers)
             return self._open_handle(h, nonseekable=True)
         if not isinstance(node, File):
             raise _err(errno.EISDIR if node is not None else errno.ENOENT)
@@ -528,7 +536,7 @@ class NetfsOperations(pyfuse3.Operations):
         try:
             h = self._handle(fh)
             if h.blocking:
-                return await h.read_wait(size)
+                return await h.read_wait(fh, off, size)
             if isinstance(h, ContentHandle) and h.node.cacheable:
                 self.space.exposed.add(h.path[0])  # the page cache keeps what we answer
             return h.read(off, size)
@@ -580,7 +588,7 @@ class NetfsOperations(pyfuse3.Operations):
 
     def cancel_blocked_reads(self) -> None:
         self.notifier.close()
-        for cs in list(self._blocked_reads):
+        for cs in list(self.readers.scopes):
             cs.cancel()
 
 
