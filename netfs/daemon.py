@@ -24,6 +24,7 @@ it is the journal or a log file is given; every other descriptor it inherited
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import grp
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import trio
 
@@ -302,7 +303,8 @@ def _single(group: BaseExceptionGroup) -> BaseException:
 
 
 def run(cfg: MountConfig) -> int:
-    """`netfs mount`: returns the exit status."""
+    """`netfs mount`: returns the exit status when it fails before serving;
+    once it served, it ends the process (see :func:`_exit`)."""
     inherited = caller_fds()
     setup_logging()
     from netfs.core import Driver
@@ -413,4 +415,18 @@ def run(cfg: MountConfig) -> int:
             log.debug("close: %s", e)
     if status == 0:
         log.info("unmounted %s", mountpoint)
-    return status
+    _exit(status, lock_fd)
+
+
+def _exit(status: int, lock_fd: int) -> NoReturn:
+    """End the process now that the mount is gone: everything acknowledged
+    is on disk, so nothing is left to do but let go of the state directory.
+    The interpreter's own teardown (freeing the frozen start-up heap, module
+    by module) is skipped: it kept the process, and its lock, alive for
+    seconds on a loaded machine after umount(8) had returned."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.close(lock_fd)  # the next daemon may start now
+    os._exit(status)

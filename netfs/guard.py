@@ -12,7 +12,11 @@
   through a symlink) and locked with flock(2) for the daemon's life; it
   holds the pid of the daemon. A second daemon is refused, naming the
   directory and the holder's pid. The lock goes with the process (also
-  after SIGKILL), so a crash never leaves a stale lock.
+  after SIGKILL), so a crash never leaves a stale lock. A holder that no
+  longer serves a mount (it holds no /dev/fuse descriptor: its file system
+  was unmounted and it is exiting) is waited for, up to
+  :data:`EXIT_WAIT` seconds, so ``umount`` followed at once by a new mount
+  works; one still serving (or starting) is refused.
 """
 
 from __future__ import annotations
@@ -21,11 +25,54 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 
 from netfs.state import LOCK, make_dir
 
 UMASK = 0o022
+EXIT_WAIT = 5.0  # longest a new daemon waits for an exiting one's lock
+POLL = 0.02
+
+
+def serves_fuse(pid: int) -> bool:
+    """Does process `pid` still hold a FUSE connection (/dev/fuse open)?
+    False when it is gone or exiting (its descriptors closed); True when
+    that cannot be told (no /proc, no permission): refusing is the safe side."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    for name in names:
+        try:
+            if os.readlink(f"{fds}/{name}") == "/dev/fuse":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _wait_for_exit(fd: int, holder: str) -> bool:
+    """The lock is held by `holder` (a pid): if that daemon serves no mount
+    any more, wait for it to exit (bounded); True once the lock is ours."""
+    if holder == str(os.getpid()) or (holder.isdigit() and serves_fuse(int(holder))):
+        return False
+    deadline = time.monotonic() + EXIT_WAIT
+    while time.monotonic() < deadline:
+        time.sleep(POLL)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        now = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if now != holder and now.isdigit() and serves_fuse(int(now)):
+            return False  # another daemon took it in between and serves
+    return False
 
 
 class Refused(Exception):
@@ -79,8 +126,15 @@ def lock_state_dir(state_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        busy = e.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+        try:
+            if busy and _wait_for_exit(fd, holder):
+                record_pid(fd)
+                return fd
+        except OSError as e2:
+            e, busy = e2, False
         os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        if busy:
             raise Refused(
                 f"state directory {state_dir} is in use by another netfs daemon "
                 f"(pid {holder or 'unknown'}; lock file {path})"
