@@ -248,6 +248,7 @@ async def _serve(
     driver: Driver,
     ops: NetfsOperations,
     ready: Callable[[str | None], None],
+    stopping: Callable[[], None] = lambda: None,
 ) -> None:
     from netfs.fs.ops import serve as fs_serve
 
@@ -266,6 +267,7 @@ async def _serve(
                 try:
                     await fs_serve(ops, task_status=task_status)
                 finally:
+                    stopping()  # a new daemon may wait for us from now on
                     nursery.cancel_scope.cancel()
 
             await nursery.start(serve)
@@ -391,7 +393,7 @@ def run(cfg: MountConfig) -> int:
     status = 0
     try:
         try:
-            trio.run(_serve, cfg, nl, driver, ops, ready)
+            trio.run(_serve, cfg, nl, driver, ops, ready, lambda: guard.mark_exiting(lock_fd))
         except BaseExceptionGroup as group:
             # a nursery wraps the one error that stopped it: report that error
             raise _single(group) from None

@@ -13,14 +13,16 @@
   holds the pid of the daemon. A second daemon is refused, naming the
   directory and the holder's pid. The lock goes with the process (also
   after SIGKILL), so a crash never leaves a stale lock. A holder that no
-  longer serves a mount (it holds no /dev/fuse descriptor: its file system
-  was unmounted and it is exiting) is waited for, up to
+  longer serves a mount (its FUSE main loop ended, which it writes into
+  the lock file, or it holds no /dev/fuse descriptor any more: its file
+  system was unmounted and it is finishing what was under way) is waited for, up to
   :data:`EXIT_WAIT` seconds, so ``umount`` followed at once by a new mount
   works; one still serving (or starting) is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -31,7 +33,8 @@ from pathlib import Path
 from netfs.state import LOCK, make_dir
 
 UMASK = 0o022
-EXIT_WAIT = 5.0  # longest a new daemon waits for an exiting one's lock
+EXIT_WAIT = 10.0  # longest a new daemon waits for an exiting one's lock
+EXITING = "exiting"
 POLL = 0.02
 
 
@@ -55,10 +58,25 @@ def serves_fuse(pid: int) -> bool:
     return False
 
 
+def mark_exiting(fd: int) -> None:
+    """The daemon's mount is gone and it is finishing what is under way:
+    say so in the lock file, so a new daemon waits for it (see below)."""
+    with contextlib.suppress(OSError):
+        os.pwrite(fd, f"{os.getpid()} {EXITING}\n".encode(), 0)
+
+
+def _serving(holder: str) -> bool:
+    pid, _, word = holder.partition(" ")
+    if word == EXITING or not pid.isdigit():
+        return False
+    return pid == str(os.getpid()) or serves_fuse(int(pid))
+
+
 def _wait_for_exit(fd: int, holder: str) -> bool:
-    """The lock is held by `holder` (a pid): if that daemon serves no mount
-    any more, wait for it to exit (bounded); True once the lock is ours."""
-    if holder == str(os.getpid()) or (holder.isdigit() and serves_fuse(int(holder))):
+    """The lock is held by `holder` (the lock file's text): if that daemon
+    serves no mount any more, wait for it to exit (bounded); True once the
+    lock is ours."""
+    if _serving(holder):
         return False
     deadline = time.monotonic() + EXIT_WAIT
     while time.monotonic() < deadline:
@@ -70,7 +88,7 @@ def _wait_for_exit(fd: int, holder: str) -> bool:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
         now = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if now != holder and now.isdigit() and serves_fuse(int(now)):
+        if now.split(" ")[0] != holder.split(" ")[0] and _serving(now):
             return False  # another daemon took it in between and serves
     return False
 
@@ -137,7 +155,7 @@ def lock_state_dir(state_dir: Path) -> int:
         if busy:
             raise Refused(
                 f"state directory {state_dir} is in use by another netfs daemon "
-                f"(pid {holder or 'unknown'}; lock file {path})"
+                f"(pid {holder.split(' ')[0] or 'unknown'}; lock file {path})"
             ) from None
         raise Refused(f"{path}: {e.strerror}") from None
     record_pid(fd)

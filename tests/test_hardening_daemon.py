@@ -92,16 +92,20 @@ import os, sys, time
 from pathlib import Path
 from netfs import guard
 fd = guard.lock_state_dir(Path(sys.argv[1]))
+if "fuse" in sys.argv:
+    fuse = os.open("/dev/fuse", os.O_RDWR)  # as a serving daemon holds it
+if "exiting" in sys.argv:
+    guard.mark_exiting(fd)
 print("locked", flush=True)
 sys.stdin.readline()
 """
 
 
-def _holder(state: Path) -> subprocess.Popen[str]:
-    """A process that holds the lock, serves no mount, and exits when its
-    stdin gets a line."""
+def _holder(state: Path, *how: str) -> subprocess.Popen[str]:
+    """A process that holds the lock (with /dev/fuse open: "fuse"; having
+    said it is exiting: "exiting") and exits when its stdin gets a line."""
     p = subprocess.Popen(
-        [PYTHON, "-c", HOLDER, str(state)],
+        [PYTHON, "-c", HOLDER, str(state), *how],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -119,6 +123,43 @@ def test_lock_of_a_daemon_serving_no_mount_is_waited_for(tmp_path: Path) -> None
     assert p.stdin is not None
     p.stdin.write("exit\n")  # it exits while the next one is waiting
     p.stdin.flush()
+    try:
+        fd = guard.lock_state_dir(state)
+    finally:
+        p.kill()
+        p.wait(timeout=LIVENESS)
+    os.close(fd)
+    assert (state / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def _release_soon(p: subprocess.Popen[str]) -> None:
+    assert p.stdin is not None
+    p.stdin.write("exit\n")
+    p.stdin.flush()
+
+
+@root_only
+def test_lock_of_a_serving_daemon_refused_at_once(tmp_path: Path) -> None:
+    """Holding /dev/fuse and not exiting: refused without waiting, so the
+    lock is not taken even though the holder lets go right after."""
+    state = tmp_path / "state"
+    p = _holder(state, "fuse")
+    try:
+        with pytest.raises(guard.Refused, match=f"pid {p.pid};"):
+            guard.lock_state_dir(state)
+    finally:
+        _release_soon(p)
+        p.wait(timeout=LIVENESS)
+
+
+@root_only
+def test_lock_of_a_daemon_past_its_main_loop_is_waited_for(tmp_path: Path) -> None:
+    """Still holding /dev/fuse (pyfuse3 closes it last) but its main loop
+    ended (the mount is gone): waited for."""
+    state = tmp_path / "state"
+    p = _holder(state, "fuse", "exiting")
+    assert f"{p.pid} exiting" in (state / ".lock").read_text()
+    _release_soon(p)
     try:
         fd = guard.lock_state_dir(state)
     finally:
