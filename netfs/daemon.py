@@ -27,6 +27,7 @@ it is the journal or a log file is given; every other descriptor it inherited
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import grp
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import trio
 
@@ -250,6 +251,7 @@ async def _serve(
     driver: Driver,
     ops: NetfsOperations,
     ready: Callable[[str | None], None],
+    stopping: Callable[[], None] = lambda: None,
 ) -> None:
     from netfs.fs.ops import serve as fs_serve
 
@@ -268,6 +270,7 @@ async def _serve(
                 try:
                     await fs_serve(ops, task_status=task_status)
                 finally:
+                    stopping()  # a new daemon may wait for us from now on
                     nursery.cancel_scope.cancel()
 
             await nursery.start(serve)
@@ -305,7 +308,8 @@ def _single(group: BaseExceptionGroup) -> BaseException:
 
 
 def run(cfg: MountConfig) -> int:
-    """`netfs mount`: returns the exit status."""
+    """`netfs mount`: returns the exit status when it fails before serving;
+    once it served, it ends the process (see :func:`_exit`)."""
     inherited = caller_fds()
     setup_logging()
     from netfs.core import Driver
@@ -392,7 +396,7 @@ def run(cfg: MountConfig) -> int:
     status = 0
     try:
         try:
-            trio.run(_serve, cfg, nl, driver, ops, ready)
+            trio.run(_serve, cfg, nl, driver, ops, ready, lambda: guard.mark_exiting(lock_fd))
         except BaseExceptionGroup as group:
             # a nursery wraps the one error that stopped it: report that error
             raise _single(group) from None
@@ -416,4 +420,18 @@ def run(cfg: MountConfig) -> int:
             log.debug("close: %s", e)
     if status == 0:
         log.info("unmounted %s", mountpoint)
-    return status
+    _exit(status, lock_fd)
+
+
+def _exit(status: int, lock_fd: int) -> NoReturn:
+    """End the process now that the mount is gone: everything acknowledged
+    is on disk, so nothing is left to do but let go of the state directory.
+    The interpreter's own teardown (freeing the frozen start-up heap, module
+    by module; 15-50 ms measured, more on a loaded machine) is skipped: the
+    lock would be held all that time after umount(8) returned."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.close(lock_fd)  # the next daemon may start now
+    os._exit(status)

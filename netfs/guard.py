@@ -12,20 +12,85 @@
   through a symlink) and locked with flock(2) for the daemon's life; it
   holds the pid of the daemon. A second daemon is refused, naming the
   directory and the holder's pid. The lock goes with the process (also
-  after SIGKILL), so a crash never leaves a stale lock.
+  after SIGKILL), so a crash never leaves a stale lock. A holder that no
+  longer serves a mount (its FUSE main loop ended, which it writes into
+  the lock file, or it holds no /dev/fuse descriptor any more: its file
+  system was unmounted and it is finishing what was under way) is waited for, up to
+  :data:`EXIT_WAIT` seconds, so ``umount`` followed at once by a new mount
+  works; one still serving (or starting) is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 
 from netfs.state import LOCK, make_dir
 
 UMASK = 0o022
+EXIT_WAIT = 10.0  # longest a new daemon waits for an exiting one's lock
+EXITING = "exiting"
+POLL = 0.02
+
+
+def serves_fuse(pid: int) -> bool:
+    """Does process `pid` still hold a FUSE connection (/dev/fuse open)?
+    False when it is gone or exiting (its descriptors closed); True when
+    that cannot be told (no /proc, no permission): refusing is the safe side."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    for name in names:
+        try:
+            if os.readlink(f"{fds}/{name}") == "/dev/fuse":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def mark_exiting(fd: int) -> None:
+    """The daemon's mount is gone and it is finishing what is under way:
+    say so in the lock file, so a new daemon waits for it (see below)."""
+    with contextlib.suppress(OSError):
+        os.pwrite(fd, f"{os.getpid()} {EXITING}\n".encode(), 0)
+
+
+def _serving(holder: str) -> bool:
+    pid, _, word = holder.partition(" ")
+    if word == EXITING or not pid.isdigit():
+        return False
+    return pid == str(os.getpid()) or serves_fuse(int(pid))
+
+
+def _wait_for_exit(fd: int, holder: str) -> bool:
+    """The lock is held by `holder` (the lock file's text): if that daemon
+    serves no mount any more, wait for it to exit (bounded); True once the
+    lock is ours."""
+    if _serving(holder):
+        return False
+    deadline = time.monotonic() + EXIT_WAIT
+    while time.monotonic() < deadline:
+        time.sleep(POLL)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        now = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if now.split(" ")[0] != holder.split(" ")[0] and _serving(now):
+            return False  # another daemon took it in between and serves
+    return False
 
 
 class Refused(Exception):
@@ -79,11 +144,18 @@ def lock_state_dir(state_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        busy = e.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+        try:
+            if busy and _wait_for_exit(fd, holder):
+                record_pid(fd)
+                return fd
+        except OSError as e2:
+            e, busy = e2, False
         os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        if busy:
             raise Refused(
                 f"state directory {state_dir} is in use by another netfs daemon "
-                f"(pid {holder or 'unknown'}; lock file {path})"
+                f"(pid {holder.split(' ')[0] or 'unknown'}; lock file {path})"
             ) from None
         raise Refused(f"{path}: {e.strerror}") from None
     record_pid(fd)

@@ -432,3 +432,51 @@ def test_umount_right_after_a_start_through_a_detached_daemon(daemon_factory: ob
         if os.path.exists(f"/proc/{pid}"):
             os.kill(pid, signal.SIGTERM)
             wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
+
+
+def test_mount_at_once_after_umount(daemon_factory: object) -> None:
+    """`umount` then at once `netfs mount` of the same directories, a few
+    times: the old daemon, its mount gone, no longer keeps the state
+    directory from the new one (how long it lingers is not asserted)."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    argv = [a for a in d.argv() if a != "-f"]
+
+    def mount() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=LIVENESS,
+        )
+
+    r = mount()
+    assert r.returncode == 0, r.stderr
+    pids = [_daemon_pid(d)]
+    try:
+        define(d.mnt, "n", virtual_xml("n", "nfsre0"))
+        assert bash(f"echo 1 > {d.mnt}/n/active").returncode == 0
+        for _ in range(3):
+            u = subprocess.run(["umount", str(d.mnt)], capture_output=True, text=True)
+            assert u.returncode == 0, u.stderr
+            r = mount()
+            assert r.returncode == 0, r.stderr
+            pids.append(int((d.state_dir / ".lock").read_text()))
+            assert pids[-1] != pids[-2]
+            assert (d.mnt / "n" / "active").read_text() == "1\n"
+    finally:
+        if is_mounted(d.mnt):
+            subprocess.run(["umount", str(d.mnt)], capture_output=True)
+        for pid in pids:
+            wait_for(lambda pid=pid: _gone(pid), "daemon exit")
+    assert "nfsre0" in bridges(d.netns)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie its reaper has not collected yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True

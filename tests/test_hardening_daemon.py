@@ -87,6 +87,102 @@ def test_second_lock_refused_naming_dir_and_pid(tmp_path: Path) -> None:
     os.close(guard.lock_state_dir(state))  # released with its holder
 
 
+HOLDER = """
+import os, sys, time
+from pathlib import Path
+from netfs import guard
+fd = guard.lock_state_dir(Path(sys.argv[1]))
+if "fuse" in sys.argv:
+    fuse = os.open("/dev/fuse", os.O_RDWR)  # as a serving daemon holds it
+if "exiting" in sys.argv:
+    guard.mark_exiting(fd)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _holder(state: Path, *how: str) -> subprocess.Popen[str]:
+    """A process that holds the lock (with /dev/fuse open: "fuse"; having
+    said it is exiting: "exiting") and exits when its stdin gets a line."""
+    p = subprocess.Popen(
+        [PYTHON, "-c", HOLDER, str(state), *how],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None and p.stdout.readline() == "locked\n"
+    return p
+
+
+def test_lock_of_a_daemon_serving_no_mount_is_waited_for(tmp_path: Path) -> None:
+    """umount, then a new daemon at once: the old one, its mount gone, is
+    exiting; the new one waits for its lock instead of refusing."""
+    state = tmp_path / "state"
+    p = _holder(state)
+    assert p.stdin is not None
+    p.stdin.write("exit\n")  # it exits while the next one is waiting
+    p.stdin.flush()
+    try:
+        fd = guard.lock_state_dir(state)
+    finally:
+        p.kill()
+        p.wait(timeout=LIVENESS)
+    os.close(fd)
+    assert (state / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def _release_soon(p: subprocess.Popen[str]) -> None:
+    assert p.stdin is not None
+    p.stdin.write("exit\n")
+    p.stdin.flush()
+
+
+@root_only
+def test_lock_of_a_serving_daemon_refused_at_once(tmp_path: Path) -> None:
+    """Holding /dev/fuse and not exiting: refused without waiting, so the
+    lock is not taken even though the holder lets go right after."""
+    state = tmp_path / "state"
+    p = _holder(state, "fuse")
+    try:
+        with pytest.raises(guard.Refused, match=f"pid {p.pid};"):
+            guard.lock_state_dir(state)
+    finally:
+        _release_soon(p)
+        p.wait(timeout=LIVENESS)
+
+
+@root_only
+def test_lock_of_a_daemon_past_its_main_loop_is_waited_for(tmp_path: Path) -> None:
+    """Still holding /dev/fuse (pyfuse3 closes it last) but its main loop
+    ended (the mount is gone): waited for."""
+    state = tmp_path / "state"
+    p = _holder(state, "fuse", "exiting")
+    assert f"{p.pid} exiting" in (state / ".lock").read_text()
+    _release_soon(p)
+    try:
+        fd = guard.lock_state_dir(state)
+    finally:
+        p.kill()
+        p.wait(timeout=LIVENESS)
+    os.close(fd)
+    assert (state / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_lock_of_a_holder_that_does_not_exit_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guard, "EXIT_WAIT", 0.2)
+    state = tmp_path / "state"
+    p = _holder(state)
+    try:
+        with pytest.raises(guard.Refused, match=f"in use by another netfs daemon \\(pid {p.pid};"):
+            guard.lock_state_dir(state)
+    finally:
+        p.kill()
+        p.wait(timeout=LIVENESS)
+
+
 def test_prepare_sets_the_daemons_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
