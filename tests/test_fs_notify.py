@@ -278,7 +278,8 @@ def test_events_blocks_and_reader_can_be_killed(mounted: Daemon) -> None:
     try:
         time.sleep(0.3)
         assert ev.proc.poll() is None  # blocked, not at end of file
-        ev.proc.send_signal(signal.SIGINT)
+        # SIGTERM: a SIGINT may be ignored by a test run started in the background
+        ev.proc.send_signal(signal.SIGTERM)
         ev.proc.wait(LIVENESS)
     finally:
         ev.close()
@@ -392,7 +393,7 @@ def _helper_pid(daemon: Daemon) -> int:
     """The notifier's helper process (netfs/fs/helper.py), a child of the daemon."""
     assert daemon.proc is not None
     out = subprocess.run(
-        ["ps", "-o", "pid=,args=", "--ppid", str(daemon.proc.pid)],
+        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(daemon.proc.pid)],
         capture_output=True,
         text=True,
         check=True,
