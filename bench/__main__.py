@@ -1,8 +1,8 @@
-"""Run the benchmarks: `python -m bench [core] [fs] [--quick]`.
+"""Run the benchmarks: `python -m bench [core] [fs] [dnsmasq] [--quick]`.
 
 Each benchmark module prints its figures side by side with a floor measured
 in the same run. Modules: bench.core (driver and netlink), bench.fs (the
-mounted filesystem).
+mounted filesystem), bench.dnsmasq (dnsmasq per network, lease updates).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["core", "fs"]
+MODULES = ["core", "fs", "firewall", "dnsmasq"]
 
 
 def main(argv: list[str]) -> int:

@@ -75,19 +75,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import inspect
 import ipaddress
 import logging
 import os
-import queue
 import socket
 import struct
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import outcome
 import trio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -95,6 +91,7 @@ from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from netfs.errors import NetfsError
+from netfs.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +107,14 @@ DEFAULT_MONITOR_RCVBUF = 8 * 1024 * 1024
 
 __all__ = [
     "AddrInfo",
+    "Batch",
     "LinkEvent",
     "LinkInfo",
     "LinkMonitor",
     "Netlink",
+    "NetlinkAdapter",
     "NetlinkBatch",
+    "NetlinkOps",
     "RouteInfo",
 ]
 
@@ -155,6 +155,90 @@ class LinkEvent:
     index: int
     name: str
     alias: str | None
+
+
+class NetlinkOps(Protocol):
+    """What the core and a sub-driver's steps may ask of one namespace's kernel.
+
+    :class:`Netlink` (one request per worker hop), :class:`NetlinkBatch`
+    (changes recorded, run in one hop) and the core's recovery snapshot
+    (queries answered from one dump) implement it; so does the in-memory
+    fake of the tests. Errors are :class:`~netfs.errors.NetfsError`."""
+
+    @property
+    def netns(self) -> str | None:
+        """The namespace (a name under /run/netns or a path; None: the daemon's own)."""
+
+    async def create_bridge(
+        self,
+        name: str,
+        *,
+        mac: str | None,
+        mtu: int | None,
+        stp: bool,
+        forward_delay: int,
+        alias: str | None,
+        up: bool = True,
+    ) -> int | None: ...
+    async def delete_link(self, name: str) -> bool: ...
+    async def set_up(self, name: str) -> None: ...
+    async def set_alias(self, name: str, alias: str) -> None: ...
+    async def add_address(self, ifname: str, address: str, prefixlen: int) -> None: ...
+    async def add_route(
+        self,
+        dst: str,
+        prefixlen: int,
+        *,
+        gateway: str | None = None,
+        metric: int | None = None,
+        ifname: str | None = None,
+        best_effort: bool = False,
+    ) -> None: ...
+    async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None: ...
+    async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None: ...
+    async def read_sysctl(self, path: str) -> str | None: ...
+    async def link(self, name: str) -> LinkInfo | None: ...
+    async def links(self) -> list[LinkInfo]: ...
+    async def addresses(self, ifname: str | None = None) -> list[AddrInfo]: ...
+    async def routes(
+        self, family: int = socket.AF_INET, *, match: Iterable[tuple[str, int]] | None = None
+    ) -> list[RouteInfo]: ...
+    def batch(self) -> Batch:
+        """A recorder of changes sent in one submission (a batch's batch is itself)."""
+        ...
+
+
+class Batch(NetlinkOps, Protocol):
+    """Changes recorded and sent in one submission (see :class:`NetlinkBatch`)."""
+
+    completed: int
+
+    def __len__(self) -> int: ...
+    async def flush(self) -> None: ...
+
+
+class NetlinkAdapter(NetlinkOps, Protocol):
+    """The whole adapter the core holds: :class:`NetlinkOps`, batches and the
+    link monitor."""
+
+    def monitor(
+        self, *, rcvbuf: int = ...
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[LinkEvent]]: ...
+
+
+def sysctl_path(key: str) -> str:
+    """``net.ipv4.ip_forward`` -> ``/proc/sys/net/ipv4/ip_forward``. A key
+    with a slash is taken as slash-separated (``net/ipv6/conf/eth0.10/accept_ra``:
+    an interface name may hold dots), a path under /proc/sys as it is."""
+    if key.startswith("/proc/sys/"):
+        path = key
+    elif "/" in key:
+        path = "/proc/sys/" + key.lstrip("/")
+    else:
+        path = "/proc/sys/" + key.replace(".", "/")
+    if "/../" in path + "/" or "\0" in path:
+        raise NetfsError(errno.EINVAL, f"invalid sysctl {key!r}")
+    return path
 
 
 def _strerror(code: int) -> str:
@@ -403,48 +487,37 @@ class _KernelError(OSError):
     """An error answered by the kernel (the socket is still in step)."""
 
 
-Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]
-
-
 class Netlink:
     """Netlink requests for one network namespace, from one worker thread."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(f"netfs-netlink-{netns or 'host'}")
+        self._open = False
         self._ipr: Any = None
         self._raw: _RawRtnl | None = None
-        self._closed = False
 
     # ------------------------------------------------------------------ plumbing
 
     async def open(self) -> None:
-        if self._thread is not None:
+        if self._open:
             return
-        self._thread = threading.Thread(
-            target=self._worker, name=f"netfs-netlink-{self.netns or 'host'}", daemon=True
-        )
-        self._thread.start()
+        self._open = True
         try:
-            await self._call(self._setup)
+            await self._worker.call(self._setup)
         except BaseException:
             # the namespace could not be entered (or IPRoute failed): end the thread
-            self._queue.put(None)
-            thread, self._thread = self._thread, None
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(thread.join)
+            self._open = False
+            await self._worker.close()
             raise
 
     async def close(self) -> None:
-        if self._thread is None or self._closed:
+        if not self._open:
             return
-        self._closed = True
+        self._open = False
         with trio.CancelScope(shield=True):
-            await self._call(self._teardown)
-            self._queue.put(None)
-            thread = self._thread
-            await trio.to_thread.run_sync(thread.join)
+            await self._worker.call(self._teardown)
+            await self._worker.close()
 
     async def __aenter__(self) -> Netlink:
         await self.open()
@@ -452,18 +525,6 @@ class Netlink:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _worker(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            fn, args, done = job
-            result = outcome.capture(fn, *args)
-            try:
-                done(result)
-            except trio.RunFinishedError:  # the caller's trio run is gone
-                log.warning("netlink result dropped: trio run finished")
 
     def _setup(self) -> None:
         if self.netns is not None:
@@ -486,22 +547,9 @@ class Netlink:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(*args) in the worker thread and return (or raise) its result."""
-        if self._thread is None or (self._closed and fn != self._teardown):
+        if not self._open:
             raise NetfsError(errno.EBADF, "netlink is not open")
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-
-        def done(result: outcome.Outcome[Any]) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-        self._queue.put((fn, args, done))
-
-        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-            # the kernel request is under way: wait for its outcome
-            return trio.lowlevel.Abort.FAILED
-
-        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
+        return await self._worker.call(fn, *args)
 
     # ------------------------------------------------------- worker-thread code
 
@@ -811,6 +859,20 @@ class Netlink:
             raise _kernel_error(e, "cannot list routes") from None
         return out
 
+    def _do_write_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
+        path = sysctl_path(key)
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise NetfsError(errno.ENOENT, f"no sysctl {key}") from None
+            log.debug("sysctl %s missing: skipped", path)
+        except OSError as e:
+            raise NetfsError(
+                e.errno or errno.EIO, f"cannot set {path} = {value}: {e.strerror}"
+            ) from None
+
     def _do_set_ipv6_sysctls(self, ifname: str, disable: bool) -> None:
         base = f"/proc/sys/net/ipv6/conf/{ifname}"
         for key, value in (
@@ -818,15 +880,7 @@ class Netlink:
             ("accept_ra", "0"),
             ("autoconf", "0"),
         ):
-            try:
-                with open(f"{base}/{key}", "w") as f:
-                    f.write(value)
-            except FileNotFoundError:
-                log.debug("sysctl %s/%s missing: skipped", base, key)
-            except OSError as e:
-                raise NetfsError(
-                    e.errno or errno.EIO, f"cannot set {base}/{key} = {value}: {e.strerror}"
-                ) from None
+            self._do_write_sysctl(f"{base}/{key}", value, True)
 
     def _do_read_sysctl(self, path: str) -> str | None:
         try:
@@ -915,9 +969,14 @@ class Netlink:
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
         await self._call(self._do_set_ipv6_sysctls, ifname, disable)
 
+    async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
+        """Write a sysctl of the namespace (``net.ipv4.ip_forward``, see
+        :func:`sysctl_path`); a missing one is ENOENT unless ``missing_ok``."""
+        await self._call(self._do_write_sysctl, key, value, missing_ok)
+
     async def read_sysctl(self, path: str) -> str | None:
-        """Read a /proc/sys file as seen from the namespace (None if missing)."""
-        return await self._call(self._do_read_sysctl, path)
+        """Read a sysctl as seen from the namespace (None if missing)."""
+        return await self._call(self._do_read_sysctl, sysctl_path(path))
 
     def batch(self) -> NetlinkBatch:
         """A recorder of changes that runs them in one worker submission."""
@@ -1010,14 +1069,15 @@ class LinkMonitor:
 class NetlinkBatch:
     """Changes recorded to run in ONE submission to the worker thread.
 
-    It offers the Netlink API. The changes ``create_bridge`` (which returns
-    None here), ``set_up``, ``add_address``, ``add_route`` and
-    ``set_ipv6_sysctls`` are recorded and return at once, without a
-    checkpoint; every other call (the queries, ``delete_link``, ...) first
-    flushes what is recorded, then goes to the Netlink, so the kernel sees
-    every request in the order it was made. :meth:`flush` runs the recorded
-    requests in order in one worker submission and stops at the first
-    failure, which it raises (the requests after it are dropped).
+    It implements :class:`NetlinkOps`. The changes ``create_bridge`` (which
+    returns None here), ``set_up``, ``add_address``, ``add_route``,
+    ``set_ipv6_sysctls`` and ``write_sysctl`` are recorded and return at
+    once, without a checkpoint; every other call (the queries,
+    ``delete_link``, ``set_alias``) first flushes what is recorded, then goes
+    to the Netlink, so the kernel sees every request in the order it was
+    made. :meth:`flush` runs the recorded requests in order in one worker
+    submission and stops at the first failure, which it raises (the requests
+    after it are dropped).
 
     ``len(batch)`` is the number of requests made so far (the position of
     the next one); ``completed`` the number that succeeded in the kernel. A
@@ -1032,23 +1092,19 @@ class NetlinkBatch:
         self._made = 0
         self.completed = 0
 
+    @property
+    def netns(self) -> str | None:
+        return self._nl.netns
+
     def __len__(self) -> int:
         return self._made
+
+    def batch(self) -> NetlinkBatch:
+        return self
 
     def _record(self, fn: Callable[..., Any], *args: Any) -> None:
         self._ops.append((fn, args))
         self._made += 1
-
-    def __getattr__(self, attr: str) -> Any:
-        target = getattr(self._nl, attr)
-        if attr.startswith("_") or not inspect.iscoroutinefunction(target):
-            return target
-
-        async def flushed(*args: Any, **kwargs: Any) -> Any:
-            await self.flush()
-            return await target(*args, **kwargs)
-
-        return flushed
 
     async def flush(self) -> None:
         if not self._ops:
@@ -1058,6 +1114,8 @@ class NetlinkBatch:
         self.completed += done
         if error is not None:
             raise error
+
+    # -- recorded ------------------------------------------------------------
 
     async def create_bridge(
         self,
@@ -1092,3 +1150,44 @@ class NetlinkBatch:
 
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
         self._record(self._nl._do_set_ipv6_sysctls, ifname, disable)
+
+    async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
+        sysctl_path(key)  # a bad key is refused now, not at the flush
+        self._record(self._nl._do_write_sysctl, key, value, missing_ok)
+
+    # -- flushed first -----------------------------------------------------
+
+    async def delete_link(self, name: str) -> bool:
+        await self.flush()
+        return await self._nl.delete_link(name)
+
+    async def set_alias(self, name: str, alias: str) -> None:
+        await self.flush()
+        await self._nl.set_alias(name, alias)
+
+    async def read_sysctl(self, path: str) -> str | None:
+        await self.flush()
+        return await self._nl.read_sysctl(path)
+
+    async def link(self, name: str) -> LinkInfo | None:
+        await self.flush()
+        return await self._nl.link(name)
+
+    async def links(self) -> list[LinkInfo]:
+        await self.flush()
+        return await self._nl.links()
+
+    async def addresses(self, ifname: str | None = None) -> list[AddrInfo]:
+        await self.flush()
+        return await self._nl.addresses(ifname)
+
+    async def routes(
+        self, family: int = socket.AF_INET, *, match: Iterable[tuple[str, int]] | None = None
+    ) -> list[RouteInfo]:
+        await self.flush()
+        return await self._nl.routes(family, match=match)
+
+
+def _conforms(nl: Netlink, batch: NetlinkBatch) -> tuple[NetlinkAdapter, Batch]:
+    """For mypy: the adapter and its batch implement the protocols."""
+    return nl, batch

@@ -15,7 +15,7 @@ import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -78,6 +78,7 @@ def _preexec(fd: int | None) -> Callable[[], None] | None:
 
     def enter() -> None:
         setns_fd(fd)
+        os.close(fd)  # the program inherits no descriptor of ours
 
     return enter
 
@@ -89,11 +90,17 @@ def run_sync(
     stdin: bytes | None = None,
     timeout: float = 30.0,
     check: bool = True,
+    env: Mapping[str, str] | None = None,
+    new_session: bool = False,
 ) -> Completed:
     """Run argv (argv[0] a program name) inside netns and wait for it.
 
     With check, a non-zero exit is NetfsError(EIO) carrying the program's
-    own words (its stderr, else its stdout)."""
+    own words (its stderr, else its stdout). `env` is added to the fixed
+    PATH/LC_ALL environment. With new_session the program starts in a session
+    of its own (setsid) with stdin on /dev/null: a daemon that forks and whose
+    parent exits once it is ready (dnsmasq) then keeps running without any
+    tie to the caller (no inherited descriptor, no controlling terminal)."""
     prog = find_program(argv[0])
     fd = open_netns(netns) if netns else None
     try:
@@ -101,12 +108,14 @@ def run_sync(
             p = subprocess.run(
                 [prog, *argv[1:]],
                 input=stdin,
+                stdin=subprocess.DEVNULL if new_session and stdin is None else None,
                 capture_output=True,
                 timeout=timeout,
                 preexec_fn=_preexec(fd),
                 pass_fds=(fd,) if fd is not None else (),
                 close_fds=True,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+                start_new_session=new_session,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", **(env or {})},
             )
         except subprocess.TimeoutExpired:
             raise NetfsError(errno.EIO, f"{argv[0]} did not finish in {timeout:g} s") from None

@@ -6,6 +6,8 @@ Layout (as libvirt's network driver keeps it)::
     <config_dir>/autostart/NAME.xml       symlink to ../NAME.xml: autostart on
     <state_dir>/NAME.xml                  status file of an active network
     <state_dir>/NAME/ports/PORT.xml       allocated ports of an active network
+    <state_dir>/NAME/starting             start intent (uuid, link) while a start runs
+    <state_dir>/NAME/run/                 runtime files of the network's start steps
     <state_dir>/autostarted               marker: autostart ran since host boot
 
 Writes are atomic: a temporary file in the same directory is written,
@@ -311,6 +313,11 @@ class StateStore:
     def ports_dir(self, name: str) -> Path:
         check_name(name)
         return self.state_dir / name / "ports"
+
+    def run_dir(self, name: str) -> Path:
+        """The network's own directory for runtime files of its start steps
+        (beside its ports; made by the step that needs it)."""
+        return self.ports_dir(name).parent / "run"
 
     def port_path(self, name: str, port: str) -> Path:
         check_name(port, "port")

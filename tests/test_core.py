@@ -697,9 +697,9 @@ async def test_bridge_deleted_while_its_network_starts(
     await driver.define(net_xml("a", bridge="nfsa0"))
     commit = driver._commit_start
 
-    def delete_then_commit(name: str, live: Any) -> None:
+    def delete_then_commit(*args: Any) -> None:
         ip("link", "del", "nfsa0", netns=netns)
-        commit(name, live)
+        commit(*args)
 
     driver._commit_start = delete_then_commit  # type: ignore[method-assign]
     await driver.start("a")
@@ -1092,22 +1092,3 @@ async def test_host_bridge_deleted_behind_our_back(
     ip("link", "del", "ovsbr0", netns=netns)
     await ev.wait_for_count("testA", "stopped", 3)
     assert not driver.get("testA").active
-
-
-async def test_state_thread_runs_in_order_and_ends_when_idle() -> None:
-    from netfs.core import _StateThread
-
-    st = _StateThread()
-    st.IDLE = 0.05
-    seen: list[int] = []
-    async with trio.open_nursery() as n:
-        for i in range(20):
-            n.start_soon(st.run, seen.append, i)
-    assert sorted(seen) == list(range(20))
-    with pytest.raises(ZeroDivisionError):
-        await st.run(lambda: 1 // 0)
-    assert await st.run(lambda: 42) == 42
-    with trio.fail_after(LIVENESS):
-        while st._running:  # the idle thread ends; the next call starts one
-            await trio.sleep(0.01)
-    assert await st.run(lambda: 7) == 7

@@ -6,6 +6,7 @@ import errno
 import json
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from netfs.errors import NetfsError
 from netfs.model.network import NetworkDef, parse_network
 from netfs.netlink import Netlink
 from netfs.subdrivers import DIRECT, HOSTBRIDGE, HOSTDEV, VIRTUAL, for_mode
-from netfs.subdrivers.virtual import Step, VirtualDriver
+from netfs.subdrivers.steps import Step, StepContext
+from netfs.subdrivers.virtual import VirtualDriver
 from tests.conftest import ip
 
 pytestmark = pytest.mark.kernel
@@ -45,6 +47,10 @@ FULL = dict(
     ips="<ip address='192.168.150.1' netmask='255.255.255.0'/>"
     "<ip family='ipv6' address='fd00:150::1' prefix='64'/>",
 )
+
+
+def ctx(net: NetworkDef, nl: Netlink) -> StepContext:
+    return StepContext(net=net, nl=nl, run_dir=Path("/nonexistent/run"), netns=nl.netns)
 
 
 @pytest.fixture
@@ -91,7 +97,7 @@ def test_table() -> None:
 async def test_virtual_start_stop(nl: Netlink, netns: str) -> None:
     net = net_xml(**FULL)
     drv = for_mode(net.forward.mode, net)
-    await drv.start(net, nl)
+    await drv.start(ctx(net, nl))
     j = link_json(netns, "vbr0")
     assert j is not None
     assert j["linkinfo"]["info_kind"] == "bridge"
@@ -111,34 +117,34 @@ async def test_virtual_start_stop(nl: Netlink, netns: str) -> None:
     assert ns_sysctl(netns, f"{base}/disable_ipv6") == "0"
     assert ns_sysctl(netns, f"{base}/accept_ra") == "0"
     assert ns_sysctl(netns, f"{base}/autoconf") == "0"
-    assert await drv.is_running(net, nl)
+    assert await drv.is_running(ctx(net, nl))
 
-    await drv.stop(net, nl)
+    await drv.stop(ctx(net, nl))
     assert link_json(netns, "vbr0") is None
     assert [x for x in routes(netns, "-4")] == []
-    assert not await drv.is_running(net, nl)
+    assert not await drv.is_running(ctx(net, nl))
     # stopping again: a missing bridge is fine
-    await drv.stop(net, nl)
+    await drv.stop(ctx(net, nl))
 
 
 async def test_ipv4_only_disables_ipv6(nl: Netlink, netns: str) -> None:
     net = net_xml(mode="none")
-    await VIRTUAL.start(net, nl)
+    await VIRTUAL.start(ctx(net, nl))
     assert ns_sysctl(netns, "/proc/sys/net/ipv6/conf/vbr0/disable_ipv6") == "1"
     assert {a for a in addrs(netns, "vbr0") if a[0] == "inet6"} == set()
-    await VIRTUAL.stop(net, nl)
+    await VIRTUAL.stop(ctx(net, nl))
     assert link_json(netns, "vbr0") is None
 
 
 async def test_no_bridge_name(nl: Netlink, netns: str) -> None:
     net = net_xml(bridge="")
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(net, nl)
+        await VIRTUAL.start(ctx(net, nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EINVAL,
         "network 't1' has no bridge name defined",
     )
-    assert not await VIRTUAL.is_running(net, nl)
+    assert not await VIRTUAL.is_running(ctx(net, nl))
 
 
 async def test_foreign_link_refused_and_untouched(nl: Netlink, netns: str) -> None:
@@ -147,7 +153,7 @@ async def test_foreign_link_refused_and_untouched(nl: Netlink, netns: str) -> No
     before = link_json(netns, "vbr0")
     net = net_xml()
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(net, nl)
+        await VIRTUAL.start(ctx(net, nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "error creating bridge interface vbr0: File exists",
@@ -155,19 +161,19 @@ async def test_foreign_link_refused_and_untouched(nl: Netlink, netns: str) -> No
     assert link_json(netns, "vbr0") == before
     assert addrs(netns, "vbr0") == {("inet", "10.1.1.1", 24)}
     # not ours: not running, and stop leaves it alone
-    assert not await VIRTUAL.is_running(net, nl)
-    await VIRTUAL.stop(net, nl)
+    assert not await VIRTUAL.is_running(ctx(net, nl))
+    await VIRTUAL.stop(ctx(net, nl))
     assert link_json(netns, "vbr0") == before
 
 
 async def test_other_networks_bridge_not_stopped(nl: Netlink, netns: str) -> None:
     other = net_xml(uuid="99999999-2222-3333-4444-555555555555")
-    await VIRTUAL.start(other, nl)
+    await VIRTUAL.start(ctx(other, nl))
     net = net_xml(mode="none", ips="")
-    assert not await VIRTUAL.is_running(net, nl)
-    await VIRTUAL.stop(net, nl)
+    assert not await VIRTUAL.is_running(ctx(net, nl))
+    await VIRTUAL.stop(ctx(net, nl))
     assert link_json(netns, "vbr0") is not None
-    await VIRTUAL.stop(other, nl)
+    await VIRTUAL.stop(ctx(other, nl))
     assert link_json(netns, "vbr0") is None
 
 
@@ -176,7 +182,7 @@ async def test_subnet_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("addr", "add", "192.168.150.7/24", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(net_xml(), nl)
+        await VIRTUAL.start(ctx(net_xml(), nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Network is already in use by interface other0",
@@ -184,8 +190,8 @@ async def test_subnet_collision(nl: Netlink, netns: str) -> None:
     assert link_json(netns, "vbr0") is None
     # a different prefix of the same address space is no collision (as libvirt)
     net = net_xml(ips="<ip address='192.168.150.1' prefix='25'/>")
-    await VIRTUAL.start(net, nl)
-    await VIRTUAL.stop(net, nl)
+    await VIRTUAL.start(ctx(net, nl))
+    await VIRTUAL.stop(ctx(net, nl))
 
 
 async def test_static_route_collision(nl: Netlink, netns: str) -> None:
@@ -193,7 +199,7 @@ async def test_static_route_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("route", "add", "10.150.0.0/16", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(net_xml(**FULL), nl)
+        await VIRTUAL.start(ctx(net_xml(**FULL), nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Route address '10.150.0.0' conflicts with IP address for 'other0'",
@@ -205,28 +211,30 @@ async def test_bad_static_route_is_ignored(nl: Netlink, netns: str) -> None:
     # the second, identical route is refused by the kernel (EEXIST): start goes on
     route = "<route address='10.160.0.0' prefix='16' gateway='192.168.150.9'/>"
     net = net_xml(extra=route + route)
-    await VIRTUAL.start(net, nl)
-    assert await VIRTUAL.is_running(net, nl)
+    await VIRTUAL.start(ctx(net, nl))
+    assert await VIRTUAL.is_running(ctx(net, nl))
     assert [r["dst"] for r in routes(netns, "-4")].count("10.160.0.0/16") == 1
-    await VIRTUAL.stop(net, nl)
+    await VIRTUAL.stop(ctx(net, nl))
 
 
 async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> None:
     undone: list[str] = []
 
-    async def fail(net: NetworkDef, nl: Netlink) -> None:
+    async def fail(c: StepContext) -> None:
         raise NetfsError(errno.EIO, "firewall said no")
 
-    async def record_stop(net: NetworkDef, nl: Netlink) -> None:
+    async def record_stop(c: StepContext) -> None:
         undone.append("fw")
 
-    async def nothing(net: NetworkDef, nl: Netlink) -> None:
+    async def nothing(c: StepContext) -> None:
         return None
 
     drv = VirtualDriver()
     drv.insert_step(Step("firewall", nothing, record_stop), before="addresses")
     drv.insert_step(Step("dnsmasq", fail), after="routes")
     assert [s.name for s in drv.steps] == [
+        "route-collision",
+        "bridge",
         "ipv6-sysctls",
         "firewall",
         "addresses",
@@ -234,7 +242,7 @@ async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> N
         "dnsmasq",
     ]
     with pytest.raises(NetfsError) as ei:
-        await drv.start(net_xml(**FULL), nl)
+        await drv.start(ctx(net_xml(**FULL), nl))
     assert ei.value.message == "firewall said no"
     assert undone == ["fw"]
     assert link_json(netns, "vbr0") is None
@@ -244,67 +252,67 @@ async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> N
         ips="<ip address='192.168.150.1' prefix='24'/><ip address='192.168.150.1' prefix='24'/>"
     )
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(net, nl)
+        await VIRTUAL.start(ctx(net, nl))
     assert ei.value.errno == errno.EEXIST
     assert link_json(netns, "vbr0") is None
 
 
 async def test_repair_restores_address_and_up(nl: Netlink, netns: str) -> None:
     net = net_xml(**FULL)
-    await VIRTUAL.start(net, nl)
+    await VIRTUAL.start(ctx(net, nl))
     ip("addr", "del", "192.168.150.1/24", "dev", "vbr0", netns=netns)
     ip("addr", "del", "fd00:150::1/64", "dev", "vbr0", netns=netns)
     ip("link", "set", "vbr0", "down", netns=netns)
     # deleting the address also took the static route with it
     assert all(r["dst"] != "10.150.0.0/16" for r in routes(netns, "-4"))
-    await VIRTUAL.repair(net, nl)
+    await VIRTUAL.repair(ctx(net, nl))
     j = link_json(netns, "vbr0")
     assert j is not None and "UP" in j["flags"]
     assert addrs(netns, "vbr0") >= {("inet", "192.168.150.1", 24), ("inet6", "fd00:150::1", 64)}
     assert any(r["dst"] == "10.150.0.0/16" for r in routes(netns, "-4"))
     # repairing a healthy network changes nothing
     before = addrs(netns, "vbr0")
-    await VIRTUAL.repair(net, nl)
+    await VIRTUAL.repair(ctx(net, nl))
     assert addrs(netns, "vbr0") == before
-    await VIRTUAL.stop(net, nl)
+    await VIRTUAL.stop(ctx(net, nl))
 
 
 async def test_hostbridge(nl: Netlink, netns: str) -> None:
     net = net_xml(mode="bridge", bridge="hbr0", ips="")
     drv = for_mode("bridge", net)
-    await drv.start(net, nl)  # existence is not checked at start
+    await drv.start(ctx(net, nl))  # existence is not checked at start
     assert link_json(netns, "hbr0") is None
     assert drv.watched_link(net) == "hbr0"  # the core's monitor follows its deletion
-    assert not await drv.is_running(net, nl)
+    assert not await drv.is_running(ctx(net, nl))
     ip("link", "add", "hbr0", "type", "bridge", netns=netns)
-    assert await drv.is_running(net, nl)
+    assert await drv.is_running(ctx(net, nl))
     before = link_json(netns, "hbr0")
-    await drv.stop(net, nl)
+    await drv.stop(ctx(net, nl))
     assert link_json(netns, "hbr0") == before
 
 
 async def test_direct_and_hostdev(nl: Netlink, netns: str) -> None:
     for drv in (DIRECT, HOSTDEV):
         net = net_xml(mode="private", bridge="", ips="")
-        await drv.start(net, nl)
-        assert await drv.is_running(net, nl)
-        await drv.repair(net, nl)
+        await drv.start(ctx(net, nl))
+        assert await drv.is_running(ctx(net, nl))
+        await drv.repair(ctx(net, nl))
         assert drv.watched_link(net) is None
-        await drv.stop(net, nl)
+        await drv.stop(ctx(net, nl))
     assert [link["ifname"] for link in json.loads(ip("-j", "link", netns=netns).stdout)] == ["lo"]
 
 
 async def test_cancelled_start_leaves_nothing(nl: Netlink, netns: str) -> None:
     gate = trio.Event()
 
-    async def hang(net: NetworkDef, nl: Netlink) -> None:
+    async def hang(c: StepContext) -> None:
         gate.set()
         await trio.sleep_forever()
 
     drv = VirtualDriver()
     drv.insert_step(Step("dnsmasq", hang), after="routes")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(drv.start, net_xml(**FULL), nl)
+        nursery.start_soon(drv.start, ctx(net_xml(**FULL), nl))
         await gate.wait()
         assert link_json(netns, "vbr0") is not None
         nursery.cancel_scope.cancel()

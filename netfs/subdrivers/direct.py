@@ -1,7 +1,9 @@
 """macvtap modes (bridge without a name, private, vepa, passthrough).
 
 Nothing happens in the kernel when the network starts or stops (the macvtap
-devices belong to guests); such a network is always "still running".
+devices belong to guests); such a network is always "still running". The
+class is also the base of the other sub-drivers that make nothing: every
+policy and link hook is a no-op here.
 """
 
 from __future__ import annotations
@@ -10,21 +12,49 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from netfs.model.network import NetworkDef
-    from netfs.netlink import Netlink
+    from netfs.netlink import LinkInfo, NetlinkOps
+    from netfs.subdrivers.steps import StepContext
 
 
 class DirectDriver:
-    async def start(self, net: NetworkDef, nl: Netlink) -> None:
+    def prepare(self, live: NetworkDef) -> None:
         return None
 
-    async def stop(self, net: NetworkDef, nl: Netlink) -> None:
+    def keep_generated(self, net: NetworkDef, current: NetworkDef) -> None:
         return None
 
-    async def is_running(self, net: NetworkDef, nl: Netlink) -> bool:
+    def needs_link_names(self, net: NetworkDef) -> bool:
+        return False
+
+    def intent(self, live: NetworkDef) -> str | None:
+        return None
+
+    async def start(self, ctx: StepContext) -> None:
+        return None
+
+    async def stop(self, ctx: StepContext) -> None:
+        return None
+
+    async def repair(self, ctx: StepContext) -> None:
+        return None
+
+    async def is_running(self, ctx: StepContext) -> bool:
         return True
 
-    async def repair(self, net: NetworkDef, nl: Netlink) -> None:
+    def watched_link(self, net: NetworkDef) -> str | None:
         return None
 
-    def watched_link(self, net: NetworkDef) -> str | None:
+    def tag(self, net: NetworkDef) -> str | None:
+        return None
+
+    async def release(self, nl: NetlinkOps, net: NetworkDef, ifname: str) -> None:
+        return None
+
+    async def sweep_orphans(
+        self,
+        nl: NetlinkOps,
+        links: list[LinkInfo],
+        live: list[NetworkDef],
+        intents: dict[str, str],
+    ) -> None:
         return None

@@ -11,26 +11,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from netfs.subdrivers.direct import DirectDriver
+
 if TYPE_CHECKING:
     from netfs.model.network import NetworkDef
-    from netfs.netlink import Netlink
+    from netfs.subdrivers.steps import StepContext
 
 
-class HostBridgeDriver:
-    async def start(self, net: NetworkDef, nl: Netlink) -> None:
-        return None
-
-    async def stop(self, net: NetworkDef, nl: Netlink) -> None:
-        return None
-
-    async def is_running(self, net: NetworkDef, nl: Netlink) -> bool:
-        name = net.bridge.name
+class HostBridgeDriver(DirectDriver):
+    async def is_running(self, ctx: StepContext) -> bool:
+        name = ctx.net.bridge.name
         if not name:
             return False
-        return await nl.link(name) is not None
-
-    async def repair(self, net: NetworkDef, nl: Netlink) -> None:
-        return None
+        return await ctx.nl.link(name) is not None
 
     def watched_link(self, net: NetworkDef) -> str | None:
         return net.bridge.name or None

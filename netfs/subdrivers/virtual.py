@@ -1,85 +1,65 @@
 """Virtual networks (forward mode none, nat, route, open): a bridge made by netlink.
 
-Start, in order (libvirt's networkStartNetworkVirtual, minus what later
-issues add):
+The start is one :class:`~netfs.subdrivers.steps.Recipe` (libvirt's
+networkStartNetworkVirtual, minus what later issues add), in order:
 
-1. collision check against the namespace's IPv4 main routing table (what
+1. ``route-collision``: against the namespace's IPv4 main routing table (what
    /proc/net/route shows): an ``<ip>`` subnet already routed ->
    ``Network is already in use by interface X``; a static ``<route>`` equal to
    an existing route -> ``Route address 'A' conflicts with IP address for 'X'``
    (both EADDRINUSE);
-2. no bridge name -> EINVAL ``network 'N' has no bridge name defined``;
-3. create the bridge in one request (MAC, STP, delay, up; MTU and the alias
-   ``netfs:<uuid>`` in a follow-up, see netfs.netlink). An existing link of
-   that name -> EADDRINUSE ``error creating bridge interface X: File exists``;
-   that link is never touched. The bridge and the requests of the steps
-   below are recorded in a :class:`~netfs.netlink.NetlinkBatch` and made in
-   one submission to the netlink worker thread (a step that queries the
-   kernel flushes what was recorded before it);
-4. then the per-start steps of :attr:`VirtualDriver.steps`, in order:
-   ``ipv6-sysctls``, ``addresses``, ``routes``. Hook points for later
-   issues: the firewall belongs before ``addresses`` (libvirt adds rules
-   before the addresses), IP forwarding and dnsmasq after ``routes``. A step
-   is a :class:`Step` with ``start`` and an optional ``stop``; ``stop`` runs
-   (in reverse order) when the network stops, and when a later step fails.
-   The three built-in steps are ``batched`` (netlink requests only: they go
-   to the kernel with the bridge, in one submission); a step that is not
-   runs once everything before it is in the kernel.
+2. ``bridge``: no bridge name -> EINVAL ``network 'N' has no bridge name
+   defined``; the bridge in one request (MAC, STP, delay, up; MTU and the
+   tag ``netfs:<uuid>`` in a follow-up, see netfs.netlink). An existing link
+   of that name -> EADDRINUSE ``error creating bridge interface X: File
+   exists``; that link is never touched. Stop: RTM_DELLINK, only if the
+   bridge carries our tag (a missing bridge is fine). Repair: the bridge
+   must still be ours (else ENODEV), set up again if it is down;
+3. ``ipv6-sysctls``: disable_ipv6 (unless an IPv6 address is defined),
+   accept_ra = autoconf = 0;
+4. ``addresses``: every ``<ip>`` (repair re-adds a missing one);
+5. ``routes``: every static ``<route>`` with a gateway, best effort as
+   libvirt (repair re-adds a missing one).
 
-Any failure once the bridge exists: the ``stop`` of each step already done
-runs (reverse order, errors logged), the bridge we just created is deleted,
-and the error is raised again.
+Hook points for later issues, by step name: the firewall belongs before
+``addresses`` (libvirt adds rules before the addresses), IP forwarding and
+dnsmasq after ``routes`` (:meth:`VirtualDriver.insert_step`). The steps 2-5
+are ``batched``: they reach the kernel in one submission to the netlink
+worker. Any failure once the bridge exists undoes the done steps in reverse
+order (the bridge last); stop does the same for every step.
 
-Stop: every step's ``stop`` in reverse order, then RTM_DELLINK of the bridge,
-but only if it carries our alias ``netfs:<uuid>``; a missing bridge is fine.
-
-Running: a link of the bridge name exists, is a bridge and carries our alias.
-
-Repair (libvirt has none): set the bridge up, re-add any missing ``<ip>``
-address and then any missing static route.
+Running: a link of the bridge name exists, is a bridge and carries our tag.
+The tag is this sub-driver's alone: :meth:`VirtualDriver.tag` names it for
+the core's link monitor, :meth:`VirtualDriver.sweep_orphans` deletes tagged
+bridges no active network owns (and untagged ones named in a start intent:
+a crash between the bridge's creation and its tag).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
-
-import trio
+from typing import TYPE_CHECKING
 
 from netfs.errors import NetfsError
+from netfs.model.network import is_virtual
+from netfs.model.validate import random_mac
+from netfs.subdrivers.steps import Recipe, Step, StepContext
 
 if TYPE_CHECKING:
     from netfs.model.network import IPDef, NetworkDef, RouteDef
-    from netfs.netlink import Netlink
+    from netfs.netlink import LinkInfo, NetlinkOps
 
 log = logging.getLogger(__name__)
 
-StepFn = Callable[["NetworkDef", "Netlink"], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Step:
-    """A per-start step. ``batched``: its ``start`` only makes netlink
-    requests (and queries), so it may be given a NetlinkBatch whose changes
-    reach the kernel later, in one submission with the bridge's creation;
-    a step that is not (the default) runs once everything before it is in
-    the kernel, with the Netlink itself."""
-
-    name: str
-    start: StepFn
-    stop: StepFn | None = None
-    batched: bool = False
+TAG_PREFIX = "netfs:"
 
 
 def alias_of(net: NetworkDef) -> str:
     """The IFLA_IFALIAS that marks a bridge as this network's."""
-    return f"netfs:{net.uuid}"
+    return f"{TAG_PREFIX}{net.uuid}"
 
 
 def _family(family: str) -> int:
@@ -93,8 +73,9 @@ def _network(address: str, prefix: int) -> ipaddress.IPv4Network | ipaddress.IPv
 # ------------------------------------------------------------------ checks
 
 
-async def check_route_collision(net: NetworkDef, nl: Netlink) -> None:
+async def check_route_collision(ctx: StepContext) -> None:
     """libvirt's networkCheckRouteCollision, against the namespace's main table."""
+    net, nl = ctx.net, ctx.nl
     ips4 = [ip for ip in net.ips if ip.family != "ipv6"]
     routes4 = [r for r in net.routes if r.family != "ipv6"]
     if not ips4 and not routes4:
@@ -140,9 +121,51 @@ def bridge_name(net: NetworkDef) -> str:
 # ------------------------------------------------------------------ steps
 
 
-async def ipv6_sysctls(net: NetworkDef, nl: Netlink) -> None:
-    has_v6 = any(ip.family == "ipv6" for ip in net.ips)
-    await nl.set_ipv6_sysctls(bridge_name(net), disable=not has_v6)
+async def create_bridge(ctx: StepContext) -> None:
+    net = ctx.net
+    # EEXIST (a link of that name, ours or not) is refused here and the
+    # step is not done: the existing link is never touched
+    await ctx.nl.create_bridge(
+        bridge_name(net),
+        mac=net.mac,
+        mtu=net.mtu,
+        stp=net.bridge.stp,
+        forward_delay=net.bridge.delay,
+        alias=alias_of(net),
+        up=True,
+    )
+
+
+async def delete_bridge(ctx: StepContext) -> None:
+    net = ctx.net
+    name = net.bridge.name
+    if not name:
+        return
+    link = await ctx.nl.link(name)
+    if link is None:
+        return
+    if link.alias != alias_of(net):
+        log.warning(
+            "network %s: %s is not our bridge (alias %r); not deleted", net.name, name, link.alias
+        )
+        return
+    await ctx.nl.delete_link(name)
+
+
+async def repair_bridge(ctx: StepContext) -> None:
+    net = ctx.net
+    name = bridge_name(net)
+    link = await ctx.nl.link(name)
+    if link is None or link.alias != alias_of(net):
+        raise NetfsError(errno.ENODEV, f"bridge {name} of network '{net.name}' is gone")
+    if not link.up:
+        log.info("network %s: setting %s up again", net.name, name)
+        await ctx.nl.set_up(name)
+
+
+async def ipv6_sysctls(ctx: StepContext) -> None:
+    has_v6 = any(ip.family == "ipv6" for ip in ctx.net.ips)
+    await ctx.nl.set_ipv6_sysctls(bridge_name(ctx.net), disable=not has_v6)
 
 
 def _ip_prefix(net: NetworkDef, ip: IPDef) -> int:
@@ -156,13 +179,25 @@ def _ip_prefix(net: NetworkDef, ip: IPDef) -> int:
     return prefix
 
 
-async def add_addresses(net: NetworkDef, nl: Netlink) -> None:
+async def add_addresses(ctx: StepContext) -> None:
+    net = ctx.net
     name = bridge_name(net)
     for ip in net.ips:
-        await nl.add_address(name, ip.address, _ip_prefix(net, ip))
+        await ctx.nl.add_address(name, ip.address, _ip_prefix(net, ip))
 
 
-async def _add_route(net: NetworkDef, nl: Netlink, r: RouteDef) -> None:
+async def repair_addresses(ctx: StepContext) -> None:
+    net, nl = ctx.net, ctx.nl
+    name = bridge_name(net)
+    present = {(ipaddress.ip_address(a.address), a.prefixlen) for a in await nl.addresses(name)}
+    for ip in net.ips:
+        prefix = _ip_prefix(net, ip)
+        if (ipaddress.ip_address(ip.address), prefix) not in present:
+            log.info("network %s: re-adding %s/%d to %s", net.name, ip.address, prefix, name)
+            await nl.add_address(name, ip.address, prefix)
+
+
+async def _add_route(net: NetworkDef, nl: NetlinkOps, r: RouteDef) -> None:
     # libvirt ignores failures of static routes; the adapter logs them
     name = bridge_name(net)
     await nl.add_route(
@@ -175,9 +210,30 @@ async def _add_route(net: NetworkDef, nl: Netlink, r: RouteDef) -> None:
     )
 
 
-async def add_routes(net: NetworkDef, nl: Netlink) -> None:
-    for r in net.routes:
+async def add_routes(ctx: StepContext) -> None:
+    for r in ctx.net.routes:
         if r.gateway:
+            await _add_route(ctx.net, ctx.nl, r)
+
+
+async def repair_routes(ctx: StepContext) -> None:
+    net, nl = ctx.net, ctx.nl
+    wanted = [r for r in net.routes if r.gateway]
+    if not wanted:
+        return
+    name = bridge_name(net)
+    have: set[tuple[int, object, int]] = set()
+    for fam in {_family(r.family) for r in wanted}:
+        for route in await nl.routes(fam):
+            if route.ifname == name:
+                have.add((fam, _network(route.dst, route.prefixlen), route.prefixlen))
+    for r in wanted:
+        try:
+            key = (_family(r.family), _network(r.address, r.prefix_len()), r.prefix_len())
+        except ValueError:
+            continue
+        if key not in have:
+            log.info("network %s: re-adding route %s/%d", net.name, r.address, r.prefix_len())
             await _add_route(net, nl, r)
 
 
@@ -188,138 +244,105 @@ class VirtualDriver:
     """The bridge of an isolated/NAT/routed/open network."""
 
     def __init__(self) -> None:
-        # checks before the bridge exists (nothing to undo)
-        self.checks: list[StepFn] = [check_route_collision]
-        # per-start steps once the bridge exists; later issues insert here:
-        # firewall before "addresses", forwarding and dnsmasq after "routes".
-        self.steps: list[Step] = [
-            Step("ipv6-sysctls", ipv6_sysctls, batched=True),
-            Step("addresses", add_addresses, batched=True),
-            Step("routes", add_routes, batched=True),
-        ]
+        self.recipe = Recipe(
+            [
+                Step("route-collision", check_route_collision),
+                Step("bridge", create_bridge, delete_bridge, repair_bridge, batched=True),
+                Step("ipv6-sysctls", ipv6_sysctls, batched=True),
+                Step("addresses", add_addresses, repair=repair_addresses, batched=True),
+                Step("routes", add_routes, repair=repair_routes, batched=True),
+            ]
+        )
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.recipe.steps
 
     def insert_step(
         self, step: Step, *, before: str | None = None, after: str | None = None
     ) -> None:
-        """Add a per-start step before or after a named one (or at the end)."""
-        names = [s.name for s in self.steps]
-        if before is not None:
-            self.steps.insert(names.index(before), step)
-        elif after is not None:
-            self.steps.insert(names.index(after) + 1, step)
-        else:
-            self.steps.append(step)
+        """Add a start step before or after a named one (or at the end)."""
+        self.recipe.insert(step, before=before, after=after)
 
-    async def start(self, net: NetworkDef, nl: Netlink) -> None:
-        for check in self.checks:
-            await check(net, nl)
-        name = bridge_name(net)
-        # the bridge and every step's changes go to the kernel in one worker
-        # submission (a step's query flushes what is recorded before it)
-        batch = nl.batch()
-        # EEXIST (a link of that name, ours or not) is refused here and
-        # nothing is rolled back: the existing link is never touched
-        await batch.create_bridge(
-            name,
-            mac=net.mac,
-            mtu=net.mtu,
-            stp=net.bridge.stp,
-            forward_delay=net.bridge.delay,
-            alias=alias_of(net),
-            up=True,
-        )
-        ends: list[int] = []  # position in the batch after each step
-        try:
-            for step in self.steps:
-                if step.batched:
-                    await step.start(net, cast("Netlink", batch))
-                else:
-                    await batch.flush()
-                    await step.start(net, nl)
-                ends.append(len(batch))
-            await batch.flush()
-        except BaseException:
-            # what the steps before the failure asked for happens, as it
-            # would have without the batch; then all of it is undone
-            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await batch.flush()
-            if batch.completed == 0:
-                raise  # the bridge was not created: nothing to undo
-            # done: the steps that returned and whose requests all completed
-            done = [s for s, end in zip(self.steps, ends, strict=False) if end <= batch.completed]
-            # also on cancellation: never leave a half-made network behind
-            with trio.CancelScope(shield=True):
-                await self._undo(net, nl, done)
-                try:
-                    await nl.delete_link(name)
-                except NetfsError as e:
-                    log.warning("network %s: cannot delete bridge %s: %s", net.name, name, e)
-            raise
+    # -- policies ------------------------------------------------------------
 
-    async def _undo(self, net: NetworkDef, nl: Netlink, done: list[Step]) -> None:
-        for step in reversed(done):
-            if step.stop is None:
-                continue
-            try:
-                await step.stop(net, nl)
-            except Exception as e:  # keep going: the rest must still be undone
-                log.warning("network %s: undoing %s failed: %s", net.name, step.name, e)
+    def prepare(self, live: NetworkDef) -> None:
+        if live.mac is None:
+            live.mac = random_mac()  # a lenient-loaded definition without one
 
-    async def stop(self, net: NetworkDef, nl: Netlink) -> None:
-        await self._undo(net, nl, self.steps)
-        name = net.bridge.name
-        if not name:
+    def keep_generated(self, net: NetworkDef, current: NetworkDef) -> None:
+        """A redefinition that omits the MAC or the bridge name keeps the
+        current definition's (as it keeps its uuid) instead of getting new
+        generated ones."""
+        if not is_virtual(current.forward.mode):
             return
-        link = await nl.link(name)
-        if link is None:
-            return
-        if link.alias != alias_of(net):
-            log.warning(
-                "network %s: %s is not our bridge (alias %r); not deleted",
-                net.name,
-                name,
-                link.alias,
-            )
-            return
-        await nl.delete_link(name)
+        if not net.bridge.name and current.bridge.name and "%d" not in current.bridge.name:
+            net.bridge.name = current.bridge.name
+        if net.mac is None and current.mac is not None:
+            net.mac = current.mac
 
-    async def is_running(self, net: NetworkDef, nl: Netlink) -> bool:
-        name = net.bridge.name
+    def needs_link_names(self, net: NetworkDef) -> bool:
+        # the host's devices matter only when a bridge name is generated (libvirt)
+        return not net.bridge.name or "%d" in net.bridge.name
+
+    def intent(self, live: NetworkDef) -> str | None:
+        return live.bridge.name or None
+
+    # -- the kernel ------------------------------------------------------------
+
+    async def start(self, ctx: StepContext) -> None:
+        await self.recipe.start(ctx)
+
+    async def stop(self, ctx: StepContext) -> None:
+        await self.recipe.stop(ctx)
+
+    async def repair(self, ctx: StepContext) -> None:
+        await self.recipe.repair(ctx)
+
+    async def is_running(self, ctx: StepContext) -> bool:
+        name = ctx.net.bridge.name
         if not name:
             return False
-        link = await nl.link(name)
-        return link is not None and link.kind == "bridge" and link.alias == alias_of(net)
+        link = await ctx.nl.link(name)
+        return link is not None and link.kind == "bridge" and link.alias == alias_of(ctx.net)
 
-    async def repair(self, net: NetworkDef, nl: Netlink) -> None:
-        name = bridge_name(net)
-        link = await nl.link(name)
-        if link is None or link.alias != alias_of(net):
-            raise NetfsError(errno.ENODEV, f"bridge {name} of network '{net.name}' is gone")
-        if not link.up:
-            log.info("network %s: setting %s up again", net.name, name)
-            await nl.set_up(name)
-        present = {(ipaddress.ip_address(a.address), a.prefixlen) for a in await nl.addresses(name)}
-        for ip in net.ips:
-            prefix = _ip_prefix(net, ip)
-            if (ipaddress.ip_address(ip.address), prefix) not in present:
-                log.info("network %s: re-adding %s/%d to %s", net.name, ip.address, prefix, name)
-                await nl.add_address(name, ip.address, prefix)
-        wanted = [r for r in net.routes if r.gateway]
-        if not wanted:
-            return
-        have: set[tuple[int, object, int]] = set()
-        for fam in {_family(r.family) for r in wanted}:
-            for route in await nl.routes(fam):
-                if route.ifname == name:
-                    have.add((fam, _network(route.dst, route.prefixlen), route.prefixlen))
-        for r in wanted:
-            try:
-                key = (_family(r.family), _network(r.address, r.prefix_len()), r.prefix_len())
-            except ValueError:
-                continue
-            if key not in have:
-                log.info("network %s: re-adding route %s/%d", net.name, r.address, r.prefix_len())
-                await _add_route(net, nl, r)
+    # -- its links ---------------------------------------------------------------
 
     def watched_link(self, net: NetworkDef) -> str | None:
         return net.bridge.name or None
+
+    def tag(self, net: NetworkDef) -> str | None:
+        return alias_of(net)
+
+    async def release(self, nl: NetlinkOps, net: NetworkDef, ifname: str) -> None:
+        """Clear our tag from a link that is no longer the network's bridge
+        (renamed behind our back), so a later start-up does not take it for
+        an orphan of ours."""
+        link = await nl.link(ifname)
+        if link is not None and link.alias == alias_of(net):
+            await nl.set_alias(ifname, "")
+
+    async def sweep_orphans(
+        self,
+        nl: NetlinkOps,
+        links: list[LinkInfo],
+        live: list[NetworkDef],
+        intents: dict[str, str],
+    ) -> None:
+        """Delete bridges a crash left behind: tagged ``netfs:<uuid>`` with no
+        active network of that uuid, or untagged and named in a start intent
+        of a network that is not active (``intents``: bridge -> network) --
+        the daemon died between creating the bridge and tagging it."""
+        ours = {alias_of(n) for n in live}
+        for link in links:
+            alias = link.alias or ""
+            if alias.startswith(TAG_PREFIX):
+                if alias in ours:
+                    continue
+            elif not (link.name in intents and link.kind == "bridge" and not alias):
+                continue
+            log.warning("deleting orphan bridge %s (%s)", link.name, alias or "untagged")
+            try:
+                await nl.delete_link(link.name)
+            except NetfsError as e:
+                log.warning("cannot delete orphan bridge %s: %s", link.name, e.message)

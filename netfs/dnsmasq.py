@@ -1,0 +1,326 @@
+"""dnsmasq per network: files, start, adopt, reload, stop, orphans.
+
+Layout (in the daemon's state directory)::
+
+    STATE/dnsmasq/NAME.conf          configuration (0600, read as root)
+    STATE/dnsmasq/NAME.hostsfile     dhcp-hostsfile (0644: re-read on SIGHUP
+    STATE/dnsmasq/NAME.addnhosts     addn-hosts      after dropping root)
+    STATE/dnsmasq/NAME.pid           written by dnsmasq
+    STATE/dnsmasq/netfs-leases-helper    the --dhcp-script entry (netfs.leases)
+    STATE/dnsmasq/leases/NAME.json   the lease records (netfs.leases)
+
+dnsmasq runs as libvirt runs it — ``dnsmasq --conf-file=… --leasefile-ro
+--dhcp-script=…`` — plus ``--pid-file`` and ``--user`` (Debian's dnsmasq-base
+user ``dnsmasq``, else ``nobody``), inside the managed namespace (through
+:mod:`netfs.nsexec`), in a session of its own and with no descriptor of ours:
+it keeps running when the daemon exits. It daemonises itself; its parent exits
+once the child is ready (listening sockets bound, pid file written, leases
+loaded through the helper's ``init``) or with dnsmasq's own words and status
+when it is not: start waits for that exit, it never sleeps.
+
+A dnsmasq is ours when its pid file names a live process whose command line
+has our ``--conf-file`` (so a recycled pid is never signalled). Every method
+is synchronous and may block briefly (a process start, a wait for an exit):
+the core calls them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pwd
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from netfs import leases, nsexec
+from netfs.errors import NetfsError
+from netfs.state import atomic_write
+
+log = logging.getLogger(__name__)
+
+SUBDIR = "dnsmasq"
+HELPER_NAME = "netfs-leases-helper"
+PROGRAM = "dnsmasq"
+
+
+def run_user() -> str:
+    """The unprivileged user dnsmasq drops to: Debian's `dnsmasq`, else `nobody`."""
+    for user in ("dnsmasq", "nobody"):
+        try:
+            pwd.getpwnam(user)
+            return user
+        except KeyError:
+            pass
+    return "nobody"
+
+
+@dataclass(frozen=True)
+class Files:
+    conf: Path
+    hostsfile: Path
+    addnhosts: Path
+    pid: Path
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]] if raw else None
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until pid has exited (pidfd: works for a process not our child)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            p.poll(min(left, 0.05) * 1000)
+        return True
+    finally:
+        os.close(fd)
+
+
+class Dnsmasq:
+    """The dnsmasq processes of the networks of one state directory."""
+
+    def __init__(self, state_dir: Path, netns: str | None = None, user: str | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.dir = self.state_dir / SUBDIR
+        self.leases_dir = Path(leases.leases_dir(self.state_dir))
+        self.helper = self.dir / HELPER_NAME
+        self.netns = netns
+        self.user = user or run_user()
+
+    # -- files ---------------------------------------------------------------------
+
+    def files(self, name: str) -> Files:
+        d = self.dir
+        return Files(
+            d / f"{name}.conf", d / f"{name}.hostsfile", d / f"{name}.addnhosts", d / f"{name}.pid"
+        )
+
+    def _make_dirs(self) -> None:
+        for d in (self.dir, self.leases_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o755)  # dnsmasq re-reads the hosts files as its own user
+
+    def write_files(self, name: str, conf: str, hostsfile: str = "", addnhosts: str = "") -> None:
+        """Write a network's configuration and hosts files (atomically each)."""
+        self._make_dirs()
+        f = self.files(name)
+        atomic_write(f.conf, conf.encode(), mode=0o600)
+        self.write_hosts(name, hostsfile, addnhosts)
+
+    def write_hosts(self, name: str, hostsfile: str, addnhosts: str) -> None:
+        """Rewrite only the hosts files (then :meth:`reload`)."""
+        self._make_dirs()
+        f = self.files(name)
+        for path, text in ((f.hostsfile, hostsfile), (f.addnhosts, addnhosts)):
+            atomic_write(path, text.encode(), mode=0o644)
+            os.chmod(path, 0o644)
+
+    def remove_files(self, name: str) -> None:
+        """Remove a stopped network's files (its lease records stay)."""
+        f = self.files(name)
+        for path in (f.conf, f.hostsfile, f.addnhosts, f.pid):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _write_helper(self) -> None:
+        parent = str(Path(leases.__file__).resolve().parent.parent)
+        text = leases.entry_script(os.path.realpath(sys.executable), parent)
+        try:
+            if self.helper.read_text() == text:
+                return
+        except OSError:
+            pass
+        atomic_write(self.helper, text.encode(), mode=0o755)
+        os.chmod(self.helper, 0o755)
+
+    # -- processes ---------------------------------------------------------------------
+
+    def command(self, name: str) -> list[str]:
+        f = self.files(name)
+        return [
+            PROGRAM,
+            f"--conf-file={f.conf}",
+            "--leasefile-ro",
+            f"--dhcp-script={self.helper}",
+            f"--pid-file={f.pid}",
+            f"--user={self.user}",
+        ]
+
+    def _ours(self, name: str, pid: int) -> bool:
+        argv = _cmdline(pid)
+        return (
+            argv is not None
+            and os.path.basename(argv[0]) == PROGRAM
+            and f"--conf-file={self.files(name).conf}" in argv
+            and _alive(pid)
+        )
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the network's running dnsmasq (pid file and command line match)."""
+        try:
+            pid = int(self.files(name).pid.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 and self._ours(name, pid) else None
+
+    def is_running(self, name: str) -> bool:
+        return self.pid(name) is not None
+
+    def adopt(self, name: str) -> int | None:
+        """At daemon start: the running dnsmasq of an active network, left alone."""
+        pid = self.pid(name)
+        if pid is not None:
+            log.info("network %s: adopted dnsmasq pid %d", name, pid)
+        return pid
+
+    def start(self, name: str) -> int:
+        """Start the network's dnsmasq (files written before); its pid.
+
+        A running one is kept (its pid returned). Errors: EADDRINUSE when a
+        port it needs is taken, EIO when it refuses its configuration or
+        fails otherwise (dnsmasq's own words), ENOENT when it is missing."""
+        running = self.pid(name)
+        if running is not None:
+            return running
+        f = self.files(name)
+        if not f.conf.exists():
+            raise NetfsError(errno.EIO, f"cannot start dnsmasq: {f.conf} is missing")
+        self._make_dirs()
+        self._write_helper()
+        try:
+            os.unlink(f.pid)
+        except FileNotFoundError:
+            pass
+        env = {leases.ENV_NETWORK: name, leases.ENV_DIR: str(self.leases_dir)}
+        done = nsexec.run_sync(
+            self.netns, self.command(name), check=False, env=env, new_session=True, timeout=30.0
+        )
+        if done.returncode != 0:
+            text = nsexec.words(done)
+            code = errno.EADDRINUSE if "in use" in text.lower() else errno.EIO
+            raise NetfsError(code, f"cannot start dnsmasq: {text}")
+        pid = self.pid(name)
+        if pid is None:
+            raise NetfsError(errno.EIO, f"dnsmasq started but wrote no pid file {f.pid}")
+        log.info("network %s: dnsmasq started, pid %d", name, pid)
+        return pid
+
+    def reload(self, name: str) -> bool:
+        """SIGHUP: dnsmasq re-reads its hosts files. False if it is not running."""
+        pid = self.pid(name)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, name: str, timeout: float = 5.0) -> bool:
+        """SIGTERM (SIGKILL after `timeout`), wait for the exit, remove the pid file.
+
+        True if a dnsmasq was running."""
+        pid = self.pid(name)
+        if pid is not None:
+            _terminate(pid, timeout)
+        try:
+            os.unlink(self.files(name).pid)
+        except FileNotFoundError:
+            pass
+        return pid is not None
+
+    def restart(self, name: str) -> int:
+        """Stop and start again with the same files; the leases are kept (init)."""
+        self.stop(name)
+        return self.start(name)
+
+    # -- all of them ---------------------------------------------------------------------
+
+    def running(self) -> dict[str, int]:
+        """Every dnsmasq with a configuration of ours, by network name (one /proc scan).
+
+        dnsmasq's script helper (a child with the same command line) is not listed."""
+        prefix = f"--conf-file={self.dir}/"
+        found: dict[int, str] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            argv = _cmdline(int(entry))
+            if not argv or os.path.basename(argv[0]) != PROGRAM:
+                continue
+            for arg in argv[1:]:
+                if arg.startswith(prefix) and arg.endswith(".conf"):
+                    name = arg[len(prefix) : -len(".conf")]
+                    if "/" not in name and _alive(int(entry)):
+                        found[int(entry)] = name
+        return {name: pid for pid, name in found.items() if _ppid(pid) not in found}
+
+    def orphans(self, active: set[str] | frozenset[str]) -> dict[str, int]:
+        """Our dnsmasq processes of networks that are not active."""
+        return {n: pid for n, pid in self.running().items() if n not in active}
+
+    def stop_orphans(self, active: set[str] | frozenset[str]) -> dict[str, int]:
+        """Stop every orphan (and remove its pid file); what was stopped."""
+        found = self.orphans(active)
+        for name, pid in found.items():
+            log.info("network %s is not active: stopping its dnsmasq pid %d", name, pid)
+            _terminate(pid, 5.0)
+            try:
+                os.unlink(self.files(name).pid)
+            except FileNotFoundError:
+                pass
+        return found
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if not _wait_exit(pid, timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        _wait_exit(pid, timeout)

@@ -1,0 +1,231 @@
+"""A virtual network's firewall rules, put in place by ``nft`` in the managed
+namespace (rules and table layout: :mod:`netfs.model.firewall`).
+
+Every change is one ``nft -f`` transaction: a network's rules appear and
+disappear at once, and a failed change leaves the table as it was. Reading
+is one ``nft list table inet netfs`` for everything (recovery and repair
+read the ruleset once, whatever the number of networks). Only the table
+``inet netfs`` is ever listed or changed.
+
+As start steps (signature of :class:`netfs.subdrivers.virtual.Step`):
+``start_step`` (apply) and ``stop_step`` (remove). Recovery and the repair
+loop call :func:`repair` with every active network.
+
+Errors: NetfsError; a missing ``nft`` names the program and its package
+(ENOENT, from :mod:`netfs.nsexec`), a refused transaction is EIO with nft's
+own words.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from netfs import nsexec
+from netfs.errors import NetfsError
+from netfs.model import firewall as model
+from netfs.model.firewall import Diff, Listing, NetRules
+from netfs.model.network import NetworkDef
+
+__all__ = [
+    "Report",
+    "apply",
+    "check",
+    "listing",
+    "read",
+    "remove",
+    "repair",
+    "start_step",
+    "stop_step",
+]
+
+log = logging.getLogger(__name__)
+
+NFT = "nft"
+_LIST = [NFT, "list", "table", model.FAMILY, model.TABLE]
+
+
+@dataclass
+class Report:
+    """What :func:`check` found or :func:`repair` put right: the active
+    networks whose rules were missing or changed, the networks whose rules
+    were there although they are not active (orphans), and whether the
+    table's own chains and maps were damaged."""
+
+    diffs: list[Diff] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    base_ok: bool = True
+
+    @property
+    def clean(self) -> bool:
+        return not self.diffs and not self.orphans and self.base_ok
+
+
+# one change at a time per namespace: a repair builds its script from what
+# it read, and must not interleave with a start or stop of this process
+_locks: dict[tuple[int, str | None], trio.Lock] = {}
+
+
+def _lock(netns: str | None) -> trio.Lock:
+    key = (id(trio.lowlevel.current_trio_token()), netns)
+    lock = _locks.get(key)
+    if lock is None:
+        lock = _locks[key] = trio.Lock()
+    return lock
+
+
+async def _run(netns: str | None, script: str, what: str) -> None:
+    try:
+        await nsexec.run(netns, [NFT, "-f", "-"], stdin=script.encode())
+    except NetfsError as e:
+        if e.errno == errno.ENOENT:
+            raise
+        raise NetfsError(e.errno, f"{what}: {e.message}") from None
+
+
+async def _list(netns: str | None, *, stateless: bool) -> str:
+    argv = [NFT, "-s", *_LIST[1:]] if stateless else _LIST
+    done = await nsexec.run(netns, argv, check=False)
+    if done.returncode == 0:
+        return done.stdout.decode("utf-8", "replace")
+    if b"No such file or directory" in done.stderr:
+        return ""  # no table yet: nothing of ours is there
+    raise NetfsError(errno.EIO, f"cannot read the firewall rules: nft: {nsexec.words(done)}")
+
+
+async def read(netns: str | None) -> Listing:
+    """The table read once (counters left out, for comparison)."""
+    return model.parse_listing(await _list(netns, stateless=True))
+
+
+async def apply(netns: str | None, net: NetworkDef) -> None:
+    """Put a network's rules in place, in one transaction (the table, its
+    maps and base chains are made if missing). Idempotent: applying again
+    replaces the network's rules, it never duplicates them. Nothing for
+    mode open and the non-virtual modes."""
+    script = model.add_script(net)
+    if not script:
+        return
+    async with _lock(netns):
+        await _run(netns, script, f"cannot add the firewall rules of network '{net.name}'")
+
+
+async def remove(netns: str | None, net: NetworkDef | str) -> None:
+    """Remove a network's rules in one transaction. Given the definition
+    they were made from (the live one, at stop), no read is needed; given
+    only a name, or when the rules were changed behind our back so that
+    the direct removal is refused, the table is read and whatever belongs
+    to the network is removed. Nothing there: nothing done."""
+    name = net if isinstance(net, str) else net.name
+    what = f"cannot remove the firewall rules of network '{name}'"
+    async with _lock(netns):
+        if isinstance(net, NetworkDef):
+            script = model.remove_script(net)
+            if not script:
+                return
+            try:
+                await _run(netns, script, what)
+                return
+            except NetfsError as e:
+                if e.errno == errno.ENOENT:
+                    raise
+                log.info("network %s: direct removal refused (%s); reading the table", name, e)
+        found = (await read(netns)).found(name)
+        if not found.empty():
+            await _run(netns, model.remove_script(found), what)
+
+
+async def listing(netns: str | None, name: str) -> str:
+    """What ``NAME/firewall`` shows: the network's part of the table as
+    ``nft list`` prints it (its map elements and its chains, with their
+    counters), inside the ``table inet netfs { }`` block; '' when the
+    network has no rules in place."""
+    text = await _list(netns, stateless=False)
+    return render_listing(model.parse_listing(text), name)
+
+
+def render_listing(lst: Listing, name: str) -> str:
+    found = lst.found(name)
+    if found.empty():
+        return ""
+    blocks: list[list[str]] = []
+    for m, (typ, interval) in model.MAPS.items():
+        elems = found.elements.get(m)
+        if not elems:
+            continue
+        block = [f"\tmap {m} {{", f"\t\ttype {typ} : verdict"]
+        if interval:
+            block.append("\t\tflags interval")
+        items = [f"{model.key_text(m, k)} : jump {c}" for k, c in elems.items()]
+        block.append("\t\telements = { " + ", ".join(items) + " }")
+        block.append("\t}")
+        blocks.append(block)
+    blocks += [lst.text[c] for c in found.chains if c in lst.text]
+    lines = [f"table {model.QTABLE} {{"]
+    for i, block in enumerate(blocks):
+        if i:
+            lines.append("")
+        lines += block
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _report(
+    lst: Listing, nets: Sequence[NetworkDef], diffs: list[Diff], orphans: list[NetRules]
+) -> Report:
+    if lst.exists:
+        base_ok = lst.base_ok()
+    else:  # no table: fine as long as no network needs one
+        base_ok = all(model.expected_rules(n).empty() for n in nets)
+    return Report(diffs, [o.name for o in orphans], base_ok)
+
+
+async def check(netns: str | None, nets: Sequence[NetworkDef]) -> Report:
+    """Read the table once and compare: which of ``nets`` (the active
+    networks) have rules missing or changed, which rules belong to no
+    network of ``nets`` (orphans). Changes nothing."""
+    lst = await read(netns)
+    _script, diffs, orphans = model.repair_script(list(nets), lst)
+    return _report(lst, nets, diffs, orphans)
+
+
+async def repair(netns: str | None, nets: Sequence[NetworkDef]) -> Report:
+    """Make the table what ``nets`` (every active network) expect, reading
+    it once and changing it in one transaction: missing or changed rules
+    put back (no duplicates), orphans removed, the base chains and maps put
+    back. Returns what was wrong (clean: nothing was done)."""
+    async with _lock(netns):
+        lst = await read(netns)
+        script, diffs, orphans = model.repair_script(list(nets), lst)
+        report = _report(lst, nets, diffs, orphans)
+        if script:
+            await _run(netns, script, "cannot repair the firewall rules")
+        for d in diffs:
+            log.info("network %s: firewall rules %s, put back: %s", d.name, d.state, d.details)
+        for o in report.orphans:
+            log.info("firewall rules of inactive network %s removed", o)
+        return report
+
+
+# ------------------------------------------------------------ start steps
+
+
+class _InNamespace(Protocol):
+    @property
+    def netns(self) -> str | None: ...
+
+
+async def start_step(net: NetworkDef, nl: _InNamespace) -> None:
+    """Start step: the network's rules (libvirt adds them before the
+    bridge's addresses)."""
+    await apply(nl.netns, net)
+
+
+async def stop_step(net: NetworkDef, nl: _InNamespace) -> None:
+    """Stop step (and undo of a failed start): the network's rules go."""
+    await remove(nl.netns, net)

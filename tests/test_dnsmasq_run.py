@@ -1,0 +1,325 @@
+"""netfs.dnsmasq and netfs.leases against the real dnsmasq, udhcpc and dig.
+
+Every test works in namespaces it makes: a "host" namespace with a bridge and
+an address (where netfs's dnsmasq runs) and a guest namespace with a veth into
+the bridge (where busybox udhcpc and dig run). Teardown kills every dnsmasq
+of the test's state directory and every udhcpc it started, also on failure,
+and removes the namespaces. The dnsmasq configuration is written here in the
+shape libvirt writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from netfs import dnsmasq as dnsmasq_mod
+from netfs import leases, nsexec
+from netfs.dnsmasq import Dnsmasq
+from netfs.errors import NetfsError
+from tests.conftest import ip, make_netns_name
+
+NET = "testnet"
+BRIDGE = "nbr0"
+HOST_ADDR = "10.77.0.1"
+FIXED_MAC = "52:54:00:12:34:56"
+FIXED_ADDR = "10.77.0.42"
+GUEST_MAC = "52:54:00:00:00:07"
+
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    echo "$ip" > "$NETFS_TEST_OUT"
+    ;;
+esac
+exit 0
+"""
+
+
+def libvirt_like_conf(d: Path, name: str = NET, extra: str = "") -> str:
+    return (
+        "strict-order\n"
+        "domain=netfs.test\n"
+        "expand-hosts\n"
+        "except-interface=lo\n"
+        "bind-dynamic\n"
+        f"interface={BRIDGE}\n"
+        "dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0\n"
+        "dhcp-no-override\n"
+        "dhcp-authoritative\n"
+        "dhcp-lease-max=101\n"
+        f"dhcp-hostsfile={d}/{name}.hostsfile\n"
+        f"addn-hosts={d}/{name}.addnhosts\n" + extra
+    )
+
+
+HOSTSFILE = f"{FIXED_MAC},{FIXED_ADDR},fixed1\n"
+ADDNHOSTS = "10.77.0.9\tweb\t\n"
+
+
+@dataclass
+class Lan:
+    host: str
+    guest: str
+    state: Path
+    d: Dnsmasq
+    out: Path
+    script: Path
+    udhcpc: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def write(self, extra: str = "") -> None:
+        self.d.write_files(NET, libvirt_like_conf(self.d.dir, extra=extra), HOSTSFILE, ADDNHOSTS)
+
+    def set_mac(self, mac: str) -> None:
+        ip("link", "set", "vg0", "down", netns=self.guest)
+        ip("link", "set", "vg0", "address", mac, netns=self.guest)
+        ip("link", "set", "vg0", "up", netns=self.guest)
+
+    def dhcp(self, *extra: str) -> str:
+        """One udhcpc run in the guest: the address it got (and configured)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.out.unlink()
+        argv = ["ip", "netns", "exec", self.guest, "busybox", "udhcpc", "-i", "vg0"]
+        argv += ["-n", "-q", "-f", "-t", "5", "-T", "2", "-s", str(self.script), *extra]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETFS_TEST_OUT": str(self.out)}
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.udhcpc.append(p)
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0, out.decode(errors="replace")
+        return self.out.read_text().strip()
+
+    def dig(self, name: str) -> list[str]:
+        argv = ["dig", f"@{HOST_ADDR}", "+short", "+time=2", "+tries=3", name]
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.guest, *argv], capture_output=True, text=True, timeout=30
+        )
+        return done.stdout.split()
+
+    def records(self) -> list[leases.Lease]:
+        return leases.read_leases(self.state, NET)
+
+
+def wait_until(cond: Callable[[], bool], what: str, limit: float = 15.0) -> None:
+    """Wait (bounded) for something another process does asynchronously."""
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {limit} s: {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    for prog in ("dnsmasq", "busybox", "dig"):
+        if shutil.which(prog) is None and not os.path.exists(f"/usr/sbin/{prog}"):
+            pytest.skip(f"{prog} is not installed")
+    host, guest = make_netns_name("h"), make_netns_name("g")
+    # not pytest's tmp_path (0700): dnsmasq reads its hosts files as its own user
+    state = Path(tempfile.mkdtemp(prefix="netfs-dnsmasq-", dir="/dev/shm"))
+    os.chmod(state, 0o755)
+    made: list[str] = []
+    d = Dnsmasq(state, netns=host)
+    lan = Lan(host, guest, state, d, state / "udhcpc.out", state / "udhcpc.sh")
+    try:
+        for ns in (host, guest):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+            ip("link", "set", "lo", "up", netns=ns)
+        ip("link", "add", BRIDGE, "type", "bridge", netns=host)
+        ip("addr", "add", f"{HOST_ADDR}/24", "dev", BRIDGE, netns=host)
+        ip("link", "set", BRIDGE, "up", netns=host)
+        ip("link", "add", "vh0", "type", "veth", "peer", "name", "vg0", "netns", guest, netns=host)
+        ip("link", "set", "vh0", "master", BRIDGE, "up", netns=host)
+        ip("link", "set", "vg0", "address", GUEST_MAC, "up", netns=guest)
+        lan.script.write_text(UDHCPC_SCRIPT)
+        lan.script.chmod(0o755)
+        yield lan
+    finally:
+        for p in lan.udhcpc:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for pid in Dnsmasq(state).running().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                dnsmasq_mod._wait_exit(pid, 5.0)
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_guest_gets_an_address_and_names_resolve(lan: Lan) -> None:
+    lan.write()
+    pid = lan.d.start(NET)
+    assert lan.d.pid(NET) == pid and lan.d.is_running(NET)
+    # not root, own session, stdio on /dev/null, in the host namespace
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid != "0"
+    assert os.getsid(pid) != os.getsid(0)
+    assert all(os.readlink(f"/proc/{pid}/fd/{n}") == "/dev/null" for n in (0, 1, 2))
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{lan.host}").st_ino
+
+    got = lan.dhcp("-x", "hostname:guest1")
+    assert got.startswith("10.77.0.") and 100 <= int(got.rsplit(".", 1)[1]) <= 200
+    wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
+    (lease,) = lan.records()
+    assert (lease.mac, lease.hostname, lease.protocol) == (GUEST_MAC, "guest1", "ipv4")
+    text = leases.format_leases(lan.records(), time.time(), {"ipv4": 24})
+    fields = text.rstrip("\n").split(" ")
+    assert fields[1:5] == [GUEST_MAC, "ipv4", f"{got}/24", "guest1"] and len(fields) == 6
+    assert fields[0].endswith("+00:00") and fields[0] > time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    assert lan.dig("web") == ["10.77.0.9"]  # addn-hosts
+    assert lan.dig("guest1.netfs.test") == [got]  # a DHCP host name in the domain
+
+
+def test_dhcp_host_gets_its_fixed_address_and_reload_rereads_hosts(lan: Lan) -> None:
+    lan.write()
+    pid = lan.d.start(NET)
+    lan.set_mac(FIXED_MAC)
+    assert lan.dhcp() == FIXED_ADDR
+    assert lan.dig("fixed1.netfs.test") == [FIXED_ADDR]
+    assert lan.dig("db") == []
+    lan.d.write_hosts(NET, HOSTSFILE, ADDNHOSTS + "10.77.0.10\tdb\t\n")
+    assert lan.d.reload(NET)
+    wait_until(lambda: lan.dig("db") == ["10.77.0.10"], "db resolves after SIGHUP")
+    assert lan.d.pid(NET) == pid
+
+
+def test_leases_survive_kill_and_restart_of_dnsmasq(lan: Lan) -> None:
+    lan.write()
+    first = lan.d.start(NET)
+    got = lan.dhcp("-x", "hostname:guest1")
+    wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
+    os.kill(first, signal.SIGKILL)
+    assert dnsmasq_mod._wait_exit(first, 5.0)
+    assert not lan.d.is_running(NET)
+    second = lan.d.start(NET)
+    assert second != first
+    # the new dnsmasq knows the lease from `init` before the guest says anything
+    assert lan.dig("guest1.netfs.test") == [got]
+    # another machine asking for that address does not get it
+    lan.set_mac("52:54:00:00:00:99")
+    other = lan.dhcp("-r", got)
+    assert other != got
+    # the guest renews and keeps its address
+    lan.set_mac(GUEST_MAC)
+    assert lan.dhcp("-r", got) == got
+    assert lan.dhcp() == got
+    wait_until(lambda: len(lan.records()) == 2, "both leases recorded")
+    # and a restart (stop, start) keeps them too
+    third = lan.d.restart(NET)
+    assert third not in (first, second)
+    assert lan.dig("guest1.netfs.test") == [got]
+
+
+def test_adopt_after_daemon_restart_and_orphans(lan: Lan) -> None:
+    lan.write()
+    pid = lan.d.start(NET)
+    again = Dnsmasq(lan.state, netns=lan.host)  # a new daemon, same state directory
+    assert again.adopt(NET) == pid
+    assert again.start(NET) == pid  # not restarted
+    assert again.running() == {NET: pid}
+    assert again.orphans({NET}) == {}
+    assert again.orphans(set()) == {NET: pid}
+    # a pid file naming another process is not ours
+    lan.d.files(NET).pid.write_text(f"{os.getpid()}\n")
+    assert again.adopt(NET) is None
+    lan.d.files(NET).pid.write_text(f"{pid}\n")
+    assert again.stop_orphans(set()) == {NET: pid}
+    assert not Path(f"/proc/{pid}").exists() or not dnsmasq_mod._alive(pid)
+    assert again.running() == {} and not lan.d.files(NET).pid.exists()
+
+
+def test_stop_waits_for_the_exit_and_removes_the_pid_file(lan: Lan) -> None:
+    lan.write()
+    pid = lan.d.start(NET)
+    assert lan.d.stop(NET) is True
+    assert not dnsmasq_mod._alive(pid)
+    assert not lan.d.files(NET).pid.exists()
+    assert lan.d.stop(NET) is False
+    assert lan.d.reload(NET) is False
+
+
+HOSTILE = "\x1b[31m;$(touch\n/tmp/pwned)`id`|{}\\'\"#\tx y"
+
+
+def test_hostile_host_name_leaves_well_formed_leases(lan: Lan) -> None:
+    lan.write()
+    lan.d.start(NET)
+    got = lan.dhcp("-x", f"hostname:{HOSTILE}")
+    wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
+    text = leases.format_leases(lan.records(), time.time(), {"ipv4": 24})
+    assert text.endswith("\n") and text.count("\n") == 1
+    fields = text[:-1].split(" ")
+    assert len(fields) == 6 and fields[3] == f"{got}/24"
+    assert all(0x21 <= b < 0x7F for b in text[:-1].replace(" ", "").encode())
+    # what the guest sent arrived (dnsmasq cuts it at the tab) and is escaped
+    assert fields[4].startswith("\\x1b[31m;$(touch\\x0a/tmp/pwned)`id`|{}\\x5c")
+    assert "\n" in lan.records()[0].hostname
+    assert not os.path.exists("/tmp/pwned")
+    # dnsmasq still serves and replays nothing malformed
+    lan.d.restart(NET)
+    assert lan.dhcp("-r", got) == got
+
+
+def test_taken_port_is_eaddrinuse_and_nothing_left(lan: Lan) -> None:
+    lan.write()
+    sock: list[socket.socket] = []
+
+    def bind_in_host() -> None:
+        fd = nsexec.open_netns(lan.host)
+        try:
+            nsexec.setns_fd(fd)
+        finally:
+            os.close(fd)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST_ADDR, 53))
+        sock.append(s)
+
+    t = threading.Thread(target=bind_in_host)
+    t.start()
+    t.join()
+    try:
+        with pytest.raises(NetfsError) as e:
+            lan.d.start(NET)
+        assert e.value.errno == errno.EADDRINUSE
+        assert "Address already in use" in e.value.message
+        assert lan.d.running() == {} and not lan.d.files(NET).pid.exists()
+    finally:
+        sock[0].close()
+    assert lan.d.start(NET) > 0
+
+
+def test_refused_configuration_is_eio_with_dnsmasqs_words(lan: Lan) -> None:
+    lan.write(extra="no-such-option-at-all\n")
+    with pytest.raises(NetfsError) as e:
+        lan.d.start(NET)
+    assert e.value.errno == errno.EIO and "bad option" in e.value.message
+    assert lan.d.running() == {}
+
+
+def test_missing_dnsmasq_is_named(lan: Lan, monkeypatch: pytest.MonkeyPatch) -> None:
+    lan.write()
+    monkeypatch.setattr(dnsmasq_mod, "PROGRAM", "netfs-no-such-dnsmasq")
+    with pytest.raises(NetfsError) as e:
+        lan.d.start(NET)
+    assert e.value.errno == errno.ENOENT and "netfs-no-such-dnsmasq" in e.value.message
