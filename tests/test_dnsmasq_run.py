@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import shutil
 import signal
 import socket
@@ -323,3 +324,38 @@ def test_missing_dnsmasq_is_named(lan: Lan, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(NetfsError) as e:
         lan.d.start(NET)
     assert e.value.errno == errno.ENOENT and "netfs-no-such-dnsmasq" in e.value.message
+
+
+def test_watch_sees_leases_granted_and_removed(lan: Lan) -> None:
+    # no dhcp-host at first: the guest gets an address from the range
+    lan.d.write_files(NET, libvirt_like_conf(lan.d.dir), "", ADDNHOSTS)
+    lan.d.start(NET)
+    lan.set_mac(FIXED_MAC)
+    watch = leases.LeaseWatch(lan.d.leases_dir)
+    added: list[tuple[str, str]] = []
+    removed: list[tuple[str, str]] = []
+
+    def seen(want_added: int, want_removed: int) -> bool:
+        if select.select([watch.fd], [], [], 0.05)[0]:
+            for change in watch.poll():
+                assert change.network == NET
+                added.extend(change.added)
+                removed.extend(change.removed)
+        return len(added) >= want_added and len(removed) >= want_removed
+
+    try:
+        first = lan.dhcp()
+        assert first != FIXED_ADDR
+        wait_until(lambda: seen(1, 0), "the lease seen")
+        assert added == [(FIXED_MAC, first)] and removed == []
+        # a dhcp-host entry for it now (live: hosts file + SIGHUP): its next
+        # request is refused, it gets its fixed address, the old lease goes
+        lan.d.write_hosts(NET, HOSTSFILE, ADDNHOSTS)
+        assert lan.d.reload(NET)
+        assert lan.dhcp("-r", first) == FIXED_ADDR
+        wait_until(lambda: seen(2, 1), "the new lease and the removal seen")
+        assert added == [(FIXED_MAC, first), (FIXED_MAC, FIXED_ADDR)]
+        assert removed == [(FIXED_MAC, first)]
+        assert [x.address for x in lan.records()] == [FIXED_ADDR]
+    finally:
+        watch.close()
