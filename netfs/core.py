@@ -36,6 +36,7 @@ import trio
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
+from netfs.model.dnsmasq import has_raw_options
 from netfs.model.network import NetworkDef, format_network, parse_network
 from netfs.model.port import (
     NetworkPort,
@@ -52,7 +53,9 @@ from netfs.netrecord import NetRecord, device_usage, qos
 from netfs.reconcile import LinkReconciler
 from netfs.recovery import Recovery
 from netfs.state import StateStore, check_name, format_status
+from netfs.subdrivers.services import Services
 from netfs.subdrivers.steps import StepContext
+from netfs.traffic import TrafficGuard
 from netfs.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -72,9 +75,17 @@ EVENT_KINDS = frozenset(
         "updated",
         "port-created",
         "port-deleted",
+        "lease-added",
+        "lease-removed",
+        "repaired",
         "error",
+        "leases",
     }
 )
+# kinds that are not lines of `events`: "error" (the network's error was
+# recorded: the `error` file changed) and "leases" (its lease records
+# changed: the `leases` file changed; renewals included)
+INTERNAL_KINDS = frozenset({"error", "leases"})
 
 
 @dataclass(frozen=True)
@@ -82,8 +93,10 @@ class Event:
     """One change of one network, as a line of the ``events`` file.
 
     ``kind`` is one of the words of the events file (defined undefined
-    started stopped updated port-created port-deleted) or the internal
-    ``error``: the core recorded an error for the network (any cause: a
+    started stopped updated port-created port-deleted lease-added
+    lease-removed repaired; ``detail`` is the rest of their line) or one of
+    :data:`INTERNAL_KINDS`: ``leases`` (the network's lease records changed)
+    or ``error``: the core recorded an error for the network (any cause: a
     failed operation, autostart, recovery, reload, :meth:`Driver.set_error`);
     the text is the network's ``error``. ``line()`` renders it like the
     others ("... testA error"), but it is not a word of the events file:
@@ -93,10 +106,14 @@ class Event:
     network: str
     kind: str
     port: str | None = None
+    # the rest of the line: "MAC ADDRESS" (lease-added/-removed), WHAT (repaired)
+    detail: str | None = None
 
     def line(self) -> str:
         text = f"{self.time.isoformat(timespec='milliseconds')} {self.network} {self.kind}"
-        return text if self.port is None else f"{text} {self.port}"
+        if self.port is not None:
+            text = f"{text} {self.port}"
+        return text if self.detail is None else f"{text} {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -138,8 +155,19 @@ def _with_name(xml: bytes | str, name: str) -> bytes | str:
 class Driver:
     """The network driver: see the module docstring for the rules."""
 
-    def __init__(self, config_dir: Path, state_dir: Path, netlink: NetlinkAdapter) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        state_dir: Path,
+        netlink: NetlinkAdapter,
+        *,
+        services: bool = True,
+    ) -> None:
+        """``services``: run the programs of virtual networks (nft rules,
+        dnsmasq) in the netlink adapter's namespace; False: the bridge side
+        only (tests against an in-memory kernel)."""
         self.store = StateStore(config_dir, state_dir)
+        self.services = Services(Path(state_dir), netlink.netns) if services else None
         self._state_thread = Worker("netfs-state", idle=10.0)
         self.nl = netlink
         self._nets: dict[str, NetRecord] = {}
@@ -147,6 +175,7 @@ class Driver:
         self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
         self._links = LinkReconciler(self)
         self._recovery = Recovery(self)
+        self.traffic = TrafficGuard(self)
         # define/undefine/autostart changes made through the core, numbered:
         # a reload does not apply what it read before such a change
         self._change_seq = 0
@@ -170,10 +199,15 @@ class Driver:
         if send is not None:
             send.close()
 
-    def _emit(self, network: str, kind: str, port: str | None = None) -> None:
+    def _emit(
+        self, network: str, kind: str, port: str | None = None, detail: str | None = None
+    ) -> None:
         assert kind in EVENT_KINDS, kind
-        ev = Event(datetime.now(UTC), network, kind, port)
-        log.info("event: %s", ev.line())
+        ev = Event(datetime.now(UTC), network, kind, port, detail)
+        if kind == "leases":
+            log.debug("event: %s", ev.line())
+        else:
+            log.info("event: %s", ev.line())
         for key, send in list(self._subscribers.items()):
             try:
                 send.send_nowait(ev)
@@ -291,11 +325,19 @@ class Driver:
 
     def _context(self, live: NetworkDef, nl: NetlinkOps | None = None) -> StepContext:
         """What a sub-driver's steps get for one network."""
+        name = live.name
+
+        def repaired(what: str) -> None:
+            log.warning("network %s: repaired %s", name, what)
+            self._emit(name, "repaired", detail=what)
+
         return StepContext(
             net=live,
             nl=self.nl if nl is None else nl,
             run_dir=self.store.run_dir(live.name),
             netns=self.nl.netns,
+            services=self.services,
+            on_repair=repaired,
         )
 
     async def _store(self, fn: Callable[..., T], *args: Any) -> T:
@@ -303,13 +345,19 @@ class Driver:
 
     # ------------------------------------------------------------------ define
 
-    async def define(self, xml: bytes | str, *, name: str | None = None) -> str:
+    async def define(
+        self, xml: bytes | str, *, name: str | None = None, privileged: bool = True
+    ) -> str:
         """Define (or redefine) a network strictly; returns its name.
 
         ``name`` is the directory the definition was written to: the XML's
         ``<name>`` must equal it (EINVAL), and a definition without ``<name>``
         takes it. Emits ``defined`` (new) or ``updated`` (redefinition); a
-        redefinition of an active network becomes effective at its next start.
+        redefinition of an active network becomes effective at its next
+        start, unless it differs only in DHCP hosts/ranges and DNS records:
+        those are applied to the running network at once
+        (:meth:`netfs.traffic.TrafficGuard.live_update`). ``privileged``:
+        the caller is root; anyone else gets EPERM for ``<dnsmasq:options>``.
         """
         with self._recording(name if name in self._nets else None):
             if name is not None:
@@ -324,6 +372,12 @@ class Driver:
                     f"network name '{net.name}' does not match directory name '{name}'",
                 )
             check_name(net.name)
+            if not privileged and has_raw_options(net):
+                raise NetfsError(
+                    errno.EPERM,
+                    "only root may define <dnsmasq:options>: "
+                    "raw dnsmasq options can run programs as root",
+                )
             explicit_uuid = not net.uuid_generated
         async with self._transition(net.name):
             sub = subdrivers.for_mode(net.forward.mode, net)
@@ -385,8 +439,24 @@ class Driver:
                 old.definition = net
                 old.problem = None
                 old.persistent = True
+                if old.live is not None:
+                    await self._live_change(old, net)
                 self._emit(net.name, "updated")
             return net.name
+
+    async def _live_change(self, n: NetRecord, net: NetworkDef) -> None:
+        """A saved redefinition of an active network: applied to it now if
+        only DHCP/DNS entries differ; a failure is its error (the definition
+        stays saved, for the next start)."""
+        try:
+            live = await self.traffic.live_update(n, net)
+        except NetfsError as e:
+            self.set_error(n.name, f"saved, but not applied to the running network: {e.message}")
+            return
+        if live is not None:
+            self._set_live(n, live)
+            n.recount()
+            await self._save_qos(n)
 
     def _note_change(self, name: str) -> None:
         """A config-directory change of ``name`` made through the core (a
@@ -419,6 +489,7 @@ class Driver:
                 self._emit(name, "updated")
             else:
                 del self._nets[name]
+                await self.traffic.forget(name)
                 self._emit(name, "undefined")
 
     # ------------------------------------------------------------------ start / stop
@@ -468,6 +539,7 @@ class Driver:
             if link:
                 self._links.starting.pop(link, None)
         self._emit(n.name, "started")
+        self.traffic.started(n.name)
         if n.name in self._links.lost_in_start:
             # its link was deleted while it started (before the monitor
             # could know it as this network's)
@@ -510,8 +582,11 @@ class Driver:
 
     async def _mark_down(self, n: NetRecord) -> None:
         """An active network found not running (recovery, the monitor): its
-        status file goes, then it is stopped without its sub-driver."""
+        status file goes, then it is stopped without its sub-driver (its
+        programs, dnsmasq and rules, are stopped)."""
         await self._store(self.store.delete_status, n.name)
+        if n.live is not None:
+            await self.traffic.down(n.live)
         await self._finish_stop(n)
 
     async def _finish_stop(self, n: NetRecord) -> None:
@@ -525,6 +600,7 @@ class Driver:
         self._emit(n.name, "stopped")
         if not n.persistent:
             del self._nets[n.name]
+            await self.traffic.forget(n.name)
             self._emit(n.name, "undefined")
 
     async def set_autostart(self, name: str, on: bool) -> None:
@@ -629,9 +705,32 @@ class Driver:
 
     async def run_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Follow link events; reconcile networks whose link vanished
-        (:mod:`netfs.reconcile`). Runs until cancelled; a failing monitor is
+        (:mod:`netfs.reconcile`); keep dnsmasq and the firewall rules of
+        active networks in place and report lease changes
+        (:mod:`netfs.traffic`). Runs until cancelled; a failing monitor is
         logged, resynchronised and reopened."""
-        await self._links.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.traffic.run)
+            await nursery.start(self._links.run)
+            task_status.started()
+
+    # ------------------------------------------------------------------ traffic
+
+    def leases_text(self, name: str) -> str:
+        """``NAME/leases``: the network's current DHCP leases, one line
+        each ('' for a network without DHCP)."""
+        return self.traffic.leases_text(self._get(name))
+
+    def firewall_text(self, name: str) -> str:
+        """``NAME/firewall``: the network's rules in place as ``nft list``
+        prints them, as last read (the guard reads the table at every change
+        of it, and at most a second after a read of this asks for it); ''
+        when inactive or without rules (mode open)."""
+        return self.traffic.firewall_text(self._get(name))
+
+    async def firewall_listing(self, name: str) -> str:
+        """Like :meth:`firewall_text`, read from the kernel now."""
+        return await self.traffic.firewall_listing(self._get(name))
 
     async def resync(self) -> None:
         """Compare every active network with the kernel (after an overrun)."""
