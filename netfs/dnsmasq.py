@@ -68,35 +68,42 @@ class Files:
     pid: Path
 
 
-def _cmdline(pid: int) -> list[str] | None:
+def _read(path: str) -> bytes | None:
+    """A small /proc file in one read (no buffered file object: recovery reads
+    one per process)."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    raw = _read(f"/proc/{pid}/cmdline")
     return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]] if raw else None
+
+
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """(state, ppid) of a process."""
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return fields[0], int(fields[1])
 
 
 def _alive(pid: int) -> bool:
     """Running (not a zombie waiting to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+    st = _stat(pid)
+    return st is not None and st[0] not in (b"Z", b"X")
 
 
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
+def wait_exit(pid: int, timeout: float = 5.0) -> bool:
     """Wait until pid has exited (pidfd: works for a process not our child)."""
     try:
         fd = os.pidfd_open(pid)
@@ -126,6 +133,7 @@ class Dnsmasq:
         self.helper = self.dir / HELPER_NAME
         self.netns = netns
         self.user = user or run_user()
+        self._checked = False
 
     # -- files ---------------------------------------------------------------------
 
@@ -142,6 +150,18 @@ class Dnsmasq:
         for d in (self.dir, self.leases_dir):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)  # dnsmasq re-reads the hosts files as its own user
+        if not self._checked:
+            self._checked = True
+            for up in self.dir.resolve().parents:
+                if not os.stat(up).st_mode & 0o001:
+                    log.warning(
+                        "%s is not searchable by others: dnsmasq (user %s) cannot read "
+                        "the hosts files under %s",
+                        up,
+                        self.user,
+                        self.dir,
+                    )
+                    break
 
     def write_files(self, name: str, conf: str, hostsfile: str = "", addnhosts: str = "") -> None:
         """Write a network's configuration and hosts files (atomically each)."""
@@ -198,15 +218,28 @@ class Dnsmasq:
             and os.path.basename(argv[0]) == PROGRAM
             and f"--conf-file={self.files(name).conf}" in argv
             and _alive(pid)
+            and self._in_our_netns(pid)
         )
+
+    def _in_our_netns(self, pid: int) -> bool:
+        ns = nsexec.netns_path(self.netns) if self.netns else "/proc/self/ns/net"
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(ns).st_ino
+        except OSError:
+            return False
+
+    def _pidfile(self, name: str) -> int | None:
+        raw = _read(str(self.files(name).pid))
+        try:
+            pid = int(raw or b"")
+        except ValueError:
+            return None
+        return pid if pid > 0 else None
 
     def pid(self, name: str) -> int | None:
         """The pid of the network's running dnsmasq (pid file and command line match)."""
-        try:
-            pid = int(self.files(name).pid.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid > 0 and self._ours(name, pid) else None
+        pid = self._pidfile(name)
+        return pid if pid is not None and self._ours(name, pid) else None
 
     def is_running(self, name: str) -> bool:
         return self.pid(name) is not None
@@ -237,15 +270,16 @@ class Dnsmasq:
         except FileNotFoundError:
             pass
         env = {leases.ENV_NETWORK: name, leases.ENV_DIR: str(self.leases_dir)}
-        done = nsexec.run_sync(
-            self.netns, self.command(name), check=False, env=env, new_session=True, timeout=30.0
-        )
+        done = nsexec.run_sync(self.netns, self.command(name), check=False, env=env, timeout=30.0)
         if done.returncode != 0:
             text = nsexec.words(done)
             code = errno.EADDRINUSE if "in use" in text.lower() else errno.EIO
             raise NetfsError(code, f"cannot start dnsmasq: {text}")
         pid = self.pid(name)
-        if pid is None:
+        if pid is None:  # e.g. a pid-file= line naming another file: leave nothing behind
+            for other, stray in self.processes():
+                if other == name and self._in_our_netns(stray):
+                    _terminate(stray, 5.0)
             raise NetfsError(errno.EIO, f"dnsmasq started but wrote no pid file {f.pid}")
         log.info("network %s: dnsmasq started, pid %d", name, pid)
         return pid
@@ -265,14 +299,26 @@ class Dnsmasq:
         """SIGTERM (SIGKILL after `timeout`), wait for the exit, remove the pid file.
 
         True if a dnsmasq was running."""
+        pid = self.signal_stop(name)
+        if pid is not None:
+            _wait_or_kill(pid, timeout)
+        return pid is not None
+
+    def signal_stop(self, name: str) -> int | None:
+        """The first half of :meth:`stop`: SIGTERM and the pid file removed, no
+        wait (dnsmasq takes ~15 ms to exit: a network's stop can delete its
+        bridge meanwhile, then :func:`wait_exit` the pid returned)."""
         pid = self.pid(name)
         if pid is not None:
-            _terminate(pid, timeout)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pid = None
         try:
             os.unlink(self.files(name).pid)
         except FileNotFoundError:
             pass
-        return pid is not None
+        return pid
 
     def restart(self, name: str) -> int:
         """Stop and start again with the same files; the leases are kept (init)."""
@@ -281,39 +327,60 @@ class Dnsmasq:
 
     # -- all of them ---------------------------------------------------------------------
 
-    def running(self) -> dict[str, int]:
-        """Every dnsmasq with a configuration of ours, by network name (one /proc scan).
-
-        dnsmasq's script helper (a child with the same command line) is not listed."""
+    def processes(self) -> list[tuple[str, int]]:
+        """Every dnsmasq with a configuration of ours: (network name, pid), from
+        one /proc scan, in any namespace. dnsmasq's script helper (a child with
+        the same command line) is not listed."""
         prefix = f"--conf-file={self.dir}/"
-        found: dict[int, str] = {}
+        found: dict[int, tuple[str, int]] = {}
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
+            if not entry.isdigit() or _read(f"/proc/{entry}/comm") != b"dnsmasq\n":
                 continue
-            argv = _cmdline(int(entry))
-            if not argv or os.path.basename(argv[0]) != PROGRAM:
+            pid = int(entry)
+            argv, st = _cmdline(pid), _stat(pid)
+            if not argv or st is None or st[0] in (b"Z", b"X"):
                 continue
             for arg in argv[1:]:
                 if arg.startswith(prefix) and arg.endswith(".conf"):
                     name = arg[len(prefix) : -len(".conf")]
-                    if "/" not in name and _alive(int(entry)):
-                        found[int(entry)] = name
-        return {name: pid for pid, name in found.items() if _ppid(pid) not in found}
+                    if "/" not in name:
+                        found[pid] = (name, st[1])
+        return sorted((name, pid) for pid, (name, ppid) in found.items() if ppid not in found)
 
-    def orphans(self, active: set[str] | frozenset[str]) -> dict[str, int]:
-        """Our dnsmasq processes of networks that are not active."""
-        return {n: pid for n, pid in self.running().items() if n not in active}
+    def running(self) -> dict[str, int]:
+        """:meth:`processes` by network name."""
+        return dict(self.processes())
 
-    def stop_orphans(self, active: set[str] | frozenset[str]) -> dict[str, int]:
-        """Stop every orphan (and remove its pid file); what was stopped."""
+    def survey(
+        self, active: set[str] | frozenset[str]
+    ) -> tuple[dict[str, int | None], list[tuple[str, int]]]:
+        """Recovery in one /proc scan: the running dnsmasq of each active network
+        (None: to be started) and the orphans (:meth:`orphans`)."""
+        procs = self.processes()
+        by_pid = {pid: name for name, pid in procs}
+        adopted: dict[str, int | None] = {}
+        for name in active:
+            pid = self._pidfile(name)
+            ok = pid is not None and by_pid.get(pid) == name and self._in_our_netns(pid)
+            adopted[name] = pid if ok else None
+        return adopted, [(n, pid) for n, pid in procs if adopted.get(n) != pid]
+
+    def orphans(self, active: set[str] | frozenset[str]) -> list[tuple[str, int]]:
+        """Our dnsmasq processes that are not the running dnsmasq of an active
+        network: of a network not active, or a second one, or in another namespace."""
+        return self.survey(active)[1]
+
+    def stop_orphans(self, active: set[str] | frozenset[str]) -> list[tuple[str, int]]:
+        """Stop every orphan (and remove the pid file of a network not active)."""
         found = self.orphans(active)
-        for name, pid in found.items():
-            log.info("network %s is not active: stopping its dnsmasq pid %d", name, pid)
+        for name, pid in found:
+            log.info("dnsmasq pid %d of network %s is an orphan: stopping it", pid, name)
             _terminate(pid, 5.0)
-            try:
-                os.unlink(self.files(name).pid)
-            except FileNotFoundError:
-                pass
+            if name not in active:
+                try:
+                    os.unlink(self.files(name).pid)
+                except FileNotFoundError:
+                    pass
         return found
 
 
@@ -322,9 +389,13 @@ def _terminate(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    if not _wait_exit(pid, timeout):
+    _wait_or_kill(pid, timeout)
+
+
+def _wait_or_kill(pid: int, timeout: float) -> None:
+    if not wait_exit(pid, timeout):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
-        _wait_exit(pid, timeout)
+        wait_exit(pid, timeout)

@@ -98,8 +98,10 @@ class Lease:
     def __repr__(self) -> str:
         return "Lease" + repr(self._key())
 
-    def replace(self, hostname: str | None) -> Lease:
-        return Lease(self.address, self.mac, self.expiry, hostname, self.client_id, self.iaid)
+    def replace(self, hostname: str | None, mac: str | None = None) -> Lease:
+        """The same lease with this host name (and this MAC, when given)."""
+        mac = self.mac if mac is None else mac
+        return Lease(self.address, mac, self.expiry, hostname, self.client_id, self.iaid)
 
     @property
     def protocol(self) -> str:
@@ -170,7 +172,7 @@ def records_path(directory: str | os.PathLike[str], name: str) -> str:
 
 
 def _check_name(name: str) -> str:
-    if not name or "/" in name or name in (".", "..") or name.startswith("."):
+    if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"bad network name for lease records: {name!r}")
     return name
 
@@ -356,9 +358,14 @@ def apply_event(
         lease = lease_from_event(argv, env, now)
         if lease is not None:
             before = [x for x in kept if x.address == lease.address]
+            if before and lease.mac is None and before[0].client_id == lease.client_id:
+                lease = lease.replace(before[0].hostname, mac=before[0].mac)
             if lease.hostname is None and before and before[0].mac == lease.mac:
                 lease = lease.replace(before[0].hostname)
-            kept = [x for x in kept if x.address != lease.address] + [lease]
+            if before:  # a renewal or a change keeps its place
+                kept = [lease if x.address == lease.address else x for x in kept]
+            else:
+                kept.append(lease)
             duid = env.get("DNSMASQ_SERVER_DUID") or duid
     elif action == "del" and len(argv) >= 3:
         kept = [x for x in kept if x.address != argv[2]]
@@ -544,7 +551,7 @@ class LeaseWatch:
         self.fd = fd
         self.known: dict[str, Records] = {}
         for entry in os.listdir(self.directory):
-            if entry.endswith(SUFFIX) and not entry.startswith("."):
+            if entry.endswith(SUFFIX):
                 name = entry[: -len(SUFFIX)]
                 self.known[name] = read_records(self.directory, name)
 
@@ -566,7 +573,7 @@ class LeaseWatch:
             raw = data[i + 16 : i + 16 + length].rstrip(b"\0")
             i += 16 + length
             name = os.fsdecode(raw)
-            if name.endswith(SUFFIX) and not name.startswith("."):
+            if name.endswith(SUFFIX):  # not a lock, temporary or init file
                 stem = name[: -len(SUFFIX)]
                 if stem not in names:
                     names.append(stem)

@@ -104,8 +104,8 @@ class Lan:
         assert p.returncode == 0, out.decode(errors="replace")
         return self.out.read_text().strip()
 
-    def dig(self, name: str) -> list[str]:
-        argv = ["dig", f"@{HOST_ADDR}", "+short", "+time=2", "+tries=3", name]
+    def dig(self, name: str, qtype: str = "A") -> list[str]:
+        argv = ["dig", f"@{HOST_ADDR}", "+short", "+time=2", "+tries=3", name, qtype]
         done = subprocess.run(
             ["ip", "netns", "exec", self.guest, *argv], capture_output=True, text=True, timeout=30
         )
@@ -160,7 +160,7 @@ def lan() -> Iterator[Lan]:
         for pid in Dnsmasq(state).running().values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-                dnsmasq_mod._wait_exit(pid, 5.0)
+                dnsmasq_mod.wait_exit(pid, 5.0)
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(state, ignore_errors=True)
@@ -211,7 +211,7 @@ def test_leases_survive_kill_and_restart_of_dnsmasq(lan: Lan) -> None:
     got = lan.dhcp("-x", "hostname:guest1")
     wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
     os.kill(first, signal.SIGKILL)
-    assert dnsmasq_mod._wait_exit(first, 5.0)
+    assert dnsmasq_mod.wait_exit(first, 5.0)
     assert not lan.d.is_running(NET)
     second = lan.d.start(NET)
     assert second != first
@@ -239,13 +239,17 @@ def test_adopt_after_daemon_restart_and_orphans(lan: Lan) -> None:
     assert again.adopt(NET) == pid
     assert again.start(NET) == pid  # not restarted
     assert again.running() == {NET: pid}
-    assert again.orphans({NET}) == {}
-    assert again.orphans(set()) == {NET: pid}
+    assert again.orphans({NET}) == []
+    assert again.orphans(set()) == [(NET, pid)]
+    assert again.survey({NET, "other"}) == ({NET: pid, "other": None}, [])
     # a pid file naming another process is not ours
     lan.d.files(NET).pid.write_text(f"{os.getpid()}\n")
     assert again.adopt(NET) is None
     lan.d.files(NET).pid.write_text(f"{pid}\n")
-    assert again.stop_orphans(set()) == {NET: pid}
+    # nor is a dnsmasq of ours in another namespace than the daemon's
+    assert Dnsmasq(lan.state, netns=lan.guest).adopt(NET) is None
+    assert Dnsmasq(lan.state, netns=lan.guest).orphans({NET}) == [(NET, pid)]
+    assert again.stop_orphans(set()) == [(NET, pid)]
     assert not Path(f"/proc/{pid}").exists() or not dnsmasq_mod._alive(pid)
     assert again.running() == {} and not lan.d.files(NET).pid.exists()
 
@@ -258,6 +262,11 @@ def test_stop_waits_for_the_exit_and_removes_the_pid_file(lan: Lan) -> None:
     assert not lan.d.files(NET).pid.exists()
     assert lan.d.stop(NET) is False
     assert lan.d.reload(NET) is False
+    # in two halves: signal, then wait
+    pid = lan.d.start(NET)
+    assert lan.d.signal_stop(NET) == pid and not lan.d.files(NET).pid.exists()
+    assert dnsmasq_mod.wait_exit(pid) and not dnsmasq_mod._alive(pid)
+    assert lan.d.running() == {}
 
 
 HOSTILE = "\x1b[31m;$(touch\n/tmp/pwned)`id`|{}\\'\"#\tx y"
@@ -359,3 +368,36 @@ def test_watch_sees_leases_granted_and_removed(lan: Lan) -> None:
         assert [x.address for x in lan.records()] == [FIXED_ADDR]
     finally:
         watch.close()
+
+
+def test_ipv6_and_ipv4_leases_are_replayed_at_start(lan: Lan) -> None:
+    ip("addr", "add", "fd00:77::1/64", "dev", BRIDGE, "nodad", netns=lan.host)
+    lan.write(extra="dhcp-range=fd00:77::100,fd00:77::1ff,64\n")
+    exp = int(time.time()) + 3600
+    duid = "00:01:00:01:2a:3b:4c:5d:52:54:00:00:00:07"
+    recs = leases.Records(
+        (
+            leases.Lease("10.77.0.150", GUEST_MAC, exp, "guest4", "01:52:54:00:00:00:07"),
+            leases.Lease("fd00:77::150", GUEST_MAC, exp, "guest6", duid, "7"),
+        ),
+        "00:01:00:01:11:22:33:44:52:54:00:00:00:01",
+    )
+    # (write_files made the leases directory)
+    leases.write_records(lan.d.leases_dir, NET, recs)
+    lan.d.start(NET)
+    ip("addr", "add", "10.77.0.50/24", "dev", "vg0", netns=lan.guest)
+    # dnsmasq loaded both from `init`: their names resolve at once
+    assert lan.dig("guest4.netfs.test") == ["10.77.0.150"]
+    assert lan.dig("guest6.netfs.test", "AAAA") == ["fd00:77::150"]
+    assert lan.records() == list(recs.leases)
+
+
+def test_a_pid_file_elsewhere_is_eio_and_nothing_left(lan: Lan) -> None:
+    lan.write(extra=f"pid-file={lan.state}/elsewhere.pid\n")
+    with pytest.raises(NetfsError) as e:
+        lan.d.start(NET)
+    assert e.value.errno == errno.EIO and "pid file" in e.value.message
+    assert lan.d.running() == {}
+    # the same path as ours is fine (libvirt writes pid-file= at run time)
+    lan.write(extra=f"pid-file={lan.d.files(NET).pid}\n")
+    assert lan.d.start(NET) == lan.d.pid(NET)

@@ -41,8 +41,11 @@ def test_add_old_del_keep_one_record_per_address(tmp_path: Path) -> None:
     call(tmp_path, "del", MAC, "10.0.0.5")
     got = leases.read_records(tmp_path, "net1").leases
     assert [x.address for x in got] == ["10.0.0.6"]
-    # networks are apart
+    # networks are apart (any name libvirt allows, also one starting with a dot)
     assert leases.read_records(tmp_path, "net2").leases == ()
+    call(tmp_path, "add", MAC, "10.0.0.9", name=".dot", DNSMASQ_LEASE_EXPIRES="0")
+    assert [x.address for x in leases.read_records(tmp_path, ".dot").leases] == ["10.0.0.9"]
+    assert [x.address for x in leases.read_records(tmp_path, "net1").leases] == ["10.0.0.6"]
 
 
 def test_expired_leases_are_dropped(tmp_path: Path) -> None:
@@ -227,3 +230,15 @@ def test_watch_reports_added_renewed_removed(tmp_path: Path) -> None:
         leases.LeaseChange("net1", (), ()),
         leases.LeaseChange("net1", (), ((MAC, "10.0.0.5"),)),
     ]
+
+
+def test_a_renewal_keeps_place_mac_and_name(tmp_path: Path) -> None:
+    duid = "00:01:00:01:2a:3b:4c:5d:52:54:00:aa:bb:01"
+    v6 = {"DNSMASQ_IAID": "7", "DNSMASQ_LEASE_EXPIRES": str(NOW + 60)}
+    call(tmp_path, "add", duid, "fd00::10", "g6", DNSMASQ_MAC=MAC, **v6)
+    call(tmp_path, "add", "52:54:00:aa:bb:02", "10.0.0.6", DNSMASQ_LEASE_EXPIRES="0")
+    # dnsmasq's `old` at its start: no MAC for a DHCPv6 lease it loaded, no name
+    call(tmp_path, "old", duid, "fd00::10", **{**v6, "DNSMASQ_LEASE_EXPIRES": str(NOW + 90)})
+    got = leases.read_records(tmp_path, "net1").leases
+    assert got[0] == Lease("fd00::10", MAC, NOW + 90, "g6", duid, "7")
+    assert got[1].address == "10.0.0.6"

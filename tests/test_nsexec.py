@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 import trio
@@ -41,3 +42,19 @@ def test_missing_namespace(netns: str) -> None:
 def test_async_run(netns: str) -> None:
     done = trio.run(lambda: nsexec.run(netns, ["ip", "-o", "link"], check=False))
     assert done.returncode == 0 and b"lo" in done.stdout
+
+
+def test_program_inherits_no_descriptor(netns: str) -> None:
+    keep = os.open("/dev/zero", os.O_RDONLY)  # inheritable on purpose
+    os.set_inheritable(keep, True)
+    try:
+        out = nsexec.run_sync(netns, ["ls", "-l", "/proc/self/fd/"]).stdout.decode()
+        stdin = nsexec.run_sync(netns, ["readlink", "/proc/self/fd/0"]).stdout.strip()
+    finally:
+        os.close(keep)
+    assert "/dev/zero" not in out and stdin == b"/dev/null"
+    # and it runs in the namespace, not in the caller's
+    inode = nsexec.run_sync(netns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout
+    assert (
+        int(inode) == os.stat(f"/run/netns/{netns}").st_ino != os.stat("/proc/self/ns/net").st_ino
+    )
