@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["core", "fs", "firewall", "dnsmasq"]
+MODULES = ["core", "fs", "firewall", "dnsmasq", "traffic"]
 
 
 def main(argv: list[str]) -> int:
