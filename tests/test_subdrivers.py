@@ -234,6 +234,7 @@ async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> N
     drv.insert_step(Step("early", nothing, record_stop), before="addresses")
     drv.insert_step(Step("late", fail), after="routes")
     assert [s.name for s in drv.steps] == [
+        "dnsmasq-exit",
         "route-collision",
         "bridge",
         "ipv6-sysctls",

@@ -22,7 +22,9 @@ undo (``stop``) and, where recovery needs one, a ``repair``:
   rendered by :func:`netfs.model.dnsmasq.render` into ``STATE/dnsmasq/``,
   then :meth:`netfs.dnsmasq.Dnsmasq.start` (a stale process of that name is
   stopped first). A failed start leaves neither files nor process. Stop:
-  SIGTERM, wait, files removed (the lease records stay). Repair (recovery): a
+  SIGTERM and files removed (the lease records stay); the step
+  ``dnsmasq-exit``, first of the recipe so last of a stop, waits for the
+  exit once the bridge is deleted. Repair (recovery): a
   running dnsmasq whose configuration is what the live definition renders is
   adopted as it is; otherwise the files are written and it is (re)started.
 
@@ -32,15 +34,18 @@ The steps do nothing with programs when the core runs without services
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
 from netfs import firewall
-from netfs.dnsmasq import Dnsmasq
+from netfs.dnsmasq import Dnsmasq, wait_exit
 from netfs.errors import NetfsError
 from netfs.model.dnsmasq import needs_dnsmasq, render
 from netfs.model.firewall import expected_rules, forwarding_sysctls
@@ -61,6 +66,7 @@ class Services:
         self.netns = netns
         self.dnsmasq = Dnsmasq(state_dir, netns, user)
         self.rules: dict[str, NetworkDef] = {}
+        self.exiting: dict[str, int] = {}  # network -> a dnsmasq told to stop
 
     # -- dnsmasq (synchronous: called in a worker thread) -------------------------
 
@@ -74,6 +80,7 @@ class Services:
         """Write the files and start; nothing left behind when it fails."""
         d = self.dnsmasq
         conf, hosts, addn = self.render(net)
+        self.wait_exit(net.name)  # the one of its last stop
         d.stop(net.name)  # a stale one (no network of that name is running)
         try:
             d.write_files(net.name, conf, hosts, addn)
@@ -87,10 +94,30 @@ class Services:
             raise
 
     def stop_dnsmasq(self, name: str) -> bool:
+        self.wait_exit(name)
         d = self.dnsmasq
         was = d.stop(name)
         d.remove_files(name)
         return was
+
+    def signal_stop(self, name: str) -> None:
+        """The first half of a stop: SIGTERM, pid file and files removed;
+        :meth:`wait_exit` waits for the process (dnsmasq takes ~15 ms to
+        exit: the rest of the network's stop runs meanwhile)."""
+        d = self.dnsmasq
+        pid = d.signal_stop(name)
+        if pid is not None:
+            self.exiting[name] = pid
+        d.remove_files(name)
+
+    def wait_exit(self, name: str) -> None:
+        """Wait for the exit of the dnsmasq :meth:`signal_stop` stopped
+        (SIGKILL after 5 s)."""
+        pid = self.exiting.pop(name, None)
+        if pid is not None and not wait_exit(pid, 5.0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_exit(pid, 5.0)
 
     def current_conf(self, name: str) -> str | None:
         try:
@@ -187,10 +214,22 @@ async def start_dnsmasq(ctx: StepContext) -> None:
 
 
 async def stop_dnsmasq(ctx: StepContext) -> None:
+    """SIGTERM only: the ``dnsmasq-exit`` step, the last of a stop, waits."""
     svc = _services(ctx)
     if svc is None:
         return
-    await trio.to_thread.run_sync(svc.stop_dnsmasq, ctx.net.name)
+    await trio.to_thread.run_sync(svc.signal_stop, ctx.net.name)
+
+
+async def nothing(ctx: StepContext) -> None:
+    return None
+
+
+async def wait_dnsmasq_exit(ctx: StepContext) -> None:
+    svc = _services(ctx)
+    if svc is None or ctx.net.name not in svc.exiting:
+        return
+    await trio.to_thread.run_sync(svc.wait_exit, ctx.net.name)
 
 
 async def repair_dnsmasq(ctx: StepContext) -> None:

@@ -3,6 +3,9 @@
 The start is one :class:`~netfs.subdrivers.steps.Recipe` (libvirt's
 networkStartNetworkVirtual), in order:
 
+0. ``dnsmasq-exit``: nothing at start; being first, its stop is the last
+   of a stop: it waits for the exit of the dnsmasq step 8 told to stop, so
+   that dnsmasq's ~15 ms exit overlaps the removal of the rules and bridge;
 1. ``route-collision``: against the namespace's IPv4 main routing table (what
    /proc/net/route shows): an ``<ip>`` subnet already routed ->
    ``Network is already in use by interface X``; a static ``<route>`` equal to
@@ -253,6 +256,8 @@ class VirtualDriver:
     def __init__(self) -> None:
         self.recipe = Recipe(
             [
+                # its stop, the last one, waits for dnsmasq's exit
+                Step("dnsmasq-exit", services.nothing, services.wait_dnsmasq_exit),
                 Step("route-collision", check_route_collision),
                 Step("bridge", create_bridge, delete_bridge, repair_bridge, batched=True),
                 Step("ipv6-sysctls", ipv6_sysctls, batched=True),
