@@ -308,6 +308,13 @@ def main(flags: list[str]) -> int:
     ns = f"nfsbtr{os.getpid()}"
     top = Path(tempfile.mkdtemp(prefix="netfs-bench-traffic-", dir="/dev/shm"))
     os.chmod(top, 0o755)  # dnsmasq reads its hosts files as its own user
+    # every dnsmasq holds an inotify instance of its user (dnsmasq): n of
+    # them need a limit above n (libvirt's hosts need the same); put back after
+    limit = Path("/proc/sys/fs/inotify/max_user_instances")
+    old_limit = int(limit.read_text())
+    if old_limit < n + 128:
+        limit.write_text(str(n + 128))
+        print(f"fs.inotify.max_user_instances {old_limit} -> {n + 128} for this run")
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
@@ -315,6 +322,8 @@ def main(flags: list[str]) -> int:
         for line in lines:
             print(line)
     finally:
+        if old_limit < n + 128:
+            limit.write_text(str(old_limit))
         kill_inside(ns)
         subprocess.run(["ip", "netns", "del", ns], check=False)
         subprocess.run(["rm", "-rf", str(top)], check=False)

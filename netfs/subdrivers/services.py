@@ -56,6 +56,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+INOTIFY_HINT = (
+    "every dnsmasq holds an inotify instance of its user: "
+    "raise fs.inotify.max_user_instances (default 128)"
+)
+
 
 class Services:
     """What the program steps of one driver share: the dnsmasq runner of the
@@ -85,13 +90,23 @@ class Services:
         try:
             d.write_files(net.name, conf, hosts, addn)
             return d.start(net.name)
-        except BaseException:
-            try:
-                d.stop(net.name)
-                d.remove_files(net.name)
-            except OSError as e:
-                log.warning("network %s: cleaning up after dnsmasq: %s", net.name, e)
+        except NetfsError as e:
+            self._cleanup(net.name)
+            if "inotify" in e.message:
+                # one inotify instance per dnsmasq, all of them its user's
+                raise NetfsError(e.errno, f"{e.message} ({INOTIFY_HINT})") from None
             raise
+        except BaseException:
+            self._cleanup(net.name)
+            raise
+
+    def _cleanup(self, name: str) -> None:
+        d = self.dnsmasq
+        try:
+            d.stop(name)
+            d.remove_files(name)
+        except (OSError, NetfsError) as e:
+            log.warning("network %s: cleaning up after dnsmasq: %s", name, e)
 
     def stop_dnsmasq(self, name: str) -> bool:
         self.wait_exit(name)
