@@ -225,10 +225,13 @@ class TrafficGuard:
                 await trio.sleep(POLL)
 
     async def _firewall_checks(self) -> None:
+        assert self.svc is not None
         while True:
             await self._check.wait()
             await trio.sleep(DEBOUNCE)
             self._check = trio.Event()
+            if not self.svc.rules:
+                continue  # no rules to keep in place (orphans go at recovery and stop)
             try:
                 await self.check_firewall()
             except Exception as e:
@@ -247,7 +250,7 @@ class TrafficGuard:
         self._listing = fwmodel.parse_listing(report.text)
         self._listing_at = time.monotonic()
         for d in report.diffs:
-            if svc.rules.get(d.name) is not None:
+            if svc.rules.get(d.name) is not None and d.name not in svc.applying:
                 log.warning("network %s: repaired firewall (%s)", d.name, d.state)
                 self.core._emit(d.name, "repaired", detail="firewall")
         if report.diffs or report.orphans or not report.base_ok:

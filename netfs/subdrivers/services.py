@@ -72,6 +72,9 @@ class Services:
         self.dnsmasq = Dnsmasq(state_dir, netns, user)
         self.rules: dict[str, NetworkDef] = {}
         self.exiting: dict[str, int] = {}  # network -> a dnsmasq told to stop
+        # networks whose rules are being added: a check of the table that
+        # finds them missing meanwhile adds them too, but that is no repair
+        self.applying: set[str] = set()
 
     # -- dnsmasq (synchronous: called in a worker thread) -------------------------
 
@@ -181,12 +184,15 @@ async def add_rules(ctx: StepContext) -> None:
     if svc is None or expected_rules(net).empty():
         return
     svc.rules[net.name] = net
+    svc.applying.add(net.name)
     try:
         await firewall.apply(ctx.netns, net)
     except BaseException:
         if svc.rules.get(net.name) is net:
             del svc.rules[net.name]
         raise
+    finally:
+        svc.applying.discard(net.name)
 
 
 async def remove_rules(ctx: StepContext) -> None:
