@@ -11,8 +11,9 @@ network's forward mode (:mod:`netfs.subdrivers`; the core never asks which
 mode it has) with a :class:`~netfs.subdrivers.steps.StepContext` it builds,
 and emits one :class:`Event` per change to every subscriber.
 
-Two parts live in modules of their own: start-up recovery and SIGHUP reload
-(:mod:`netfs.recovery`) and the link monitor (:mod:`netfs.reconcile`).
+Three parts live in modules of their own: start-up recovery and SIGHUP
+reload (:mod:`netfs.recovery`), the link monitor (:mod:`netfs.reconcile`)
+and the ports of active networks (:mod:`netfs.ports`).
 
 The rules (order of a start and a stop, no-op transitions, what a
 redefinition keeps, recovery, reconciliation, connection counts, errors) are
@@ -30,7 +31,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple
 
 import trio
 
@@ -40,16 +41,15 @@ from netfs.model.dnsmasq import has_raw_options
 from netfs.model.network import NetworkDef, format_network, parse_network
 from netfs.model.port import (
     NetworkPort,
-    allocate_port,
     format_port,
-    parse_port,
     portgroup_virtualport,
 )
 from netfs.model.validate import validate_network
 from netfs.model.virtualport import format_virtualport
 from netfs.model.xmlsafe import parse_document
 from netfs.netlink import NetlinkAdapter, NetlinkOps
-from netfs.netrecord import NetRecord, device_usage, qos
+from netfs.netrecord import NetRecord, qos
+from netfs.ports import Ports
 from netfs.reconcile import LinkReconciler
 from netfs.recovery import Recovery
 from netfs.state import StateStore, check_name, format_status
@@ -61,6 +61,7 @@ from netfs.worker import Worker
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 EVENT_BUFFER = 4096
 # the kinds of the `events` file, then the internal kind "error": a network's
@@ -152,6 +153,73 @@ def _with_name(xml: bytes | str, name: str) -> bytes | str:
     return etree.tostring(root)
 
 
+def _parse_definition(xml: bytes | str, name: str | None) -> NetworkDef:
+    """Parse a definition written to directory ``name`` (None: no directory):
+    its ``<name>`` must equal the directory's, a missing one takes it."""
+    if name is not None:
+        check_name(name)
+        xml = _with_name(xml, name)
+    net = parse_network(xml)
+    if "\n" in net.name:  # libvirt's own refusal, before ours below
+        raise NetfsError(errno.EINVAL, "invalid char in name: \n")
+    if name is not None and net.name != name:
+        raise NetfsError(
+            errno.EINVAL,
+            f"network name '{net.name}' does not match directory name '{name}'",
+        )
+    check_name(net.name)
+    return net
+
+
+def _check_identity(nets: dict[str, NetRecord], net: NetworkDef, explicit_uuid: bool) -> None:
+    """libvirt's order: the uuid is looked up first, then the name. A
+    redefinition without ``<uuid>`` keeps the network's."""
+    for other in nets.values():
+        if other.name != net.name and other.uuid == net.uuid:
+            raise NetfsError(
+                errno.EEXIST,
+                f"network '{other.name}' is already defined with uuid {net.uuid}",
+            )
+    old = nets.get(net.name)
+    if old is not None and old.uuid != net.uuid:
+        if explicit_uuid:
+            raise NetfsError(
+                errno.EEXIST,
+                f"network '{net.name}' already exists with uuid {old.uuid}",
+            )
+        net.uuid = old.uuid
+
+
+class _EventHub:
+    """The subscribers of a Driver's events."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
+        send, recv = trio.open_memory_channel[Event](EVENT_BUFFER)
+        self._subscribers[id(recv)] = send
+        return recv
+
+    def unsubscribe(self, ch: trio.MemoryReceiveChannel[Event]) -> None:
+        send = self._subscribers.pop(id(ch), None)
+        if send is not None:
+            send.close()
+
+    def emit(self, ev: Event) -> None:
+        if ev.kind == "leases":  # every renewal: not news
+            log.debug("event: %s", ev.line())
+        else:
+            log.info("event: %s", ev.line())
+        for key, send in list(self._subscribers.items()):
+            try:
+                send.send_nowait(ev)
+            except trio.WouldBlock:
+                log.warning("event subscriber %x is too slow: dropped %s", key, ev.line())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.pop(key, None)
+
+
 class Driver:
     """The network driver: see the module docstring for the rules."""
 
@@ -172,9 +240,10 @@ class Driver:
         self.nl = netlink
         self._nets: dict[str, NetRecord] = {}
         self._locks: dict[str, trio.Lock] = {}
-        self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
+        self._events = _EventHub()
         self._links = LinkReconciler(self)
         self._recovery = Recovery(self)
+        self._ports = Ports(self)
         self.traffic = TrafficGuard(self)
         # define/undefine/autostart changes made through the core, numbered:
         # a reload does not apply what it read before such a change
@@ -190,31 +259,16 @@ class Driver:
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         """Every event from now on. A subscriber that falls more than
         EVENT_BUFFER events behind loses events (logged), never blocks the core."""
-        send, recv = trio.open_memory_channel[Event](EVENT_BUFFER)
-        self._subscribers[id(recv)] = send
-        return recv
+        return self._events.subscribe()
 
     def unsubscribe(self, ch: trio.MemoryReceiveChannel[Event]) -> None:
-        send = self._subscribers.pop(id(ch), None)
-        if send is not None:
-            send.close()
+        self._events.unsubscribe(ch)
 
     def _emit(
         self, network: str, kind: str, port: str | None = None, detail: str | None = None
     ) -> None:
         assert kind in EVENT_KINDS, kind
-        ev = Event(datetime.now(UTC), network, kind, port, detail)
-        if kind == "leases":
-            log.debug("event: %s", ev.line())
-        else:
-            log.info("event: %s", ev.line())
-        for key, send in list(self._subscribers.items()):
-            try:
-                send.send_nowait(ev)
-            except trio.WouldBlock:
-                log.warning("event subscriber %x is too slow: dropped %s", key, ev.line())
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.pop(key, None)
+        self._events.emit(Event(datetime.now(UTC), network, kind, port, detail))
 
     # ------------------------------------------------------------------ queries
 
@@ -325,22 +379,16 @@ class Driver:
 
     def _context(self, live: NetworkDef, nl: NetlinkOps | None = None) -> StepContext:
         """What a sub-driver's steps get for one network."""
-        name = live.name
-
-        def repaired(what: str) -> None:
-            log.warning("network %s: repaired %s", name, what)
-            self._emit(name, "repaired", detail=what)
-
         return StepContext(
             net=live,
             nl=self.nl if nl is None else nl,
             run_dir=self.store.run_dir(live.name),
             netns=self.nl.netns,
             services=self.services,
-            on_repair=repaired,
+            on_repair=self.traffic.reporter(live.name),
         )
 
-    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _store(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await self._state_thread.call(fn, *args)
 
     # ------------------------------------------------------------------ define
@@ -360,18 +408,7 @@ class Driver:
         the caller is root; anyone else gets EPERM for ``<dnsmasq:options>``.
         """
         with self._recording(name if name in self._nets else None):
-            if name is not None:
-                check_name(name)
-                xml = _with_name(xml, name)
-            net = parse_network(xml)
-            if "\n" in net.name:  # libvirt's own refusal, before ours below
-                raise NetfsError(errno.EINVAL, "invalid char in name: \n")
-            if name is not None and net.name != name:
-                raise NetfsError(
-                    errno.EINVAL,
-                    f"network name '{net.name}' does not match directory name '{name}'",
-                )
-            check_name(net.name)
+            net = _parse_definition(xml, name)
             if not privileged and has_raw_options(net):
                 raise NetfsError(
                     errno.EPERM,
@@ -389,26 +426,14 @@ class Driver:
                 links = {link.name for link in await self.nl.links()}
             # no checkpoint from here to the reservation below
             old = self._nets.get(net.name)
-            # libvirt's order: the uuid is looked up first, then the name
-            for other in self._nets.values():
-                if other.name != net.name and other.uuid == net.uuid:
-                    raise NetfsError(
-                        errno.EEXIST,
-                        f"network '{other.name}' is already defined with uuid {net.uuid}",
-                    )
-            if old is not None and old.uuid != net.uuid:
-                if explicit_uuid:
-                    raise NetfsError(
-                        errno.EEXIST,
-                        f"network '{net.name}' already exists with uuid {old.uuid}",
-                    )
-                net.uuid = old.uuid
-            in_use: set[str] = set()
-            for other in self._nets.values():
-                if other.name != net.name:
-                    in_use.update(
-                        b for b in (_bridge_of(other.definition), _bridge_of(other.live)) if b
-                    )
+            _check_identity(self._nets, net, explicit_uuid)
+            in_use = {
+                b
+                for other in self._nets.values()
+                if other.name != net.name
+                for b in (_bridge_of(other.definition), _bridge_of(other.live))
+                if b
+            }
             try:
                 validate_network(net, bridges_in_use=in_use, device_exists=links.__contains__)
             except NetfsError as e:
@@ -440,23 +465,9 @@ class Driver:
                 old.problem = None
                 old.persistent = True
                 if old.live is not None:
-                    await self._live_change(old, net)
+                    await self.traffic.redefined(old, net)
                 self._emit(net.name, "updated")
             return net.name
-
-    async def _live_change(self, n: NetRecord, net: NetworkDef) -> None:
-        """A saved redefinition of an active network: applied to it now if
-        only DHCP/DNS entries differ; a failure is its error (the definition
-        stays saved, for the next start)."""
-        try:
-            live = await self.traffic.live_update(n, net)
-        except NetfsError as e:
-            self.set_error(n.name, f"saved, but not applied to the running network: {e.message}")
-            return
-        if live is not None:
-            self._set_live(n, live)
-            n.recount()
-            await self._save_qos(n)
 
     def _note_change(self, name: str) -> None:
         """A config-directory change of ``name`` made through the core (a
@@ -510,8 +521,9 @@ class Driver:
         sub = subdrivers.for_mode(live.forward.mode, live)
         sub.prepare(live)
         intent = sub.intent(live)
-        await self._store(self._prepare_start, n.name, live.uuid, intent)
         ctx = self._context(live)
+        # the start intent is recorded while the sub-driver checks (one wait)
+        prepared = self._state_thread.submit(self._prepare_start, n.name, live.uuid, intent)
         link = sub.watched_link(live)
         self._links.lost_in_start.discard(n.name)
         if link:
@@ -519,6 +531,10 @@ class Driver:
         try:
             committed = False
             try:
+                try:
+                    await sub.check(ctx)
+                finally:
+                    await prepared.wait()
                 await sub.start(ctx)
                 try:
                     # status written, then the intent removed: one thread hop
@@ -619,71 +635,11 @@ class Driver:
     # ------------------------------------------------------------------ ports
 
     async def create_port(self, name: str, port: str, xml: bytes | str) -> NetworkPort:
-        """Allocate a port on an active network and record it."""
-        async with self._transition(name):
-            check_name(port, "port")
-            n = self._get(name)
-            if n.live is None:
-                raise NetfsError(errno.ENETDOWN, f"network '{name}' is not active")
-            p = parse_port(xml, strict=True, owner_name=port)
-            if p.source_network is not None and p.source_network != name:
-                raise NetfsError(
-                    errno.EINVAL,
-                    f"interface's source network '{p.source_network}' "
-                    f"does not match network '{name}'",
-                )
-            if port in n.ports:
-                raise NetfsError(errno.EEXIST, f"port '{port}' already exists in network '{name}'")
-            if p.plug is not None:
-                # libvirt: a plug means "reclaim a running guest's port", a
-                # flag netfs's way in does not have
-                raise NetfsError(
-                    errno.EINVAL, "Port reclaim not requested but plug type is not none"
-                )
-            for q in n.ports.values():
-                if q.uuid == p.uuid:
-                    raise NetfsError(
-                        errno.EEXIST, f"Network port with UUID {p.uuid} already exists"
-                    )
-            ids, floor_sum = qos(n.ports)
-            allocated = allocate_port(
-                n.live,
-                p,
-                device_usage=device_usage(n.ports),
-                floor_sum=floor_sum,
-                class_ids_in_use=ids,
-            )
-            await self._store(self.store.write_port, name, port, allocated)
-            n.ports[port] = allocated
-            n.recount()
-            if qos({port: allocated})[0]:
-                await self._save_qos(n)
-            self._emit(name, "port-created", port)
-            return allocated
+        """Allocate a port on an active network and record it (:mod:`netfs.ports`)."""
+        return await self._ports.create(name, port, xml)
 
     async def delete_port(self, name: str, port: str) -> None:
-        async with self._transition(name):
-            n = self._get(name)
-            if port not in n.ports:
-                raise NetfsError(errno.ENOENT, f"network '{name}' has no port '{port}'")
-            await self._store(self.store.delete_port, name, port)
-            gone = n.ports.pop(port)
-            n.recount()
-            if qos({port: gone})[0]:
-                await self._save_qos(n)
-            self._emit(name, "port-deleted", port)
-
-    async def _save_qos(self, n: NetRecord) -> None:
-        """Rewrite the status file after a port's floor was plugged or
-        unplugged (as libvirt does): its class ids and floor sum changed. A
-        failure is logged; the port files are the record recovery counts."""
-        if n.live is None:
-            return
-        ids, floor_sum = qos(n.ports)
-        try:
-            await self._store(self.store.write_status, n.live, ids, floor_sum)
-        except OSError as e:
-            log.warning("network %s: cannot rewrite its status file: %s", n.name, e)
+        await self._ports.delete(name, port)
 
     # ------------------------------------------------------------------ the parts
 
@@ -703,7 +659,9 @@ class Driver:
         """
         await self._recovery.reload()
 
-    async def run_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_monitor(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Follow link events; reconcile networks whose link vanished
         (:mod:`netfs.reconcile`); keep dnsmasq and the firewall rules of
         active networks in place and report lease changes
@@ -735,3 +693,11 @@ class Driver:
     async def resync(self) -> None:
         """Compare every active network with the kernel (after an overrun)."""
         await self._links.resync()
+
+    async def repair(self, name: str) -> None:
+        """A triggered repair (e.g. periodic): an active network that is
+        still running gets back what it lost (every step's ``repair``, as at
+        recovery); one that is not is marked inactive. A no-op for an
+        inactive network; a failed repair is recorded as its error."""
+        self._get(name)
+        await self._links.check(name, repair=True)

@@ -15,7 +15,7 @@ of the monitor socket resynchronises every active network.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -67,7 +67,7 @@ class LinkReconciler:
 
     # -- the monitor ---------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
         async with trio.open_nursery() as nursery:
             while True:
@@ -128,8 +128,10 @@ class LinkReconciler:
         self.checking.add(name)
         nursery.start_soon(self.check, name)
 
-    async def check(self, name: str) -> None:
-        """Is the active network ``name`` still running? If not, mark it down."""
+    async def check(self, name: str, *, repair: bool = False) -> None:
+        """Is the active network ``name`` still running? If not, mark it
+        down; if it is and ``repair``, its sub-driver gives it back what it
+        lost (a failure is recorded as its error)."""
         core = self.core
         try:
             async with core._transition(name):
@@ -139,7 +141,14 @@ class LinkReconciler:
                     return
                 live = n.live
                 sub = subdrivers.for_mode(live.forward.mode, live)
-                if await sub.is_running(core._context(live)):
+                ctx = core._context(live)
+                if await sub.is_running(ctx):
+                    if repair:
+                        try:
+                            await sub.repair(ctx)
+                        except Exception as e:
+                            msg = getattr(e, "message", None) or str(e)
+                            core.set_error(name, f"repair failed: {msg}")
                     return
                 renamed = self.renamed.pop(name, None)
                 if renamed is None:

@@ -2,7 +2,7 @@
 
 The rules (which network counts as active, what is an orphan, when autostart
 runs, what a reload changes) are described once, in docs/internals.md
-("Recovery and reload"). In short: nothing destructive happens unless the
+(Core, Rules: "Recovery"). In short: nothing destructive happens unless the
 state directory is writable and the state was read completely.
 """
 

@@ -40,6 +40,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -334,7 +335,33 @@ class TrafficGuard:
             await trio.to_thread.run_sync(svc.dnsmasq.stop_orphans, active)
         await trio.to_thread.run_sync(_remove_stale_temp_files, svc)
 
+    def reporter(self, name: str) -> Callable[[str], None]:
+        """What a network's steps call for each repair: logged, one
+        ``repaired WHAT`` event."""
+
+        def repaired(what: str) -> None:
+            log.warning("network %s: repaired %s", name, what)
+            self.core._emit(name, "repaired", detail=what)
+
+        return repaired
+
     # ------------------------------------------------------------ live changes
+
+    async def redefined(self, n: NetRecord, net: NetworkDef) -> None:
+        """A saved redefinition of the active network ``n`` (its lock held):
+        applied to it now if only DHCP/DNS entries differ (the live
+        definition and status file become the new ones); a failure is its
+        error (the definition stays saved, for the next start)."""
+        core = self.core
+        try:
+            live = await self.live_update(n, net)
+        except NetfsError as e:
+            core.set_error(n.name, f"saved, but not applied to the running network: {e.message}")
+            return
+        if live is not None:
+            core._set_live(n, live)
+            n.recount()
+            await core._ports._save_qos(n)  # the status file: the new live definition
 
     async def live_update(self, n: NetRecord, new: NetworkDef) -> NetworkDef | None:
         """Apply a redefinition of the active network ``n`` to its running

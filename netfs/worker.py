@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 import outcome
 import trio
@@ -30,8 +30,26 @@ import trio
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]
+
+
+class Pending(Generic[T]):
+    """A call submitted with :meth:`Worker.submit`: :meth:`wait` gives its result."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._result: outcome.Outcome[T] | None = None
+
+    def _set(self, result: outcome.Outcome[T]) -> None:
+        self._result = result
+        self._done.set()
+
+    async def wait(self) -> T:
+        await self._done.wait()
+        assert self._result is not None
+        return self._result.unwrap()
 
 
 class Worker:
@@ -48,7 +66,7 @@ class Worker:
     def running(self) -> bool:
         return self._thread is not None
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run ``fn(*args)`` in the thread; return (or raise) its result."""
         await trio.lowlevel.checkpoint_if_cancelled()
         task = trio.lowlevel.current_task()
@@ -57,17 +75,33 @@ class Worker:
         def done(result: outcome.Outcome[Any]) -> None:
             token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
-        with self._lock:  # the idle thread checks the queue under it before it ends
-            self._jobs.put((fn, args, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-                self._thread.start()
+        self._put((fn, args, done))
 
         def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
             return trio.lowlevel.Abort.FAILED  # the call is under way: wait for it
 
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
+
+    def submit(self, fn: Callable[[*Ts], T], *args: *Ts) -> Pending[T]:
+        """Hand ``fn(*args)`` to the thread and return at once (no
+        checkpoint): the caller goes on and awaits ``wait()`` when it needs
+        the result (two things at once for one hop's wait)."""
+        pending: Pending[T] = Pending()
+        token = trio.lowlevel.current_trio_token()
+
+        def done(result: outcome.Outcome[Any]) -> None:
+            token.run_sync_soon(pending._set, result)
+
+        self._put((fn, args, done))
+        return pending
+
+    def _put(self, job: _Job) -> None:
+        with self._lock:  # the idle thread checks the queue under it before it ends
+            self._jobs.put(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
 
     async def close(self) -> None:
         """End the thread after the calls already submitted (waits for it)."""

@@ -379,3 +379,17 @@ async def test_worker_runs_in_order_and_ends_when_idle() -> None:
     assert await w.call(lambda: 7) == 7
     await w.close()
     assert not w.running
+
+
+async def test_triggered_repair(driver: Driver, kernel: FakeKernel) -> None:
+    await driver.define(net_xml("a", bridge="nfsa0", ip4="10.9.0.1"))
+    await driver.start("a")
+    kernel.addrs.clear()
+    kernel.links["nfsa0"] = LinkInfo(**{**kernel.links["nfsa0"].__dict__, "up": False})
+    await driver.repair("a")  # running: the steps' repairs give it back what it lost
+    assert [a.address for a in kernel.addrs] == ["10.9.0.1"] and kernel.links["nfsa0"].up
+    del kernel.links["nfsa0"]
+    await driver.repair("a")  # not running any more: marked inactive
+    assert not driver.get("a").active
+    assert not driver.store.status_path("a").exists()
+    await driver.repair("a")  # inactive: nothing to do

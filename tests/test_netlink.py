@@ -176,6 +176,25 @@ async def test_ipv6_sysctls_hit_the_namespace(nl: Netlink, netns: str) -> None:
     await nl.set_ipv6_sysctls("nosuchdev", disable=True)
 
 
+async def test_sysctl_writer(nl: Netlink, netns: str) -> None:
+    await nl.write_sysctl("net.ipv4.ip_forward", "1")
+    assert ns_sysctl(netns, "/proc/sys/net/ipv4/ip_forward") == "1"
+    assert await nl.read_sysctl("net.ipv4.ip_forward") == "1"
+    with open("/proc/sys/net/ipv4/ip_forward") as f:  # the host's is not touched
+        host = f.read().strip()
+    await nl.write_sysctl("net/ipv4/ip_forward", "0")  # slash-separated form
+    assert ns_sysctl(netns, "/proc/sys/net/ipv4/ip_forward") == "0"
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        assert f.read().strip() == host
+    with pytest.raises(NetfsError) as ei:
+        await nl.write_sysctl("net.ipv6.conf.nosuchdev.accept_ra", "0")
+    assert ei.value.errno == errno.ENOENT
+    await nl.write_sysctl("net.ipv6.conf.nosuchdev.accept_ra", "0", missing_ok=True)
+    with pytest.raises(NetfsError) as ei:
+        await nl.write_sysctl("net/../../etc/x", "0")
+    assert ei.value.errno == errno.EINVAL
+
+
 async def test_worker_is_in_namespace_caller_is_not(nl: Netlink, netns: str) -> None:
     await nl.create_bridge("nbr9", mac=None, mtu=None, stp=False, forward_delay=0, alias=None)
     names = {link.name for link in await nl.links()}

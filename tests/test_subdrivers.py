@@ -182,7 +182,7 @@ async def test_subnet_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("addr", "add", "192.168.150.7/24", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(ctx(net_xml(), nl))
+        await VIRTUAL.check(ctx(net_xml(), nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Network is already in use by interface other0",
@@ -199,7 +199,7 @@ async def test_static_route_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("route", "add", "10.150.0.0/16", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.start(ctx(net_xml(**FULL), nl))
+        await VIRTUAL.check(ctx(net_xml(**FULL), nl))
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Route address '10.150.0.0' conflicts with IP address for 'other0'",
@@ -235,7 +235,6 @@ async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> N
     drv.insert_step(Step("late", fail), after="routes")
     assert [s.name for s in drv.steps] == [
         "dnsmasq-exit",
-        "route-collision",
         "bridge",
         "ipv6-sysctls",
         "firewall",
@@ -321,4 +320,46 @@ async def test_cancelled_start_leaves_nothing(nl: Netlink, netns: str) -> None:
         await gate.wait()
         assert link_json(netns, "vbr0") is not None
         nursery.cancel_scope.cancel()
+    assert link_json(netns, "vbr0") is None
+
+
+async def test_steps_get_the_seams(nl: Netlink, netns: str, tmp_path: Path) -> None:
+    """A step gets the namespace (a program run inside it sees the bridge the
+    batched steps made before it), its run directory, a sysctl writer, and a
+    repair used by recovery; stop undoes in reverse order."""
+    order: list[str] = []
+
+    async def forward_on(c: StepContext) -> None:
+        await c.sysctl("net.ipv4.ip_forward", "1")
+        order.append("forward")
+
+    async def forward_off(c: StepContext) -> None:
+        await c.sysctl("net.ipv4.ip_forward", "0")
+        order.append("-forward")
+
+    async def probe(c: StepContext) -> None:
+        done = await c.run(["ip", "-o", "link", "show", "vbr0"])
+        (c.ensure_run_dir() / "probe").write_bytes(done.stdout)
+        order.append("probe")
+
+    async def unprobe(c: StepContext) -> None:
+        (c.run_dir / "probe").unlink()
+        order.append("-probe")
+
+    drv = VirtualDriver()
+    drv.insert_step(Step("forwarding", forward_on, forward_off, repair=forward_on), after="routes")
+    drv.insert_step(Step("probe", probe, unprobe), after="forwarding")
+    net = net_xml(**FULL)
+    c = StepContext(net=net, nl=nl, run_dir=tmp_path / "t1" / "run", netns=netns)
+    await drv.check(c)
+    await drv.start(c)
+    assert ns_sysctl(netns, "/proc/sys/net/ipv4/ip_forward") == "1"
+    assert b"vbr0" in (c.run_dir / "probe").read_bytes()
+    assert (c.run_dir.stat().st_mode & 0o777) == 0o700
+    ip("netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=0", check=True)
+    await drv.repair(c)
+    assert ns_sysctl(netns, "/proc/sys/net/ipv4/ip_forward") == "1"
+    await drv.stop(c)
+    assert order == ["forward", "probe", "forward", "-probe", "-forward"]
+    assert ns_sysctl(netns, "/proc/sys/net/ipv4/ip_forward") == "0"
     assert link_json(netns, "vbr0") is None

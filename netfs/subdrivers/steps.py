@@ -97,10 +97,17 @@ class Step:
 
 
 class Recipe:
-    """An ordered list of steps with one undo path."""
+    """Checks (they change nothing: run before the core records its start
+    intent, and at the same time), then an ordered list of steps with one
+    undo path."""
 
-    def __init__(self, steps: Sequence[Step]) -> None:
+    def __init__(self, steps: Sequence[Step], checks: Sequence[StepFn] = ()) -> None:
+        self.checks: list[StepFn] = list(checks)
         self.steps: list[Step] = list(steps)
+
+    async def check(self, ctx: StepContext) -> None:
+        for check in self.checks:
+            await check(ctx)
 
     def names(self) -> list[str]:
         return [s.name for s in self.steps]

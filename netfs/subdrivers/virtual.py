@@ -6,7 +6,8 @@ networkStartNetworkVirtual), in order:
 0. ``dnsmasq-exit``: nothing at start; being first, its stop is the last
    of a stop: it waits for the exit of the dnsmasq step 8 told to stop, so
    that dnsmasq's ~15 ms exit overlaps the removal of the rules and bridge;
-1. ``route-collision``: against the namespace's IPv4 main routing table (what
+1. the check ``check_route_collision`` (it changes nothing, so the core runs
+   it while it records its start intent), against the namespace's IPv4 main routing table (what
    /proc/net/route shows): an ``<ip>`` subnet already routed ->
    ``Network is already in use by interface X``; a static ``<route>`` equal to
    an existing route -> ``Route address 'A' conflicts with IP address for 'X'``
@@ -255,10 +256,10 @@ class VirtualDriver:
 
     def __init__(self) -> None:
         self.recipe = Recipe(
-            [
+            checks=[check_route_collision],
+            steps=[
                 # its stop, the last one, waits for dnsmasq's exit
                 Step("dnsmasq-exit", services.nothing, services.wait_dnsmasq_exit),
-                Step("route-collision", check_route_collision),
                 Step("bridge", create_bridge, delete_bridge, repair_bridge, batched=True),
                 Step("ipv6-sysctls", ipv6_sysctls, batched=True),
                 Step("firewall", services.add_rules, services.remove_rules),
@@ -276,7 +277,7 @@ class VirtualDriver:
                     services.stop_dnsmasq,
                     services.repair_dnsmasq,
                 ),
-            ]
+            ],
         )
 
     @property
@@ -314,6 +315,9 @@ class VirtualDriver:
         return live.bridge.name or None
 
     # -- the kernel ------------------------------------------------------------
+
+    async def check(self, ctx: StepContext) -> None:
+        await self.recipe.check(ctx)
 
     async def start(self, ctx: StepContext) -> None:
         await self.recipe.start(ctx)
