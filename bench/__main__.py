@@ -1,10 +1,11 @@
-"""Run the benchmarks: `python -m bench [MODULE...] [--quick]`.
+"""Run the benchmarks: `python -m bench [MODULE ...] [--quick]`.
 
 Each benchmark module prints its figures side by side with a floor measured
 in the same run. Modules: bench.start (a start through the mount beside the
 netlink floor), bench.core (driver and netlink), bench.fs (the mounted
 filesystem), bench.firewall (nft rules per network), bench.dnsmasq (dnsmasq
-per network, lease updates), bench.large (large definitions).
+per network, lease updates), bench.large (large definitions), bench.traffic
+(a NAT+DHCP network through the core, restart with many).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large"]
+MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large", "traffic"]
 
 
 def main(argv: list[str]) -> int:

@@ -166,7 +166,10 @@ class Recovery:
             log.warning("%s: %s", path, problem)
         # status files that could not be read completely: their networks'
         # kernel side is unknown, so nothing is taken for an orphan
-        bad_status = loaded.bad_statuses
+        bad_status = {
+            name: f"cannot read its status file {store.status_path(name)}: {msg}"
+            for name, msg in loaded.bad_statuses.items()
+        }
         for name, cfg in loaded.configs.items():
             error = cfg.problem or bad_status.get(name, "")
             core._nets[name] = NetRecord(
@@ -199,6 +202,9 @@ class Recovery:
             )
         else:
             await self._sweep_orphans(snap)
+        # the firewall of every active network from one read of the table;
+        # dnsmasq processes and rules of inactive networks removed
+        await core.traffic.recover(sweep=not bad_status)
         if not await core._store(store.autostarted):
             await self.autostart(skip=set(bad_status))
             await core._store(store.mark_autostarted)

@@ -230,11 +230,11 @@ def test_mount_option_handling_is_documented() -> None:
 def test_every_event_word_of_the_core_is_documented() -> None:
     """Every kind the core emits that is a line of `events` (the filesystem
     hides the internal ones, such as "error")."""
-    from netfs.core import EVENT_KINDS
+    from netfs.core import EVENT_KINDS, INTERNAL_KINDS
     from netfs.fs.tree import HIDDEN_EVENTS
 
     events = _sections()["EVENTS"]
-    words = sorted(EVENT_KINDS - HIDDEN_EVENTS)
+    words = sorted(EVENT_KINDS - HIDDEN_EVENTS - INTERNAL_KINDS)
     assert set(EVENT_WORDS) <= set(words)
     assert [k for k in words if k not in events] == []
 

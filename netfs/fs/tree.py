@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 Path = tuple[str, ...]
 
 # core event kinds that are not lines of `events` (kind "error" touches the
-# `error` file only)
-HIDDEN_EVENTS = frozenset({"error"})
+# `error` file only, "leases" the `leases` file): netfs.core.INTERNAL_KINDS
+HIDDEN_EVENTS = frozenset({"error", "leases"})
 
 
 class Core(Protocol):
