@@ -82,12 +82,15 @@ EVENT_KINDS = frozenset(
         "repaired",
         "error",
         "leases",
+        "firewall",
     }
 )
 # kinds that are not lines of `events`: "error" (the network's error was
-# recorded: the `error` file changed) and "leases" (its lease records
-# changed: the `leases` file changed; renewals included)
-INTERNAL_KINDS = frozenset({"error", "leases"})
+# recorded: the `error` file changed), "leases" (its lease records
+# changed: the `leases` file changed; renewals included) and "firewall"
+# (its rules as last read changed: firewall_text changed, e.g. once the
+# table was read after a start)
+INTERNAL_KINDS = frozenset({"error", "leases", "firewall"})
 
 
 # define parses a document larger than this in a worker thread (a thread

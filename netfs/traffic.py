@@ -39,6 +39,7 @@ import copy
 import errno
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 CHECK_GAP = 0.5  # seconds between two reads of the table
 POLL = 1.0  # seconds: the check without nft monitor
 DEBOUNCE = 0.02  # a change's burst of monitor lines is one check
+_COUNTERS = re.compile(r"counter packets [0-9]+ bytes [0-9]+")
 
 
 def dhcp_prefixes(net: NetworkDef) -> dict[str, int] | None:
@@ -109,6 +111,7 @@ class TrafficGuard:
         self._check = trio.Event()
         self._listing = fwmodel.Listing()
         self._listing_at = 0.0
+        self._shown: dict[str, str] = {}  # per network: its rules as last announced
         self.checks = 0  # reads of the table by the guard (tests, benches)
 
     # ------------------------------------------------------------ the task
@@ -250,6 +253,7 @@ class TrafficGuard:
         self.checks += 1
         self._listing = fwmodel.parse_listing(report.text)
         self._listing_at = time.monotonic()
+        self._announce_listing({n.name for n in nets})
         for d in report.diffs:
             if svc.rules.get(d.name) is not None and d.name not in svc.applying:
                 log.warning("network %s: repaired firewall (%s)", d.name, d.state)
@@ -258,6 +262,20 @@ class TrafficGuard:
             self._listing_at = 0.0  # what was read is not what is there now
             self.want_check()
         return report
+
+    def _announce_listing(self, names: set[str]) -> None:
+        """The internal "firewall" event for each network whose rules as
+        shown (``firewall_text``, counters aside) differ from the last read:
+        the filesystem announces the change of ``NAME/firewall`` (a start's
+        rules are first read just after its ``started``)."""
+        for name in sorted(names | set(self._shown)):
+            shown = _COUNTERS.sub("counter", firewall.render_listing(self._listing, name))
+            if self._shown.get(name, "") != shown and name in self.core._nets:
+                self.core._emit(name, "firewall")
+            if shown:
+                self._shown[name] = shown
+            else:
+                self._shown.pop(name, None)
 
     def firewall_text(self, n: NetRecord) -> str:
         if self.svc is None or n.live is None:

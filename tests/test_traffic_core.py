@@ -30,7 +30,7 @@ import pytest
 import trio
 
 from netfs import leases, nsexec
-from netfs.core import Driver, Event
+from netfs.core import INTERNAL_KINDS, Driver, Event
 from netfs.errors import NetfsError
 from netfs.model import firewall as fwmodel
 from netfs.netlink import Netlink
@@ -289,7 +289,7 @@ class Events:
         return [
             " ".join(x for x in (e.kind, e.detail) if x)
             for e in self.items
-            if e.network == network and e.kind not in ("error", "leases")
+            if e.network == network and e.kind not in INTERNAL_KINDS
         ]
 
     async def wait(self, cond: Callable[[], bool], what: str) -> None:
