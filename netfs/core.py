@@ -222,7 +222,7 @@ class _EventHub:
             send.close()
 
     def emit(self, ev: Event) -> None:
-        if ev.kind == "leases":  # every renewal: not news
+        if ev.kind in ("leases", "firewall"):  # every renewal, every read of the rules: not news
             log.debug("event: %s", ev.line())
         else:
             log.info("event: %s", ev.line())
