@@ -172,12 +172,18 @@ class World:
     # -- what is in the host namespace ---------------------------------------------
 
     def dnsmasq_pids(self) -> list[int]:
-        return sorted(
-            pid
-            for pid in _pids_in(self.host)
-            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "dnsmasq"
-            and _ppid(pid) not in _pids_in(self.host)
-        )
+        """The dnsmasq processes in the host namespace, not their helpers
+        (children); a process that exits meanwhile (a lease helper) is skipped."""
+        inside = _pids_in(self.host)
+        found = []
+        for pid in inside:
+            try:
+                exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+                if exe == "dnsmasq" and _ppid(pid) not in inside:
+                    found.append(pid)
+            except OSError:
+                continue
+        return sorted(found)
 
     def table(self) -> str:
         done = nsexec.run_sync(self.host, ["nft", "-s", "list", "ruleset"])
