@@ -5,7 +5,8 @@ in the same run. Modules: bench.start (a start through the mount beside the
 netlink floor), bench.core (driver and netlink), bench.fs (the mounted
 filesystem), bench.firewall (nft rules per network), bench.dnsmasq (dnsmasq
 per network, lease updates), bench.large (large definitions), bench.traffic
-(a NAT+DHCP network through the core, restart with many).
+(a NAT+DHCP network through the core, restart with many), bench.traffic_fs
+(the same through the mount: echo 1 > active, leases IN_MODIFY, restart).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large", "traffic"]
+MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large", "traffic", "traffic_fs"]
 
 
 def main(argv: list[str]) -> int:
