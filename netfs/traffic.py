@@ -243,7 +243,9 @@ class TrafficGuard:
                 log.warning("firewall check: %s", msg)
             await trio.sleep(CHECK_GAP)
 
-    async def check_firewall(self, *, orphans: bool = True) -> firewall.Report:
+    async def check_firewall(
+        self, *, orphans: bool = True, announce: bool = True
+    ) -> firewall.Report:
         """Read the table once; put back what registered networks lack,
         remove what belongs to none. ``repaired firewall`` per network put right."""
         svc = self.svc
@@ -253,7 +255,7 @@ class TrafficGuard:
         self.checks += 1
         self._listing = fwmodel.parse_listing(report.text)
         self._listing_at = time.monotonic()
-        self._announce_listing({n.name for n in nets})
+        self._announce_listing({n.name for n in nets}, announce)
         for d in report.diffs:
             if svc.rules.get(d.name) is not None and d.name not in svc.applying:
                 log.warning("network %s: repaired firewall (%s)", d.name, d.state)
@@ -263,14 +265,15 @@ class TrafficGuard:
             self.want_check()
         return report
 
-    def _announce_listing(self, names: set[str]) -> None:
+    def _announce_listing(self, names: set[str], announce: bool) -> None:
         """The internal "firewall" event for each network whose rules as
         shown (``firewall_text``, counters aside) differ from the last read:
         the filesystem announces the change of ``NAME/firewall`` (a start's
-        rules are first read just after its ``started``)."""
+        rules are first read just after its ``started``). Not at recovery
+        (``announce`` False): nothing was shown before it."""
         for name in sorted(names | set(self._shown)):
             shown = _COUNTERS.sub("counter", firewall.render_listing(self._listing, name))
-            if self._shown.get(name, "") != shown and name in self.core._nets:
+            if announce and self._shown.get(name, "") != shown and name in self.core._nets:
                 self.core._emit(name, "firewall")
             if shown:
                 self._shown[name] = shown
@@ -343,7 +346,7 @@ class TrafficGuard:
             and not fwmodel.expected_rules(n.live).empty()
         }
         try:
-            await self.check_firewall(orphans=sweep)
+            await self.check_firewall(orphans=sweep, announce=False)
         except NetfsError as e:
             log.warning("recovery of the firewall rules: %s", e.message)
             for name in svc.rules:
