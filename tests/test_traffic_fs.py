@@ -192,6 +192,17 @@ def test_nat_dhcp_network_through_the_mount(world: World, daemons: list[Daemon])
     assert table.count("masquerade") == nft_table(w).count("masquerade") > 0
     assert "guest_nat" in (net / "firewall").read_text()
 
+    # a live change of DHCP hosts: `updated`, applied to the running dnsmasq
+    ev = EventReader(mnt)
+    try:
+        changed = network(NET, hosts="<host mac='52:54:00:00:00:33' name='h33' ip='10.72.0.33'/>")
+        sh(f"cat > {net}/definition.xml <<'EOF'\n{changed}\nEOF")
+        ev.wait(NET, "updated")
+        assert "10.72.0.33" in (net / "status.xml").read_text()
+        assert w.dnsmasq_pids() == pids  # host entries only: re-read, same process
+    finally:
+        ev.close()
+
     # stop: no rules shown, no dnsmasq; the leases stay while it is defined
     sh(f"echo 0 > {net}/active")
     assert (net / "firewall").read_text() == ""
