@@ -1,10 +1,12 @@
-"""Run the benchmarks: `python -m bench [MODULE...] [--quick]`.
+"""Run the benchmarks: `python -m bench [MODULE ...] [--quick]`.
 
 Each benchmark module prints its figures side by side with a floor measured
 in the same run. Modules: bench.start (a start through the mount beside the
 netlink floor), bench.core (driver and netlink), bench.fs (the mounted
 filesystem), bench.firewall (nft rules per network), bench.dnsmasq (dnsmasq
-per network, lease updates), bench.large (large definitions).
+per network, lease updates), bench.large (large definitions), bench.traffic
+(a NAT+DHCP network through the core, restart with many), bench.traffic_fs
+(the same through the mount: echo 1 > active, leases IN_MODIFY, restart).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large"]
+MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large", "traffic", "traffic_fs"]
 
 
 def main(argv: list[str]) -> int:

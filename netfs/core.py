@@ -37,6 +37,7 @@ import trio
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
+from netfs.model.dnsmasq import has_raw_options
 from netfs.model.names import escape_field
 from netfs.model.network import NetworkDef, format_network, parse_network
 from netfs.model.port import (
@@ -53,7 +54,9 @@ from netfs.ports import Ports
 from netfs.reconcile import LinkReconciler
 from netfs.recovery import Recovery
 from netfs.state import StateStore, check_name, format_status
+from netfs.subdrivers.services import Services
 from netfs.subdrivers.steps import StepContext
+from netfs.traffic import TrafficGuard
 from netfs.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,20 @@ EVENT_KINDS = frozenset(
         "updated",
         "port-created",
         "port-deleted",
+        "lease-added",
+        "lease-removed",
+        "repaired",
         "error",
+        "leases",
+        "firewall",
     }
 )
+# kinds that are not lines of `events`: "error" (the network's error was
+# recorded: the `error` file changed), "leases" (its lease records
+# changed: the `leases` file changed; renewals included) and "firewall"
+# (its rules as last read changed: firewall_text changed, e.g. once the
+# table was read after a start)
+INTERNAL_KINDS = frozenset({"error", "leases", "firewall"})
 
 
 # define parses a document larger than this in a worker thread (a thread
@@ -89,8 +103,10 @@ class Event:
     """One change of one network, as a line of the ``events`` file.
 
     ``kind`` is one of the words of the events file (defined undefined
-    started stopped updated port-created port-deleted) or the internal
-    ``error``: the core recorded an error for the network (any cause: a
+    started stopped updated port-created port-deleted lease-added
+    lease-removed repaired; ``detail`` is the rest of their line) or one of
+    :data:`INTERNAL_KINDS`: ``leases`` (the network's lease records changed)
+    or ``error``: the core recorded an error for the network (any cause: a
     failed operation, autostart, recovery, reload, :meth:`Driver.set_error`);
     the text is the network's ``error``. ``line()`` renders it like the
     others ("... testA error"), but it is not a word of the events file:
@@ -100,14 +116,20 @@ class Event:
     network: str
     kind: str
     port: str | None = None
+    # the rest of the line: "MAC ADDRESS" (lease-added/-removed), WHAT (repaired)
+    detail: str | None = None
 
     def line(self) -> str:
-        """``TIMESTAMP NAME EVENT [PORT]``, one space between fields; in the
-        names every byte that is not printable ASCII, and space and
-        backslash, is written ``\\xNN`` (netfs.model.names.escape_field)."""
+        """``TIMESTAMP NAME EVENT [PORT] [DETAIL]``, one space between
+        fields; in the names every byte that is not printable ASCII, and
+        space and backslash, is written ``\\xNN``
+        (netfs.model.names.escape_field). The detail ("MAC ADDRESS", WHAT)
+        is made by netfs and needs no escaping."""
         network = escape_field(self.network)
         text = f"{self.time.isoformat(timespec='milliseconds')} {network} {self.kind}"
-        return text if self.port is None else f"{text} {escape_field(self.port)}"
+        if self.port is not None:
+            text = f"{text} {escape_field(self.port)}"
+        return text if self.detail is None else f"{text} {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -200,7 +222,10 @@ class _EventHub:
             send.close()
 
     def emit(self, ev: Event) -> None:
-        log.info("event: %s", ev.line())
+        if ev.kind in ("leases", "firewall"):  # every renewal, every read of the rules: not news
+            log.debug("event: %s", ev.line())
+        else:
+            log.info("event: %s", ev.line())
         for key, send in list(self._subscribers.items()):
             try:
                 send.send_nowait(ev)
@@ -213,8 +238,19 @@ class _EventHub:
 class Driver:
     """The network driver: see the module docstring for the rules."""
 
-    def __init__(self, config_dir: Path, state_dir: Path, netlink: NetlinkAdapter) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        state_dir: Path,
+        netlink: NetlinkAdapter,
+        *,
+        services: bool = True,
+    ) -> None:
+        """``services``: run the programs of virtual networks (nft rules,
+        dnsmasq) in the netlink adapter's namespace; False: the bridge side
+        only (tests against an in-memory kernel)."""
         self.store = StateStore(config_dir, state_dir)
+        self.services = Services(Path(state_dir), netlink.netns) if services else None
         self._state_thread = Worker("netfs-state", idle=10.0)
         self.nl = netlink
         self._nets: dict[str, NetRecord] = {}
@@ -223,6 +259,7 @@ class Driver:
         self._links = LinkReconciler(self)
         self._recovery = Recovery(self)
         self._ports = Ports(self)
+        self.traffic = TrafficGuard(self)
         # define/undefine/autostart changes made through the core, numbered:
         # a reload does not apply what it read before such a change
         self._change_seq = 0
@@ -242,9 +279,11 @@ class Driver:
     def unsubscribe(self, ch: trio.MemoryReceiveChannel[Event]) -> None:
         self._events.unsubscribe(ch)
 
-    def _emit(self, network: str, kind: str, port: str | None = None) -> None:
+    def _emit(
+        self, network: str, kind: str, port: str | None = None, detail: str | None = None
+    ) -> None:
         assert kind in EVENT_KINDS, kind
-        self._events.emit(Event(datetime.now(UTC), network, kind, port))
+        self._events.emit(Event(datetime.now(UTC), network, kind, port, detail))
 
     # ------------------------------------------------------------------ queries
 
@@ -360,6 +399,8 @@ class Driver:
             nl=self.nl if nl is None else nl,
             run_dir=self.store.run_dir(live.name),
             netns=self.nl.netns,
+            services=self.services,
+            on_repair=self.traffic.reporter(live.name),
         )
 
     async def _store(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
@@ -367,13 +408,19 @@ class Driver:
 
     # ------------------------------------------------------------------ define
 
-    async def define(self, xml: bytes | str, *, name: str | None = None) -> str:
+    async def define(
+        self, xml: bytes | str, *, name: str | None = None, privileged: bool = True
+    ) -> str:
         """Define (or redefine) a network strictly; returns its name.
 
         ``name`` is the directory the definition was written to: the XML's
         ``<name>`` must equal it (EINVAL), and a definition without ``<name>``
         takes it. Emits ``defined`` (new) or ``updated`` (redefinition); a
-        redefinition of an active network becomes effective at its next start.
+        redefinition of an active network becomes effective at its next
+        start, unless it differs only in DHCP hosts/ranges and DNS records:
+        those are applied to the running network at once
+        (:meth:`netfs.traffic.TrafficGuard.live_update`). ``privileged``:
+        the caller is root; anyone else gets EPERM for ``<dnsmasq:options>``.
         """
         with self._recording(name if name in self._nets else None):
             # a large document is parsed off the loop that serves the others
@@ -381,6 +428,12 @@ class Driver:
                 net = await trio.to_thread.run_sync(_parse_definition, xml, name)
             else:
                 net = _parse_definition(xml, name)
+            if not privileged and has_raw_options(net):
+                raise NetfsError(
+                    errno.EPERM,
+                    "only root may define <dnsmasq:options>: "
+                    "raw dnsmasq options can run programs as root",
+                )
             explicit_uuid = not net.uuid_generated
         async with self._transition(net.name):
             sub = subdrivers.for_mode(net.forward.mode, net)
@@ -430,6 +483,8 @@ class Driver:
                 old.definition = net
                 old.problem = None
                 old.persistent = True
+                if old.live is not None:
+                    await self.traffic.redefined(old, net)
                 self._emit(net.name, "updated")
             return net.name
 
@@ -464,6 +519,7 @@ class Driver:
                 self._emit(name, "updated")
             else:
                 del self._nets[name]
+                await self.traffic.forget(name)
                 self._emit(name, "undefined")
 
     # ------------------------------------------------------------------ start / stop
@@ -512,6 +568,7 @@ class Driver:
             if link:
                 self._links.starting.pop(link, None)
         self._emit(n.name, "started")
+        self.traffic.started(n.name)
         if n.name in self._links.lost_in_start:
             # its link was deleted while it started (before the monitor
             # could know it as this network's)
@@ -563,8 +620,11 @@ class Driver:
 
     async def _mark_down(self, n: NetRecord) -> None:
         """An active network found not running (recovery, the monitor): its
-        status file goes, then it is stopped without its sub-driver."""
+        status file goes, then it is stopped without its sub-driver (its
+        programs, dnsmasq and rules, are stopped)."""
         await self._store(self.store.delete_status, n.name)
+        if n.live is not None:
+            await self.traffic.down(n.live)
         await self._finish_stop(n)
 
     async def _finish_stop(self, n: NetRecord) -> None:
@@ -578,6 +638,7 @@ class Driver:
         self._emit(n.name, "stopped")
         if not n.persistent:
             del self._nets[n.name]
+            await self.traffic.forget(n.name)
             self._emit(n.name, "undefined")
 
     async def set_autostart(self, name: str, on: bool) -> None:
@@ -624,9 +685,32 @@ class Driver:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Follow link events; reconcile networks whose link vanished
-        (:mod:`netfs.reconcile`). Runs until cancelled; a failing monitor is
+        (:mod:`netfs.reconcile`); keep dnsmasq and the firewall rules of
+        active networks in place and report lease changes
+        (:mod:`netfs.traffic`). Runs until cancelled; a failing monitor is
         logged, resynchronised and reopened."""
-        await self._links.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.traffic.run)
+            await nursery.start(self._links.run)
+            task_status.started()
+
+    # ------------------------------------------------------------------ traffic
+
+    def leases_text(self, name: str) -> str:
+        """``NAME/leases``: the network's current DHCP leases, one line
+        each ('' for a network without DHCP)."""
+        return self.traffic.leases_text(self._get(name))
+
+    def firewall_text(self, name: str) -> str:
+        """``NAME/firewall``: the network's rules in place as ``nft list``
+        prints them, as last read (the guard reads the table at every change
+        of it, and at most a second after a read of this asks for it); ''
+        when inactive or without rules (mode open)."""
+        return self.traffic.firewall_text(self._get(name))
+
+    async def firewall_listing(self, name: str) -> str:
+        """Like :meth:`firewall_text`, read from the kernel now."""
+        return await self.traffic.firewall_listing(self._get(name))
 
     async def resync(self) -> None:
         """Compare every active network with the kernel (after an overrun)."""

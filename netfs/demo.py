@@ -7,9 +7,15 @@ directories and a temporary mount point, puts examples/testA.xml in the
 config directory, starts `netfs mount MNT --netns NS -f`, and shows the
 filesystem at work: starting a network makes its bridge, portgroup and port
 virtualports are merged, inotifywait sees a network stop (its bridge deleted
-from outside) and start, and `events` tells the story. Then it waits until
-Ctrl-C or SIGTERM (or exits at once with --no-wait), stops the daemon,
-unmounts, and removes the namespace and the temporary directories.
+from outside) and start. Then a NAT network with DHCP (examples/natnet.xml):
+a guest namespace with a veth into its bridge gets an address from the
+network's dnsmasq (busybox udhcpc), `NAME/leases` shows it (inotifywait sees
+it change), `NAME/firewall` shows the rules, and the guest connects to an
+upstream namespace, which sees the host's address (masquerading). `events`
+tells the story. Then it waits until Ctrl-C or SIGTERM (or exits at once
+with --no-wait), stops the NAT network (and its dnsmasq) and the daemon,
+unmounts, kills whatever still runs in its namespaces, and removes them and
+the temporary directories.
 
 Nothing touches the host's own network namespace.
 """
@@ -33,6 +39,55 @@ from typing import IO
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TOP = EXAMPLES.parent
+
+
+# the guest's DHCP client script (busybox udhcpc calls it with the lease)
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    ;;
+esac
+exit 0
+"""
+
+# the upstream's TCP listener: prints the address a connection came from
+LISTEN = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("listening", flush=True)
+c, peer = s.accept()
+print("connection from", peer[0], flush=True)
+"""
+
+CONNECT = """
+import socket, sys
+socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+print("connected to", sys.argv[1])
+"""
+
+UPSTREAM = "198.51.100.2"  # the upstream namespace (TEST-NET-2)
+UPLINK = "198.51.100.1"  # the managed namespace's address towards it
+
+
+def kill_inside(netns: str) -> None:
+    """SIGKILL every process whose network namespace is `netns` (the last
+    resort for a dnsmasq or udhcpc still running there)."""
+    try:
+        want = os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
+                os.kill(int(entry), signal.SIGKILL)
 
 
 class _Stop(Exception):
@@ -125,16 +180,21 @@ class _Background:
 class Demo:
     def __init__(self) -> None:
         self.netns = f"netfsdemo{os.getpid()}"
+        self.guest = f"{self.netns}g"  # the NAT network's guest
+        self.upstream = f"{self.netns}u"  # what lies beyond the NAT
         self.tmp = Path(tempfile.mkdtemp(prefix="netfs-demo-"))
+        # dnsmasq (its own unprivileged user) reads its files in the state dir
+        self.tmp.chmod(0o755)
         self.conf = self.tmp / "config"
         self.state = self.tmp / "state"
         self.mnt = self.tmp / "mnt"
         self.log = self.tmp / "daemon.log"
         self.daemon: subprocess.Popen[bytes] | None = None
         self.background: list[_Background] = []
-        self.netns_made = False
+        self.netns_made: list[str] = []
+        self.nat_active = False
         self.failures: list[str] = []
-        self.env = dict(os.environ, EX=str(EXAMPLES), NS=self.netns)
+        self.env = dict(os.environ, EX=str(EXAMPLES), NS=self.netns, G=self.guest, U=self.upstream)
 
     # -- running commands, transcript style ------------------------------
 
@@ -171,7 +231,7 @@ class Demo:
     def wait_until(self, cmd: str, want: str, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.sh(cmd, quiet=True).strip() == want:
+            if self.sh(cmd, quiet=True, check=False).strip() == want:
                 return True
             time.sleep(0.02)
         return False
@@ -182,7 +242,7 @@ class Demo:
         for d in (self.conf, self.state, self.mnt):
             d.mkdir()
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
-        self.netns_made = True
+        self.netns_made.append(self.netns)
         subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
         shutil.copy(EXAMPLES / "testA.xml", self.conf / "testA.xml")
         argv = [
@@ -230,6 +290,10 @@ class Demo:
     def teardown(self) -> None:
         for bg in self.background:
             bg.stop()
+        if self.nat_active and self.daemon is not None and self.daemon.poll() is None:
+            # its dnsmasq keeps running when the daemon stops: stop the network
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.sh("echo 0 > natnet/active", quiet=True, check=False)
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             try:
@@ -239,8 +303,9 @@ class Demo:
                 self.daemon.wait()
         if is_mounted(self.mnt):
             subprocess.run(["umount", "-l", str(self.mnt)], check=False)
-        if self.netns_made:
-            subprocess.run(["ip", "netns", "del", self.netns], check=False)
+        for ns in self.netns_made:
+            kill_inside(ns)  # anything left (dnsmasq, udhcpc, a listener)
+            subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def show_daemon_log(self) -> None:
@@ -324,6 +389,8 @@ class Demo:
         time.sleep(0.3)
         watch.stop()
 
+        self.nat()
+
         self.note("events: `cat events` was opened when the demo began; it blocks for more")
         time.sleep(0.2)
         say("$ cat events")
@@ -332,7 +399,123 @@ class Demo:
             say(line)
         if not any(line.endswith(" testA started") for line in events.lines):
             self.failures.append("no 'testA started' event")
+        if self.nat_active and not any(" natnet lease-added " in line for line in events.lines):
+            self.failures.append("no 'natnet lease-added' event")
         events.stop()
+
+    def _ns(self, ns: str, *argv: str) -> None:
+        subprocess.run(["ip", "-n", ns, *argv], check=True, capture_output=True)
+
+    def nat(self) -> None:
+        """A NAT network with DHCP: a guest gets its address, reaches upstream."""
+        missing = [p for p in ("dnsmasq", "nft", "busybox") if not _which(p)]
+        if missing:
+            self.note(f"no NAT network with DHCP: {', '.join(missing)} not installed")
+            self.failures.append("missing " + ", ".join(missing))
+            return
+        # the guest and upstream namespaces, wired to the managed one
+        for ns in (self.guest, self.upstream):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            self.netns_made.append(ns)
+            self._ns(ns, "link", "set", "lo", "up")
+        self._ns(
+            self.netns,
+            "link",
+            "add",
+            "guest0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.guest,
+        )
+        self._ns(self.guest, "link", "set", "eth0", "address", "52:54:00:de:00:01", "up")
+        self._ns(
+            self.netns,
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.upstream,
+        )
+        self._ns(self.netns, "addr", "add", f"{UPLINK}/24", "dev", "up0")
+        self._ns(self.netns, "link", "set", "up0", "up")
+        self._ns(self.upstream, "addr", "add", f"{UPSTREAM}/24", "dev", "eth0")
+        self._ns(self.upstream, "link", "set", "eth0", "up")
+        script = self.tmp / "udhcpc.sh"
+        script.write_text(UDHCPC_SCRIPT)
+        script.chmod(0o755)
+
+        self.note(
+            "a NAT network with DHCP: its start adds firewall rules (table inet netfs),\n"
+            "# switches IP forwarding on and starts its dnsmasq, all in the namespace"
+        )
+        self.sh("cat $EX/natnet.xml")
+        self.sh("mkdir natnet && cp $EX/natnet.xml natnet/definition.xml")
+        self.sh("echo 1 > natnet/active")
+        self.nat_active = True
+        self.sh("cat natnet/active")
+        self.wait_until("grep -c 'chain guest_nat' natnet/firewall", "1")
+        self.sh("cat natnet/firewall")
+        self.sh(
+            'ps -o pid,user,args -p "$(ip netns pids "$NS" | paste -sd,)" | grep -e PID -e natnet'
+        )
+
+        self.note(
+            "a guest namespace ($G) with a veth into the bridge asks for an address;\n"
+            "# inotifywait sees natnet/leases change"
+        )
+        say("$ inotifywait -m -e modify,close_write natnet/leases &")
+        watch = _Background(
+            ["inotifywait", "-m", "-e", "modify,close_write", "natnet/leases"],
+            self.mnt,
+            echo_prefix="[inotifywait] ",
+            stderr=True,
+        )
+        self.background.append(watch)
+        if not watch.wait_for("Watches established", 10, err=True):
+            self.failures.append("inotifywait on leases")
+        self.sh('ip -n "$NS" link set guest0 master natnet0 up')
+        self.sh(
+            f'ip netns exec "$G" busybox udhcpc -i eth0 -n -q -f -t 5 -T 2 -x hostname:guest1 -s {script}'
+        )
+        self.sh('ip -n "$G" -br addr show dev eth0')
+        if not watch.wait_for("natnet/leases", 5):
+            self.failures.append("no change of natnet/leases seen")
+        self.sh("cat natnet/leases")
+        if "52:54:00:de:00:01" not in self.sh("cat natnet/leases", quiet=True):
+            self.failures.append("the guest's lease is not in natnet/leases")
+        watch.stop()
+
+        self.note(
+            f"the guest connects to the upstream namespace ($U, {UPSTREAM}):\n"
+            "# upstream sees the managed namespace's address, not the guest's (NAT)"
+        )
+        say(f'$ ip netns exec "$U" python3 -c "<listen on {UPSTREAM}:8080>" &')
+        listener = _Background(
+            ["ip", "netns", "exec", self.upstream, sys.executable, "-c", LISTEN, UPSTREAM, "8080"],
+            self.mnt,
+            echo_prefix="[upstream] ",
+        )
+        self.background.append(listener)
+        if not listener.wait_for("listening", 10):
+            self.failures.append("the upstream listener")
+        say(f'$ ip netns exec "$G" python3 -c "<connect to {UPSTREAM}:8080>"')
+        argv = ["ip", "netns", "exec", self.guest, sys.executable, "-c", CONNECT, UPSTREAM, "8080"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        say((done.stdout + done.stderr).rstrip())
+        if done.returncode != 0:
+            self.failures.append("the guest's connection upstream")
+        if not listener.wait_for(f"connection from {UPLINK}", 10):
+            self.failures.append(f"upstream did not see {UPLINK}")
+        listener.stop()
 
     def explore(self, wait: bool) -> None:
         say()
@@ -342,6 +525,9 @@ class Demo:
         say(f"  echo 0 > {self.mnt}/testA/active")
         say(f"  ip netns exec {self.netns} ip -br link")
         say(f"  ip netns exec {self.netns} bash     # a shell inside the namespace")
+        if self.nat_active:
+            say(f"  cat {self.mnt}/natnet/leases {self.mnt}/natnet/firewall")
+            say(f"  ip netns exec {self.guest} ping -c 1 {UPSTREAM}   # the guest, through NAT")
         say(f"  man {TOP / 'man' / 'netfs.8'}")
         if not wait:
             return
@@ -350,6 +536,10 @@ class Demo:
         while self.daemon.poll() is None:
             time.sleep(0.5)
         say(f"the daemon exited (status {self.daemon.returncode})")
+
+
+def _which(prog: str) -> bool:
+    return shutil.which(prog) is not None or os.path.exists(f"/usr/sbin/{prog}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -391,7 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in old:
             signal.signal(s, signal.SIG_IGN)
         try:
-            say("cleaning up: stopping the daemon, unmounting, removing the namespace")
+            say(
+                "cleaning up: stopping the NAT network and the daemon, unmounting,"
+                " removing the namespaces"
+            )
         finally:
             demo.teardown()
         for s, h in old.items():

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from netfs import leases, nsexec
 from netfs.errors import NetfsError
+from netfs.model.dnsmasq import _path_escape as path_escape
 from netfs.state import atomic_write
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,12 @@ class Dnsmasq:
     # -- files ---------------------------------------------------------------------
 
     def files(self, name: str) -> Files:
+        """The paths; the hosts files with the name XML-escaped, as the
+        configuration libvirt writes names them (netfs.model.dnsmasq)."""
         d = self.dir
+        esc = path_escape(name)
         return Files(
-            d / f"{name}.conf", d / f"{name}.hostsfile", d / f"{name}.addnhosts", d / f"{name}.pid"
+            d / f"{name}.conf", d / f"{esc}.hostsfile", d / f"{esc}.addnhosts", d / f"{name}.pid"
         )
 
     def _make_dirs(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Report:
     diffs: list[Diff] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     base_ok: bool = True
+    text: str = ""  # the table as read (with counters), before any change
 
     @property
     def clean(self) -> bool:
@@ -206,20 +208,38 @@ async def check(
     return _report(lst, nets, diffs, orphans)
 
 
+_COUNTER = re.compile(r"counter packets [0-9]+ bytes [0-9]+")
+
+
 async def repair(
-    netns: str | None, nets: Sequence[NetworkDef], *, keep: Collection[str] = ()
+    netns: str | None,
+    nets: Sequence[NetworkDef],
+    *,
+    keep: Collection[str] = (),
+    orphans: bool = True,
 ) -> Report:
     """Make the table what ``nets`` (every active network) expect, reading
     it once and changing it in one transaction: missing or changed rules
     put back (no duplicates), orphans removed, the base chains and maps put
     back. ``keep``: names of networks in the middle of a start or stop,
     whose rules are left as they are (neither put back nor orphans).
-    Returns what was wrong (clean: nothing was done)."""
+    Returns what was wrong (clean: nothing was done) and the table as
+    read (``Report.text``, counters included: what ``listing`` renders).
+    With ``orphans=False`` the rules of other networks stay (their state is
+    unknown) and each damaged network is applied again on its own."""
     async with _lock(netns):
-        lst = await read(netns)
-        script, diffs, orphans = model.repair_script(list(nets), lst, keep)
-        report = _report(lst, nets, diffs, orphans)
-        if script:
+        text = await _list(netns, stateless=False)
+        lst = model.parse_listing(_COUNTER.sub("counter", text))
+        script, diffs, found_orphans = model.repair_script(list(nets), lst, keep)
+        report = _report(lst, nets, diffs, found_orphans)
+        report.text = text
+        if not orphans:
+            report.orphans = []
+            by_name = {n.name: n for n in nets}
+            for d in diffs:
+                net = by_name[d.name]
+                await _run(netns, model.add_script(net), f"cannot repair the rules of {d.name}")
+        elif script:
             await _run(netns, script, "cannot repair the firewall rules")
         for d in diffs:
             log.info("network %s: firewall rules %s, put back: %s", d.name, d.state, d.details)

@@ -202,6 +202,9 @@ class Recovery:
             )
         else:
             await self._sweep_orphans(snap)
+        # the firewall of every active network from one read of the table;
+        # dnsmasq processes and rules of inactive networks removed
+        await core.traffic.recover(sweep=not bad_status)
         if not await core._store(store.autostarted):
             await self.autostart(skip=set(bad_status))
             await core._store(store.mark_autostarted)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,30 @@ def make_netns_name(tag: str = "t") -> str:
     return f"nfs{tag}{os.getpid() % 100000}x{next(_counter)}"
 
 
+def kill_inside(netns: str) -> list[int]:
+    """SIGKILL every process whose network namespace is `netns` (a dnsmasq a
+    test's driver started keeps running otherwise); the pids killed."""
+    try:
+        want = os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return []
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+        except OSError:
+            pass
+    return killed
+
+
 @pytest.fixture
 def netns() -> Iterator[str]:
-    """A fresh, empty network namespace (loopback up); removed afterwards."""
+    """A fresh, empty network namespace (loopback up); removed afterwards,
+    with every process still running inside it killed."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     name = make_netns_name()
@@ -46,6 +68,7 @@ def netns() -> Iterator[str]:
         ip("link", "set", "lo", "up", netns=name)
         yield name
     finally:
+        kill_inside(name)
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 

@@ -446,10 +446,11 @@ async def test_recovery_rows(dirs: tuple[Path, Path], nl: Netlink, netns: str) -
             got.append(ch.receive_nowait())
         except trio.WouldBlock:
             break
-    assert sorted((e.network, e.kind) for e in got) == [
-        ("gone", "stopped"),
-        ("transgone", "stopped"),
-        ("transgone", "undefined"),
+    assert sorted((e.network, e.kind, e.detail) for e in got) == [
+        ("alive", "repaired", "address"),
+        ("gone", "stopped", None),
+        ("transgone", "stopped", None),
+        ("transgone", "undefined", None),
     ]
     for name in d2.names():
         await d2.stop(name)

@@ -49,7 +49,7 @@ def kernel() -> FakeKernel:
 
 @pytest.fixture
 async def driver(tmp_path: Path, kernel: FakeKernel) -> Driver:
-    d = Driver(tmp_path / "etc", tmp_path / "run", _adapter(FakeNetlink(kernel)))
+    d = Driver(tmp_path / "etc", tmp_path / "run", _adapter(FakeNetlink(kernel)), services=False)
     await d.startup()
     return d
 
@@ -171,7 +171,7 @@ async def test_reload_rules(driver: Driver) -> None:
 
 async def test_recovery_and_orphans(tmp_path: Path, kernel: FakeKernel) -> None:
     nl = _adapter(FakeNetlink(kernel))
-    d = Driver(tmp_path / "etc", tmp_path / "run", nl)
+    d = Driver(tmp_path / "etc", tmp_path / "run", nl, services=False)
     await d.startup()
     await d.define(net_xml("a", bridge="nfsa0", ip4="10.9.0.1"))
     await d.define(net_xml("b", n=2, bridge="nfsb0"))
@@ -181,7 +181,7 @@ async def test_recovery_and_orphans(tmp_path: Path, kernel: FakeKernel) -> None:
     del kernel.links["nfsb0"]  # b's bridge is gone
     orphan = f"netfs:{U.format(7)}"
     kernel.links["nfsor0"] = LinkInfo(8, "nfsor0", "bridge", None, 1500, orphan, True, 0, 0.0)
-    d2 = Driver(tmp_path / "etc", tmp_path / "run", nl)
+    d2 = Driver(tmp_path / "etc", tmp_path / "run", nl, services=False)
     await d2.startup()
     assert d2.get("a").active and not d2.get("b").active
     assert [a.address for a in kernel.addrs] == ["10.9.0.1"]  # repaired

@@ -28,7 +28,7 @@ MERGED = (
 )
 
 
-def test_demo_shows_the_bridge_and_merged_virtualport_and_leaves_nothing() -> None:
+def test_demo_shows_the_bridge_virtualports_and_a_nat_dhcp_guest_and_leaves_nothing() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "netfs.demo", "--no-wait"],
         cwd=TOP,
@@ -63,7 +63,27 @@ def test_demo_shows_the_bridge_and_merged_virtualport_and_leaves_nothing() -> No
             r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 " + what + "$", events, re.M
         )
 
-    # nothing left behind
+    # a NAT network with DHCP: the guest's lease in natnet/leases (seen changing),
+    # the rules in natnet/firewall, and upstream sees the host's address
+    assert "[inotifywait] natnet/leases MODIFY" in text
+    lease = re.search(
+        r"^\S+\+00:00 52:54:00:de:00:01 ipv4 (10\.74\.0\.\d+)/24 guest1 \S+$",
+        text.split("$ cat natnet/leases", 1)[1],
+        re.M,
+    )
+    assert lease is not None, text
+    assert re.search(r"^eth0\S*\s+UP\s+" + re.escape(lease.group(1)) + "/24", text, re.M)
+    assert "chain guest_nat.natnet {" in text.split("$ cat natnet/firewall", 1)[1]
+    assert "[upstream] connection from 198.51.100.1" in text
+    assert re.search(r" natnet lease-added 52:54:00:de:00:01 " + re.escape(lease.group(1)), events)
+
+    # nothing left behind: no namespace, no process of the demo (dnsmasq)
+    for ns in (netns_name, netns_name + "g", netns_name + "u"):
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert ns not in listed.split()
+    tmp = str(Path(mount_point).parent)
+    left = subprocess.run(["pgrep", "-f", tmp], capture_output=True, text=True).stdout
+    assert left == "", left
     assert (
         netns_name
         not in subprocess.run(

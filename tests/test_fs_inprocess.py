@@ -117,8 +117,20 @@ class FakeCore:
             n.error_seq += 1
             self._emit(name, "error")
 
-    async def define(self, xml: bytes | str, *, name: str | None = None) -> str:
-        self.calls.append(("define", str(name)))
+    def leases_text(self, name: str) -> str:
+        self._n(name)
+        return ""
+
+    def firewall_text(self, name: str) -> str:
+        self._n(name)
+        return ""
+
+    async def define(
+        self, xml: bytes | str, *, name: str | None = None, privileged: bool = True
+    ) -> str:
+        self.calls.append(
+            ("define", str(name)) if privileged else ("define-unprivileged", str(name))
+        )
         try:
             net = parse_network(xml)
         except NetfsError as e:
@@ -270,7 +282,7 @@ async def test_network_directory_lists_the_declared_entries(
     fs: FS, core: FakeCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inactive = [".", "..", "definition.xml", "active", "autostart", "uuid", "error"]
-    inactive += ["portgroups", "ports"]
+    inactive += ["leases", "firewall", "portgroups", "ports"]
     assert await fs.listdir("testA", monkeypatch) == inactive
     core.nets["testA"].active = True
     listed = await fs.listdir("testA", monkeypatch)

@@ -36,7 +36,8 @@ def test_tree_modes_and_reads(mounted: Daemon) -> None:
     define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
     net = mnt / "testA"
     assert sorted(os.listdir(net)) == sorted(
-        ["definition.xml", "active", "autostart", "uuid", "error", "portgroups", "ports"]
+        ["definition.xml", "active", "autostart", "uuid", "error", "leases", "firewall"]
+        + ["portgroups", "ports"]
     )
     assert mode(mnt) == "drwxr-xr-x"
     assert mode(net) == "drwxr-xr-x"
@@ -399,7 +400,8 @@ def test_sighup_adopts_a_pending_directory(mounted: Daemon) -> None:
         assert len(uuid) == 36
         assert "<name>qa3q</name>" in (net / "definition.xml").read_text()
         assert sorted(os.listdir(net)) == sorted(
-            ["definition.xml", "active", "autostart", "uuid", "error", "portgroups", "ports"]
+            ["definition.xml", "active", "autostart", "uuid", "error", "leases", "firewall"]
+            + ["portgroups", "ports"]
         )
         # rmdir undefines it
         r = bash(f"rmdir {net}")

@@ -185,7 +185,8 @@ def test_sed_in_place(mounted: Daemon) -> None:
     assert "192.168.153.1" in (mounted.config_dir / "testA.xml").read_text()
     # the temp file is gone
     assert sorted(os.listdir(mnt / "testA")) == sorted(
-        ["definition.xml", "active", "autostart", "uuid", "error", "portgroups", "ports"]
+        ["definition.xml", "active", "autostart", "uuid", "error", "leases", "firewall"]
+        + ["portgroups", "ports"]
     )
     # a refused rename: EINVAL, definition unchanged, the temp file stays
     before = d.read_text()

@@ -113,7 +113,7 @@ def test_control_characters_refused(name: str) -> None:
 
 @pytest.fixture
 def driver(tmp_path: Path) -> Driver:
-    d = Driver(tmp_path / "etc", tmp_path / "run", cast(Netlink, None))
+    d = Driver(tmp_path / "etc", tmp_path / "run", cast(Netlink, None), services=False)
     d.store.ensure_dirs()
     return d
 

@@ -24,6 +24,8 @@ TREE_PATHS = [
     "NAME/status.xml",
     "NAME/uuid",
     "NAME/error",
+    "NAME/leases",
+    "NAME/firewall",
     "NAME/portgroups/",
     "NAME/portgroups/PG/default",
     "NAME/portgroups/PG/virtualport.xml",
@@ -142,6 +144,8 @@ def test_the_tree_diagram_names_every_file() -> None:
         "status.xml",
         "uuid",
         "error",
+        "leases",
+        "firewall",
         "portgroups/",
         "default",
         "virtualport.xml",
@@ -149,6 +153,18 @@ def test_the_tree_diagram_names_every_file() -> None:
         "port.xml",
     ]:
         assert name in section
+
+
+@needs_groff
+def test_every_entry_the_tree_declares_is_documented() -> None:
+    """The page follows netfs.fs.tree: each entry of a network directory
+    (fixed files and directories) has its paragraph."""
+    from netfs.fs import tree
+
+    text = _rendered_text()
+    declared = [f"NAME/{n}{'/' if node.is_dir else ''}" for n, node in tree.NETWORK.entries.items()]
+    assert {"NAME/leases", "NAME/firewall"} <= set(declared)
+    assert [p for p in declared if p not in text] == []
 
 
 @needs_groff
@@ -230,11 +246,11 @@ def test_mount_option_handling_is_documented() -> None:
 def test_every_event_word_of_the_core_is_documented() -> None:
     """Every kind the core emits that is a line of `events` (the filesystem
     hides the internal ones, such as "error")."""
-    from netfs.core import EVENT_KINDS
+    from netfs.core import EVENT_KINDS, INTERNAL_KINDS
     from netfs.fs.tree import HIDDEN_EVENTS
 
     events = _sections()["EVENTS"]
-    words = sorted(EVENT_KINDS - HIDDEN_EVENTS)
+    words = sorted(EVENT_KINDS - HIDDEN_EVENTS - INTERNAL_KINDS)
     assert set(EVENT_WORDS) <= set(words)
     assert [k for k in words if k not in events] == []
 

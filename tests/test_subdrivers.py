@@ -230,14 +230,19 @@ async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> N
         return None
 
     drv = VirtualDriver()
-    drv.insert_step(Step("firewall", nothing, record_stop), before="addresses")
-    drv.insert_step(Step("dnsmasq", fail), after="routes")
+    # (the recipe's own firewall and dnsmasq steps do nothing without services)
+    drv.insert_step(Step("early", nothing, record_stop), before="addresses")
+    drv.insert_step(Step("late", fail), after="routes")
     assert [s.name for s in drv.steps] == [
+        "dnsmasq-exit",
         "bridge",
         "ipv6-sysctls",
         "firewall",
+        "early",
         "addresses",
         "routes",
+        "late",
+        "forwarding",
         "dnsmasq",
     ]
     with pytest.raises(NetfsError) as ei:

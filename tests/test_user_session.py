@@ -332,6 +332,8 @@ def test_sed_invalid_result_leaves_no_temporary_file(mounted: Daemon) -> None:
         "autostart",
         "definition.xml",
         "error",
+        "firewall",
+        "leases",
         "portgroups",
         "ports",
         "uuid",

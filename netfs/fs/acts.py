@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from netfs.errors import NetfsError
@@ -104,17 +105,31 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         await drop_stale_entries(sp, name, before)
 
 
+def privileged(uid: int) -> bool:
+    """May a writer with this uid define what only root may
+    (<dnsmasq:options>)? Root, and the daemon's own user (a user session:
+    its dnsmasq runs as that user anyway); not a member of --group."""
+    return uid == 0 or uid == os.geteuid()
+
+
 async def store_document(
-    sp: Space, path: Path, node: File, data: bytes, *, renamed: bool = False
+    sp: Space,
+    path: Path,
+    node: File,
+    data: bytes,
+    *,
+    uid: int,
+    renamed: bool = False,
 ) -> None:
-    """A document written (at close or fsync) or renamed onto `path`."""
+    """A document written (at close or fsync) or renamed onto `path` by a
+    process of user `uid` (the writer who opened it, or who renamed)."""
     name = path[0]
     pending = sp.is_pending(name)
     before = None if pending else sp.state(name)
     assert node.document is not None
     try:
         try:
-            await node.document(sp.core, path, data)
+            await node.document(sp.core, path, data, privileged(uid))
         except NetfsError as e:
             p = sp.pending.get(name)
             if p is not None and sp.is_pending(name):

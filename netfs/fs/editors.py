@@ -46,6 +46,7 @@ async def rename_scratch(
     *,
     exchange: bool,
     noreplace: bool,
+    uid: int,
 ) -> None:
     """Only editors' files move; one renamed onto a document stores it."""
     dst = dpath + (name,)
@@ -62,7 +63,7 @@ async def rename_scratch(
     if target is not None:
         if not isinstance(target, File) or target.write is not Write.DOCUMENT:
             raise NetfsError(errno.EPERM, "not a document")
-        await store_document(sp, dst, target, bytes(sc.data), renamed=True)
+        await store_document(sp, dst, target, bytes(sc.data), uid=uid, renamed=True)
         # the kernel now believes the renamed inode is that file
         sp.scratch.unlink(src)
         sp.scratch.forget(sc)

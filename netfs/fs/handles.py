@@ -179,8 +179,9 @@ class FlagHandle(ContentHandle):
 class DocumentHandle(ContentHandle):
     """A document opened for writing: stored once per batch of writes."""
 
-    def __init__(self, space: Space, path: Path, node: File, *, trunc: bool) -> None:
+    def __init__(self, space: Space, path: Path, node: File, *, trunc: bool, uid: int) -> None:
         super().__init__(space, path, node)
+        self.uid = uid  # the writer's (the one who opened it): define's privilege
         self.buf = bytearray()  # content written since open
         self.held = 0  # bytes of the buffer counted in the store's total
         if not trunc:
@@ -233,7 +234,7 @@ class DocumentHandle(ContentHandle):
         if not data.strip(b"\0 \t\r\n"):
             return  # nothing written (bash's early flush, `: > file`)
         try:
-            await acts.store_document(self.space, self.path, self.node, data)
+            await acts.store_document(self.space, self.path, self.node, data, uid=self.uid)
             self.space.notifier.written(self.path, self.node)
         finally:
             self.settle = self.space.notifier.todo_seq

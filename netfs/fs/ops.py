@@ -443,6 +443,7 @@ class NetfsOperations(pyfuse3.Operations):
             _name(name_new),
             exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
             noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+            uid=ctx.uid,
         )
 
     @_handler
@@ -519,7 +520,8 @@ class NetfsOperations(pyfuse3.Operations):
         if (write or flags & os.O_TRUNC) and node.write is None:
             raise _err(errno.EACCES)  # O_RDONLY|O_TRUNC too: it asks to truncate
         if write and node.write is Write.DOCUMENT:
-            return self._open_handle(DocumentHandle(sp, path, node, trunc=bool(flags & os.O_TRUNC)))
+            trunc = bool(flags & os.O_TRUNC)
+            return self._open_handle(DocumentHandle(sp, path, node, trunc=trunc, uid=ctx.uid))
         # a write open is never cached: a write through the page cache would
         # hold the page's lock while the write handler waits for the
         # invalidation of that very page

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 Path = tuple[str, ...]
 
 # core event kinds that are not lines of `events` (kind "error" touches the
-# `error` file only)
-HIDDEN_EVENTS = frozenset({"error"})
+# `error` file only, "leases" the `leases` file, "firewall" the `firewall`
+# file): netfs.core.INTERNAL_KINDS
+HIDDEN_EVENTS = frozenset({"error", "leases", "firewall"})
 
 
 class Core(Protocol):
@@ -55,7 +56,11 @@ class Core(Protocol):
     def port_virtualport_xml(self, name: str, port: str) -> str | None: ...
     def portgroup_virtualport_xml(self, name: str, portgroup: str) -> str | None: ...
     def set_error(self, name: str, message: str, *, logged: bool = False) -> None: ...
-    async def define(self, xml: bytes | str, *, name: str | None = None) -> str: ...
+    def leases_text(self, name: str) -> str: ...
+    def firewall_text(self, name: str) -> str: ...
+    async def define(
+        self, xml: bytes | str, *, name: str | None = None, privileged: bool = True
+    ) -> str: ...
     async def undefine(self, name: str, *, if_active: str = "refuse") -> None: ...
     async def start(self, name: str) -> None: ...
     async def stop(self, name: str) -> None: ...
@@ -84,9 +89,11 @@ class Write(enum.Enum):
 
 # how a file is shown: (space, its path, its network's state or None) -> bytes
 Show = Callable[["Space", Path, "NetworkState | None"], "bytes | None"]
-# how a write is stored: (core, the file's path, the value) -> the core call
+# how a write is stored: (core, the file's path, the value) -> the core call;
+# a document's also gets whether its writer is privileged (root, or the
+# daemon's own user): netfs.core.Driver.define's `privileged`
 StoreFlag = Callable[[Core, Path, bool], Awaitable[None]]
-StoreDocument = Callable[[Core, Path, bytes], Awaitable[object]]
+StoreDocument = Callable[[Core, Path, bytes, bool], Awaitable[object]]
 # the names of a directory's children, in listing order
 Items = Callable[["Space", Path, "NetworkState | None"], Iterable[str]]
 # mkdir/rmdir of a child directory (the child's path)
@@ -236,6 +243,16 @@ def _show_port_virtualport(sp: Space, path: Path, st: NetworkState | None) -> by
     return sp.cached(path, port, sp.core.port_virtualport_xml, path[0], path[2])
 
 
+def _show_leases(sp: Space, path: Path, st: NetworkState | None) -> bytes | None:
+    # one line per current lease (traffic.md's format, escaped by the core)
+    return None if st is None else sp.core.leases_text(path[0]).encode(errors="surrogateescape")
+
+
+def _show_firewall(sp: Space, path: Path, st: NetworkState | None) -> bytes | None:
+    # the rules in place as `nft list` prints them; '' while inactive
+    return None if st is None else sp.core.firewall_text(path[0]).encode(errors="surrogateescape")
+
+
 # ================================================================ stores
 
 
@@ -250,11 +267,11 @@ async def _store_autostart(core: Core, path: Path, value: bool) -> None:
     await core.set_autostart(path[0], value)
 
 
-async def _store_definition(core: Core, path: Path, data: bytes) -> object:
-    return await core.define(data, name=path[0])
+async def _store_definition(core: Core, path: Path, data: bytes, privileged: bool) -> object:
+    return await core.define(data, name=path[0], privileged=privileged)
 
 
-async def _store_port(core: Core, path: Path, data: bytes) -> object:
+async def _store_port(core: Core, path: Path, data: bytes, privileged: bool) -> object:
     return await core.create_port(path[0], path[2], data)
 
 
@@ -340,6 +357,15 @@ NETWORK = Dir(
         # recorded also by failures above the core (a refused name at mkdir):
         # read from the daemon each time
         F_ERROR: File(F_ERROR, _show_error, polled=True, watched=True, seq=_error_seq),
+        # changed by the core's internal "leases" event (a lease granted,
+        # renewed, released) and by start/stop/"repaired firewall": the
+        # notifier compares the watched files at every event of the network
+        "leases": File(
+            "leases", _show_leases, presence=Presence.DEFINED, polled=True, watched=True
+        ),
+        "firewall": File(
+            "firewall", _show_firewall, presence=Presence.DEFINED, polled=True, watched=True
+        ),
         "portgroups": Dir(
             "portgroups", presence=Presence.DEFINED, item=PORTGROUP, items=_portgroups
         ),

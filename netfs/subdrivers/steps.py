@@ -11,8 +11,9 @@ a network runs every ``stop`` in reverse order.
 Every step gets a :class:`StepContext` built by the core: the live
 definition, the kernel of the managed namespace (:class:`NetlinkOps`), the
 network's own run directory in the state directory, the namespace's name,
-and ways to run a program inside the namespace (:mod:`netfs.nsexec`) and to
-write a sysctl there.
+ways to run a program inside the namespace (:mod:`netfs.nsexec`) and to
+write a sysctl there, the shared program services
+(:class:`netfs.subdrivers.services.Services`) and a way to report a repair.
 
 ``batched`` steps only make netlink requests (and queries): they are given a
 batch whose changes reach the kernel in one submission with those of the
@@ -26,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ from netfs import nsexec
 if TYPE_CHECKING:
     from netfs.model.network import NetworkDef
     from netfs.netlink import NetlinkOps
+    from netfs.subdrivers.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,14 @@ class StepContext:
     nl: NetlinkOps  # the managed namespace's kernel (a batch inside batched steps)
     run_dir: Path  # the network's own directory for runtime files (made on demand)
     netns: str | None  # the managed namespace (None: the daemon's own)
+    # the programs' side (dnsmasq runner, firewall registry); None: no programs
+    services: Services | None = None
+    # a repair tells what it put back ("address", "dnsmasq", ...): one event each
+    on_repair: Callable[[str], None] | None = field(default=None, compare=False)
+
+    def repaired(self, what: str) -> None:
+        if self.on_repair is not None:
+            self.on_repair(what)
 
     def using(self, nl: NetlinkOps) -> StepContext:
         return dataclasses.replace(self, nl=nl)

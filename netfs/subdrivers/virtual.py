@@ -1,8 +1,11 @@
 """Virtual networks (forward mode none, nat, route, open): a bridge made by netlink.
 
 The start is one :class:`~netfs.subdrivers.steps.Recipe` (libvirt's
-networkStartNetworkVirtual, minus what later issues add), in order:
+networkStartNetworkVirtual), in order:
 
+0. ``dnsmasq-exit``: nothing at start; being first, its stop is the last
+   of a stop: it waits for the exit of the dnsmasq step 8 told to stop, so
+   that dnsmasq's ~15 ms exit overlaps the removal of the rules and bridge;
 1. the check ``check_route_collision`` (it changes nothing, so the core runs
    it while it records its start intent), against the namespace's IPv4 main routing table (what
    /proc/net/route shows): an ``<ip>`` subnet already routed ->
@@ -18,16 +21,19 @@ networkStartNetworkVirtual, minus what later issues add), in order:
    must still be ours (else ENODEV), set up again if it is down;
 3. ``ipv6-sysctls``: disable_ipv6 (unless an IPv6 address is defined),
    accept_ra = autoconf = 0;
-4. ``addresses``: every ``<ip>`` (repair re-adds a missing one);
-5. ``routes``: every static ``<route>`` with a gateway, best effort as
-   libvirt (repair re-adds a missing one).
+4. ``firewall``: the network's nft rules, one transaction
+   (:mod:`netfs.subdrivers.services`);
+5. ``addresses``: every ``<ip>`` (repair re-adds a missing one);
+6. ``routes``: every static ``<route>`` with a gateway, best effort as
+   libvirt (repair re-adds a missing one);
+7. ``forwarding``: ip_forward (and IPv6 forwarding) on for nat and route;
+8. ``dnsmasq``: the DHCP/DNS server when the network needs one.
 
-Hook points for later issues, by step name: the firewall belongs before
-``addresses`` (libvirt adds rules before the addresses), IP forwarding and
-dnsmasq after ``routes`` (:meth:`VirtualDriver.insert_step`). The steps 2-5
-are ``batched``: they reach the kernel in one submission to the netlink
-worker. Any failure once the bridge exists undoes the done steps in reverse
-order (the bridge last); stop does the same for every step.
+The netlink steps (2, 3, 5, 6, 7) are ``batched``: 2-3 reach the kernel in
+one submission before the firewall step, 5-7 in another after it. Any
+failure once the bridge exists undoes the done steps in reverse order (the
+bridge last); stop does the same for every step. A repair reports what it
+put back through ``StepContext.repaired`` (one ``repaired WHAT`` event).
 
 Running: a link of the bridge name exists, is a bridge and carries our tag.
 The tag is this sub-driver's alone: :meth:`VirtualDriver.tag` names it for
@@ -47,6 +53,7 @@ from typing import TYPE_CHECKING
 from netfs.errors import NetfsError
 from netfs.model.network import is_virtual
 from netfs.model.validate import random_mac
+from netfs.subdrivers import services
 from netfs.subdrivers.steps import Recipe, Step, StepContext
 
 if TYPE_CHECKING:
@@ -162,6 +169,7 @@ async def repair_bridge(ctx: StepContext) -> None:
     if not link.up:
         log.info("network %s: setting %s up again", net.name, name)
         await ctx.nl.set_up(name)
+        ctx.repaired("bridge")
 
 
 async def ipv6_sysctls(ctx: StepContext) -> None:
@@ -196,6 +204,7 @@ async def repair_addresses(ctx: StepContext) -> None:
         if (ipaddress.ip_address(ip.address), prefix) not in present:
             log.info("network %s: re-adding %s/%d to %s", net.name, ip.address, prefix, name)
             await nl.add_address(name, ip.address, prefix)
+            ctx.repaired("address")
 
 
 async def _add_route(net: NetworkDef, nl: NetlinkOps, r: RouteDef) -> None:
@@ -236,6 +245,7 @@ async def repair_routes(ctx: StepContext) -> None:
         if key not in have:
             log.info("network %s: re-adding route %s/%d", net.name, r.address, r.prefix_len())
             await _add_route(net, nl, r)
+            ctx.repaired("route")
 
 
 # ------------------------------------------------------------------ driver
@@ -248,10 +258,25 @@ class VirtualDriver:
         self.recipe = Recipe(
             checks=[check_route_collision],
             steps=[
+                # its stop, the last one, waits for dnsmasq's exit
+                Step("dnsmasq-exit", services.nothing, services.wait_dnsmasq_exit),
                 Step("bridge", create_bridge, delete_bridge, repair_bridge, batched=True),
                 Step("ipv6-sysctls", ipv6_sysctls, batched=True),
+                Step("firewall", services.add_rules, services.remove_rules),
                 Step("addresses", add_addresses, repair=repair_addresses, batched=True),
                 Step("routes", add_routes, repair=repair_routes, batched=True),
+                Step(
+                    "forwarding",
+                    services.enable_forwarding,
+                    repair=services.repair_forwarding,
+                    batched=True,
+                ),
+                Step(
+                    "dnsmasq",
+                    services.start_dnsmasq,
+                    services.stop_dnsmasq,
+                    services.repair_dnsmasq,
+                ),
             ],
         )
 

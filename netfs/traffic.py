@@ -1,0 +1,508 @@
+"""The traffic guard: what keeps active networks carrying traffic (part of
+:mod:`netfs.core`).
+
+One :class:`TrafficGuard` per driver, running inside the core's monitor task
+(:meth:`netfs.core.Driver.run_monitor`), costs nothing per idle network:
+
+- **dnsmasq**: one pidfd per running dnsmasq of an active network, waited on
+  by trio's epoll (no polling). When it becomes readable (the process
+  exited) the network's lock is taken; if the network is still active, still
+  needs a dnsmasq and none runs (a stop or a restart of our own is not an
+  exit), dnsmasq is started again with the same files (leases kept: the
+  helper's ``init``) -> event ``repaired dnsmasq``. A failing restart is the
+  network's ``error`` and is retried with a growing delay (1 s .. 30 s).
+- **firewall**: one ``nft monitor`` process inside the namespace; any line it
+  prints (any change of any table) asks for a check, made at most every
+  half second: the table ``inet netfs`` is read once for all networks and
+  put right in one transaction (:func:`netfs.firewall.repair` with the
+  networks registered in :attr:`Services.rules`): missing or changed rules
+  put back without duplicates -> ``repaired firewall`` for each such
+  network; rules of no registered network removed. Without ``nft monitor``
+  the check runs every second.
+- **leases**: inotify on the lease records (:class:`netfs.leases.LeaseWatch`):
+  per change ``lease-added MAC ADDRESS`` / ``lease-removed MAC ADDRESS`` and
+  the internal ``leases`` event (the file changed, renewals included).
+
+Recovery (:meth:`TrafficGuard.recover`, after every active network's own
+repair adopted or started its dnsmasq): the table is read once and only
+missing rules are added; dnsmasq processes and rules of networks that are not
+active are removed (unless some status could not be read).
+
+Live changes (:meth:`TrafficGuard.live_update`): a redefinition of an active
+network that differs only in ``<dhcp>`` hosts/ranges and ``<dns>``
+hosts/txt/srv/forwarders is applied to the running dnsmasq.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from netfs import firewall, leases, nsexec
+from netfs.errors import NetfsError
+from netfs.model import firewall as fwmodel
+from netfs.model.dnsmasq import needs_dnsmasq
+from netfs.model.network import NetworkDef, format_network, is_virtual
+from netfs.state import TMP_PREFIX
+
+if TYPE_CHECKING:
+    from netfs.core import Driver
+    from netfs.netrecord import NetRecord
+    from netfs.subdrivers.services import Services
+
+log = logging.getLogger(__name__)
+
+CHECK_GAP = 0.5  # seconds between two reads of the table
+POLL = 1.0  # seconds: the check without nft monitor
+DEBOUNCE = 0.02  # a change's burst of monitor lines is one check
+_COUNTERS = re.compile(r"counter packets [0-9]+ bytes [0-9]+")
+
+
+def dhcp_prefixes(net: NetworkDef) -> dict[str, int] | None:
+    """The prefix of the first address of each family (what ``leases``
+    shows after an address), or None when the network has no DHCP."""
+    if not any(ip.ranges or ip.hosts for ip in net.ips):
+        return None
+    out: dict[str, int] = {}
+    for ip in net.ips:
+        fam = "ipv6" if ip.family == "ipv6" else "ipv4"
+        if fam not in out:
+            prefix = ip.prefix_len()
+            if prefix >= 0:
+                out[fam] = prefix
+    return out
+
+
+def _strip_live(net: NetworkDef) -> NetworkDef:
+    """A copy without what a live change may change (DHCP hosts and ranges,
+    DNS hosts, txt, srv, forwarders)."""
+    c = copy.deepcopy(net)
+    for ip in c.ips:
+        ip.ranges = []
+        ip.hosts = []
+    c.dns.hosts = []
+    c.dns.txts = []
+    c.dns.srvs = []
+    c.dns.forwarders = []
+    return c
+
+
+def live_changeable(old: NetworkDef, new: NetworkDef) -> bool:
+    """Do ``old`` and ``new`` differ only in what can change live?"""
+    return format_network(_strip_live(old), inactive=True) == format_network(
+        _strip_live(new), inactive=True
+    )
+
+
+class TrafficGuard:
+    def __init__(self, core: Driver) -> None:
+        self.core = core
+        self.svc: Services | None = core.services
+        self._nursery: trio.Nursery | None = None
+        self._watching: dict[str, int] = {}  # network -> the dnsmasq pid waited on
+        self._check = trio.Event()
+        self._listing = fwmodel.Listing()
+        self._listing_at = 0.0
+        self._shown: dict[str, str] = {}  # per network: its rules as last announced
+        self.checks = 0  # reads of the table by the guard (tests, benches)
+
+    # ------------------------------------------------------------ the task
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        svc = self.svc
+        if svc is None:
+            task_status.started()
+            await trio.sleep_forever()
+            return
+        watch = leases.LeaseWatch(svc.dnsmasq.leases_dir)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._leases, watch)
+                nursery.start_soon(self._firewall_checks)
+                await nursery.start(self._nft_monitor)
+                for name, n in list(self.core._nets.items()):
+                    if n.live is not None:
+                        self.started(name)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self._watching.clear()
+            watch.close()
+
+    def started(self, name: str) -> None:
+        """A network became active (or was recovered): watch its dnsmasq."""
+        svc, nursery = self.svc, self._nursery
+        if svc is None or nursery is None:
+            return
+        pid = svc.dnsmasq.pid(name)
+        if pid is None or self._watching.get(name) == pid:
+            return
+        self._watching[name] = pid
+        nursery.start_soon(self._watch_pid, name, pid)
+
+    # ------------------------------------------------------------ dnsmasq
+
+    async def _watch_pid(self, name: str, pid: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)
+        if self._watching.get(name) != pid:
+            return  # watched again meanwhile (another pid)
+        del self._watching[name]
+        delay = 1.0
+        while not await self._dnsmasq_exited(name, pid):
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        self.started(name)
+
+    async def _dnsmasq_exited(self, name: str, pid: int) -> bool:
+        """Start dnsmasq again if its network still wants it; False: failed
+        (try again later)."""
+        core, svc = self.core, self.svc
+        assert svc is not None
+        async with core._lock(name):
+            n = core._nets.get(name)
+            if n is None or n.live is None or not needs_dnsmasq(n.live):
+                return True
+            if svc.dnsmasq.pid(name) is not None:
+                return True  # restarted by us meanwhile
+            log.warning("network %s: dnsmasq (pid %d) exited: starting it again", name, pid)
+            try:
+                await trio.to_thread.run_sync(svc.start_dnsmasq, n.live)
+            except NetfsError as e:
+                core.set_error(name, f"cannot start dnsmasq again: {e.message}")
+                return False
+            log.warning("network %s: repaired dnsmasq", name)
+            core._emit(name, "repaired", detail="dnsmasq")
+            return True
+
+    # ------------------------------------------------------------ firewall
+
+    def want_check(self) -> None:
+        self._check.set()
+
+    async def _nft_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        assert self.svc is not None
+        netns = self.svc.netns
+        started = False
+        while True:
+            proc = None
+            try:
+                proc = await _open_in_namespace(netns, [firewall.NFT, "monitor"])
+                if not started:
+                    started = True
+                    task_status.started()
+                assert proc.stdout is not None
+                self.want_check()  # whatever happened while it was not watching
+                async for _chunk in proc.stdout:
+                    self.want_check()
+                log.warning("nft monitor ended: checking every %g s until it is back", POLL)
+            except (OSError, NetfsError) as e:
+                log.warning("no nft monitor (%s): checking every %g s", e, POLL)
+            finally:
+                if proc is not None:
+                    with trio.CancelScope(shield=True):
+                        if proc.returncode is None:
+                            proc.kill()
+                        await proc.wait()
+            if not started:
+                started = True
+                task_status.started()
+            # without the monitor: a check every POLL for a while, then try it again
+            for _ in range(30):
+                self.want_check()
+                await trio.sleep(POLL)
+
+    async def _firewall_checks(self) -> None:
+        assert self.svc is not None
+        while True:
+            await self._check.wait()
+            await trio.sleep(DEBOUNCE)
+            self._check = trio.Event()
+            if not self.svc.rules:
+                continue  # no rules to keep in place (orphans go at recovery and stop)
+            try:
+                await self.check_firewall()
+            except Exception as e:
+                msg = e.message if isinstance(e, NetfsError) else str(e)
+                log.warning("firewall check: %s", msg)
+            await trio.sleep(CHECK_GAP)
+
+    async def check_firewall(
+        self, *, orphans: bool = True, announce: bool = True
+    ) -> firewall.Report:
+        """Read the table once; put back what registered networks lack,
+        remove what belongs to none. ``repaired firewall`` per network put right."""
+        svc = self.svc
+        assert svc is not None
+        nets = list(svc.rules.values())
+        report = await firewall.repair(svc.netns, nets, orphans=orphans)
+        self.checks += 1
+        self._listing = fwmodel.parse_listing(report.text)
+        self._listing_at = time.monotonic()
+        self._announce_listing({n.name for n in nets}, announce)
+        for d in report.diffs:
+            if svc.rules.get(d.name) is not None and d.name not in svc.applying:
+                log.warning("network %s: repaired firewall (%s)", d.name, d.state)
+                self.core._emit(d.name, "repaired", detail="firewall")
+        if report.diffs or report.orphans or not report.base_ok:
+            self._listing_at = 0.0  # what was read is not what is there now
+            self.want_check()
+        return report
+
+    def _announce_listing(self, names: set[str], announce: bool) -> None:
+        """The internal "firewall" event for each network whose rules as
+        shown (``firewall_text``, counters aside) differ from the last read:
+        the filesystem announces the change of ``NAME/firewall`` (a start's
+        rules are first read just after its ``started``). Not at recovery
+        (``announce`` False): nothing was shown before it."""
+        for name in sorted(names | set(self._shown)):
+            shown = _COUNTERS.sub("counter", firewall.render_listing(self._listing, name))
+            if announce and self._shown.get(name, "") != shown and name in self.core._nets:
+                self.core._emit(name, "firewall")
+            if shown:
+                self._shown[name] = shown
+            else:
+                self._shown.pop(name, None)
+
+    def firewall_text(self, n: NetRecord) -> str:
+        if self.svc is None or n.live is None:
+            return ""
+        if time.monotonic() - self._listing_at > 1.0:
+            self.want_check()  # shown as last read; read again soon
+        return firewall.render_listing(self._listing, n.name)
+
+    async def firewall_listing(self, n: NetRecord) -> str:
+        if self.svc is None or n.live is None:
+            return ""
+        return await firewall.listing(self.svc.netns, n.name)
+
+    # ------------------------------------------------------------ leases
+
+    async def _leases(self, watch: leases.LeaseWatch) -> None:
+        core = self.core
+        async for change in watch.changes():
+            name = change.network
+            if name not in core._nets:
+                continue
+            for mac, address in change.removed:
+                core._emit(name, "lease-removed", detail=_pair(mac, address))
+            for mac, address in change.added:
+                core._emit(name, "lease-added", detail=_pair(mac, address))
+            core._emit(name, "leases")
+
+    def leases_text(self, n: NetRecord) -> str:
+        if self.svc is None:
+            return ""
+        prefixes = dhcp_prefixes(n.live or n.definition)
+        if prefixes is None:
+            return ""
+        found = leases.read_leases(self.svc.dnsmasq.state_dir, n.name)
+        return leases.format_leases(found, time.time(), prefixes)
+
+    async def forget(self, name: str) -> None:
+        """The network is undefined: its lease records and files go."""
+        svc = self.svc
+        if svc is None:
+            return
+
+        def drop() -> None:
+            svc.dnsmasq.remove_files(name)
+            leases.drop_records(svc.dnsmasq.state_dir, name)
+
+        try:
+            await trio.to_thread.run_sync(drop)
+        except (OSError, ValueError) as e:
+            log.warning("network %s: cannot remove its lease records: %s", name, e)
+
+    # ------------------------------------------------------------ recovery
+
+    async def recover(self, *, sweep: bool) -> None:
+        """After every active network's own repair: the firewall of all of
+        them from one read; orphans (rules, dnsmasq) removed when ``sweep``."""
+        svc = self.svc
+        if svc is None:
+            return
+        svc.rules = {
+            name: n.live
+            for name, n in self.core._nets.items()
+            if n.live is not None
+            and is_virtual(n.live.forward.mode)
+            and not fwmodel.expected_rules(n.live).empty()
+        }
+        try:
+            await self.check_firewall(orphans=sweep, announce=False)
+        except NetfsError as e:
+            log.warning("recovery of the firewall rules: %s", e.message)
+            for name in svc.rules:
+                self.core.set_error(name, f"cannot check the firewall rules: {e.message}")
+        if sweep:
+            active = {name for name, n in self.core._nets.items() if n.live is not None}
+            await trio.to_thread.run_sync(svc.dnsmasq.stop_orphans, active)
+        await trio.to_thread.run_sync(_remove_stale_temp_files, svc)
+
+    def reporter(self, name: str) -> Callable[[str], None]:
+        """What a network's steps call for each repair: logged, one
+        ``repaired WHAT`` event."""
+
+        def repaired(what: str) -> None:
+            log.warning("network %s: repaired %s", name, what)
+            self.core._emit(name, "repaired", detail=what)
+
+        return repaired
+
+    # ------------------------------------------------------------ live changes
+
+    async def redefined(self, n: NetRecord, net: NetworkDef) -> None:
+        """A saved redefinition of the active network ``n`` (its lock held):
+        applied to it now if only DHCP/DNS entries differ (the live
+        definition and status file become the new ones); a failure is its
+        error (the definition stays saved, for the next start)."""
+        core = self.core
+        try:
+            live = await self.live_update(n, net)
+        except NetfsError as e:
+            core.set_error(n.name, f"saved, but not applied to the running network: {e.message}")
+            return
+        if live is not None:
+            core._set_live(n, live)
+            n.recount()
+            await core._ports._save_qos(n)  # the status file: the new live definition
+
+    async def live_update(self, n: NetRecord, new: NetworkDef) -> NetworkDef | None:
+        """Apply a redefinition of the active network ``n`` to its running
+        dnsmasq if it differs only in DHCP hosts/ranges and DNS records
+        (the caller holds the network's lock). Returns the new live
+        definition (a copy of ``new`` completed like a start's), or None
+        when the change waits for the next start."""
+        old = n.live
+        if old is None or not is_virtual(old.forward.mode) or self.svc is None:
+            return None
+        live = copy.copy(new)
+        if live.mac is None:
+            live.mac = old.mac
+        if not live_changeable(old, live):
+            return None
+        svc = self.svc
+        was, now = needs_dnsmasq(old), needs_dnsmasq(live)
+        if was or now:
+            old_files = svc.render(old) if was else None
+            new_files = svc.render(live) if now else None
+            if old_files != new_files:
+                await trio.to_thread.run_sync(_apply_dnsmasq, svc, live, old_files, new_files)
+        if fwmodel.expected_rules(old) != fwmodel.expected_rules(live):
+            if not fwmodel.expected_rules(live).empty():
+                svc.rules[live.name] = live
+                await firewall.apply(svc.netns, live)
+        elif live.name in svc.rules:
+            svc.rules[live.name] = live
+        return live
+
+    async def down(self, live: NetworkDef) -> None:
+        """An active network found without its bridge: its programs go."""
+        svc = self.svc
+        if svc is None:
+            return
+        svc.rules.pop(live.name, None)
+        try:
+            await firewall.remove(svc.netns, live)
+        except NetfsError as e:
+            log.warning("network %s: removing its rules: %s", live.name, e.message)
+        try:
+            await trio.to_thread.run_sync(svc.stop_dnsmasq, live.name)
+        except (NetfsError, OSError) as e:
+            log.warning("network %s: stopping its dnsmasq: %s", live.name, e)
+
+
+def _apply_dnsmasq(
+    svc: Services,
+    live: NetworkDef,
+    old: tuple[str, str, str] | None,
+    new: tuple[str, str, str] | None,
+) -> None:
+    d = svc.dnsmasq
+    name = live.name
+    if new is None:
+        svc.stop_dnsmasq(name)
+        return
+    if old is not None and old[0] == new[0] and d.pid(name) is not None:
+        d.write_hosts(name, new[1], new[2])
+        if d.reload(name):
+            log.info("network %s: hosts files rewritten, dnsmasq reloaded", name)
+            return
+    d.write_files(name, *new)
+    if d.pid(name) is not None:
+        d.restart(name)
+    else:
+        d.start(name)
+    log.info("network %s: dnsmasq restarted with its new configuration", name)
+
+
+def _remove_stale_temp_files(svc: Services) -> None:
+    """Temporary files a crash left in the dnsmasq and leases directories
+    (a lease helper's only when its process is gone)."""
+    d = svc.dnsmasq
+    for directory in (d.dir, d.leases_dir):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for e in entries:
+            stale = e.name.startswith(TMP_PREFIX)
+            if not stale and e.name.startswith(".") and ".tmp" in e.name:
+                pid = e.name.rsplit(".tmp", 1)[1]
+                stale = pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+            if stale:
+                try:
+                    os.unlink(e.path)
+                    log.info("removed stale temporary file %s", e.path)
+                except OSError:
+                    pass
+
+
+def _pair(mac: str, address: str) -> str:
+    return f"{leases.escape(mac)} {leases.escape(address)}"
+
+
+async def _open_in_namespace(netns: str | None, argv: list[str]) -> trio.Process:
+    """A long-running program inside the namespace (stdout piped)."""
+    import subprocess
+
+    prog = nsexec.find_program(argv[0])
+    fd = nsexec.open_netns(netns) if netns else None
+
+    def enter() -> None:
+        if fd is not None:
+            nsexec.setns_fd(fd)
+            os.close(fd)
+
+    try:
+        return await trio.lowlevel.open_process(
+            [prog, *argv[1:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=enter,
+            pass_fds=(fd,) if fd is not None else (),
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+        )
+    except OSError as e:
+        raise NetfsError(e.errno or errno.EIO, f"cannot run {argv[0]}: {e.strerror}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
