@@ -2,12 +2,12 @@
 
 Layout (in the daemon's state directory)::
 
-    STATE/dnsmasq/NAME.conf          configuration (0600, read as root)
-    STATE/dnsmasq/NAME.hostsfile     dhcp-hostsfile (0644: re-read on SIGHUP
-    STATE/dnsmasq/NAME.addnhosts     addn-hosts      after dropping root)
-    STATE/dnsmasq/NAME.pid           written by dnsmasq
-    STATE/dnsmasq/netfs-leases-helper    the --dhcp-script entry (netfs.leases)
-    STATE/dnsmasq/leases/NAME.json   the lease records (netfs.leases)
+    STATE/.dnsmasq/NAME.conf          configuration (0600, read as root)
+    STATE/.dnsmasq/NAME.hostsfile     dhcp-hostsfile (0644: re-read on SIGHUP
+    STATE/.dnsmasq/NAME.addnhosts     addn-hosts      after dropping root)
+    STATE/.dnsmasq/NAME.pid           written by dnsmasq
+    STATE/.dnsmasq/netfs-leases-helper    the --dhcp-script entry (netfs.leases)
+    STATE/.dnsmasq/leases/NAME.json   the lease records (netfs.leases)
 
 dnsmasq runs as libvirt runs it — ``dnsmasq --conf-file=… --leasefile-ro
 --dhcp-script=…`` — plus ``--pid-file`` and ``--user`` (Debian's dnsmasq-base
@@ -44,7 +44,7 @@ from netfs.state import atomic_write
 
 log = logging.getLogger(__name__)
 
-SUBDIR = "dnsmasq"
+SUBDIR = ".dnsmasq"  # a dot: no network name can meet it (STATE/NAME/ is a network's)
 HELPER_NAME = "netfs-leases-helper"
 PROGRAM = "dnsmasq"
 

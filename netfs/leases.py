@@ -10,7 +10,7 @@ entry script that calls :func:`helper_main` (as libvirt's leases helper does):
   records of the network.
 
 The records of network NAME are ``<leases dir>/NAME.records`` (the leases dir is
-``STATE/dnsmasq/leases``): written atomically (temporary file + rename), under
+``STATE/.dnsmasq/leases``): written atomically (temporary file + rename), under
 an flock of ``<leases dir>/.NAME.lock`` against concurrent helper runs. The
 network is named by the environment dnsmasq was started with
 (``NETFS_NETWORK``, ``NETFS_LEASES_DIR``), never by anything a guest sends.
@@ -164,7 +164,7 @@ class LeaseChange:
 
 
 def leases_dir(state_dir: str | os.PathLike[str]) -> str:
-    return os.path.join(os.fspath(state_dir), "dnsmasq", "leases")
+    return os.path.join(os.fspath(state_dir), ".dnsmasq", "leases")
 
 
 def records_path(directory: str | os.PathLike[str], name: str) -> str:

@@ -389,10 +389,11 @@ def test_start_time_refusals(ip: str, message: str) -> None:
 
 def test_default_dir_is_the_daemons() -> None:
     from netfs.daemon import DEFAULT_STATE_DIR
+    from netfs.dnsmasq import SUBDIR
 
-    assert f"{DEFAULT_STATE_DIR}/dnsmasq" == dnsmasq.DEFAULT_DIR
+    assert f"{DEFAULT_STATE_DIR}/{SUBDIR}" == dnsmasq.DEFAULT_DIR
     net = defined(net_xml("<ip address='10.0.0.1' prefix='24'/>"))
-    assert render(net).addnhosts_path == f"{DEFAULT_STATE_DIR}/dnsmasq/t.addnhosts"
+    assert render(net).addnhosts_path == f"{DEFAULT_STATE_DIR}/.dnsmasq/t.addnhosts"
 
 
 # ---------------------------------------------------------------------------

@@ -291,3 +291,21 @@ def test_really_full_disk_leaves_no_starting_file(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines == [f"{errno.ENOSPC} {tmp_path}/run/n/starting", "[]"], r.stdout
+
+
+def test_dnsmasq_files_never_meet_a_network(tmp_path: Path) -> None:
+    """dnsmasq's files and the lease records live in a directory no network
+    name can take (a network named 'dnsmasq' has STATE/dnsmasq/ to itself)."""
+    from netfs import leases
+    from netfs.dnsmasq import Dnsmasq
+    from netfs.errors import NetfsError
+    from netfs.state import check_name
+
+    store = StateStore(tmp_path / "etc", tmp_path / "run")
+    store.ensure_dirs()
+    d = Dnsmasq(tmp_path / "run")
+    for path in (d.dir, Path(leases.leases_dir(tmp_path / "run")).parent):
+        assert path.parent == tmp_path / "run"
+        with pytest.raises(NetfsError):
+            check_name(path.name)
+    assert store.network_dir("dnsmasq") != d.dir

@@ -36,8 +36,8 @@ __all__ = [
     "value_problem",
 ]
 
-DEFAULT_DIR = "/run/netfs/networks/dnsmasq"
-"""The daemon's default state directory (``DEFAULT_STATE_DIR``) + ``/dnsmasq``."""
+DEFAULT_DIR = "/run/netfs/networks/.dnsmasq"
+"""The daemon's default state directory (``DEFAULT_STATE_DIR``) + ``/.dnsmasq``."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ undo (``stop``) and, where recovery needs one, a ``repair``:
   nat and route (:func:`netfs.model.firewall.forwarding_sysctls`); never
   undone, as libvirt. Repair: written again if it reads otherwise.
 - ``dnsmasq``: only when :func:`netfs.model.dnsmasq.needs_dnsmasq`; the files
-  rendered by :func:`netfs.model.dnsmasq.render` into ``STATE/dnsmasq/``,
+  rendered by :func:`netfs.model.dnsmasq.render` into ``STATE/.dnsmasq/``,
   then :meth:`netfs.dnsmasq.Dnsmasq.start` (a stale process of that name is
   stopped first). A failed start leaves neither files nor process. Stop:
   SIGTERM and files removed (the lease records stay); the step
