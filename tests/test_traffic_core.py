@@ -31,6 +31,7 @@ import trio
 
 from netfs import leases, nsexec
 from netfs.core import INTERNAL_KINDS, Driver, Event
+from netfs.dnsmasq import SUBDIR
 from netfs.errors import NetfsError
 from netfs.model import firewall as fwmodel
 from netfs.netlink import Netlink
@@ -352,7 +353,7 @@ async def test_nat_network_with_dhcp_carries_traffic(world: World) -> None:
         assert BRIDGE not in w.links()
         assert w.dnsmasq_pids() == []
         assert "tnat" not in w.table()
-        assert not list((w.state / "dnsmasq").glob("tnat.*"))
+        assert not list((w.state / SUBDIR).glob("tnat.*"))
         assert d.firewall_text("tnat") == ""
         assert len(leases.read_leases(w.state, "tnat")) == 2
         # the leases are shown while it is down, and dropped with its definition
@@ -427,7 +428,7 @@ async def test_failed_start_leaves_nothing_behind(world: World) -> None:
             assert BRIDGE not in w.links()
             assert w.dnsmasq_pids() == []
             assert "tnat" not in w.table()
-            assert not list((w.state / "dnsmasq").glob("tnat.*"))
+            assert not list((w.state / SUBDIR).glob("tnat.*"))
             sock[0].close()
             await d.start("tnat")  # the port is free again: it starts
             assert len(w.dnsmasq_pids()) == 1
@@ -556,9 +557,7 @@ async def test_live_change_of_dhcp_hosts_and_ranges(world: World) -> None:
         )
         (pid2,) = w.dnsmasq_pids()
         assert pid2 != pid
-        assert (
-            "dhcp-range=10.72.0.150,10.72.0.160" in (w.state / "dnsmasq" / "tnat.conf").read_text()
-        )
+        assert "dhcp-range=10.72.0.150,10.72.0.160" in (w.state / SUBDIR / "tnat.conf").read_text()
         assert "10.72.0.43" in d.leases_text("tnat")
         w.set_mac(GUEST_MAC)
         got = await in_thread(w.dhcp)
