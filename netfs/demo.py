@@ -198,6 +198,21 @@ class Demo:
 
     # -- running commands, transcript style ------------------------------
 
+    def watch(self, path: str) -> _Background:
+        """`inotifywait -m` on `path` in the background, once it watches."""
+        say(f"$ inotifywait -m -e modify,close_write {path} &")
+        watch = _Background(
+            ["inotifywait", "-m", "-e", "modify,close_write", path],
+            self.mnt,
+            echo_prefix="[inotifywait] ",
+            stderr=True,
+        )
+        self.background.append(watch)
+        if not watch.wait_for("Watches established", 10, err=True):
+            say("(inotifywait did not start)")
+            self.failures.append(f"inotifywait on {path}")
+        return watch
+
     def sh(
         self, cmd: str, *, expect_fail: bool = False, quiet: bool = False, check: bool = True
     ) -> str:
@@ -368,17 +383,7 @@ class Demo:
             "inotifywait on testA/active while the bridge is deleted from outside\n"
             "# (the daemon notices and stops the network) and it is started again"
         )
-        say("$ inotifywait -m -e modify,close_write testA/active &")
-        watch = _Background(
-            ["inotifywait", "-m", "-e", "modify,close_write", "testA/active"],
-            self.mnt,
-            echo_prefix="[inotifywait] ",
-            stderr=True,
-        )
-        self.background.append(watch)
-        if not watch.wait_for("Watches established", 10, err=True):
-            say("(inotifywait did not start)")
-            self.failures.append("inotifywait")
+        watch = self.watch("testA/active")
         self.sh('ip -n "$NS" link del testA0')
         if not self.wait_until("cat testA/active", "0"):
             self.failures.append("testA did not become inactive")
@@ -472,16 +477,7 @@ class Demo:
             "a guest namespace ($G) with a veth into the bridge asks for an address;\n"
             "# inotifywait sees natnet/leases change"
         )
-        say("$ inotifywait -m -e modify,close_write natnet/leases &")
-        watch = _Background(
-            ["inotifywait", "-m", "-e", "modify,close_write", "natnet/leases"],
-            self.mnt,
-            echo_prefix="[inotifywait] ",
-            stderr=True,
-        )
-        self.background.append(watch)
-        if not watch.wait_for("Watches established", 10, err=True):
-            self.failures.append("inotifywait on leases")
+        watch = self.watch("natnet/leases")
         self.sh('ip -n "$NS" link set guest0 master natnet0 up')
         self.sh(
             f'ip netns exec "$G" busybox udhcpc -i eth0 -n -q -f -t 5 -T 2 -x hostname:guest1 -s {script}'
