@@ -548,20 +548,15 @@ class Driver:
         try:
             try:
                 # metadata only, nothing fsync'ed: made here, no thread hop
-                self.store.delete_ports(n.name, sync=False)
-                if intent is not None:
-                    self.store.write_intent(n.name, live.uuid, intent)
-                await sub.check(ctx)
+                self.store.prepare_start(n.name, live.uuid, intent)
                 await self._run_start(sub, ctx)
             except BaseException:
                 if intent is not None:
                     self.store.delete_intent(n.name)
                 raise
             if intent is not None:
-                try:  # started: a stale intent would be cleared at recovery
-                    self.store.delete_intent(n.name)
-                except OSError as e:
-                    log.warning("network %s: cannot remove its start intent: %s", n.name, e)
+                # started: a stale intent would be cleared at recovery
+                self.store.finish_start(n.name)
             n.ports = {}
             self._set_live(n, live)
         finally:

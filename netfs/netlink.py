@@ -56,6 +56,9 @@ API (all async):
 - ``routes(family, *, match=None) -> list[RouteInfo]``: the main table (what
   /proc/net/route shows for IPv4); ``match``, pairs (network address, prefix
   length), keeps only the routes to those destinations.
+- ``check_routes(family, match, verdict)``: ``verdict`` (a start's check,
+  raising NetfsError to refuse) of those routes; recorded in a batch, where
+  it runs before the changes recorded after it, in the same submission.
 - ``monitor(rcvbuf=...)``: an async context manager giving an async iterator
   of :class:`LinkEvent` (``new``/``del``/``overrun``) from a NETLINK_ROUTE
   socket subscribed to RTMGRP_LINK, opened by the worker thread inside the
@@ -169,7 +172,12 @@ __all__ = [
     "NetlinkBatch",
     "NetlinkOps",
     "RouteInfo",
+    "RouteVerdict",
 ]
+
+
+# judges the routes a start's check found: raises NetfsError to refuse the start
+RouteVerdict = Callable[[list[RouteInfo]], None]
 
 
 class NetlinkOps(Protocol):
@@ -218,6 +226,15 @@ class NetlinkOps(Protocol):
     async def routes(
         self, family: int = socket.AF_INET, *, match: Iterable[tuple[str, int]] | None = None
     ) -> list[RouteInfo]: ...
+    async def check_routes(
+        self, family: int, match: list[tuple[str, int]], verdict: RouteVerdict
+    ) -> None:
+        """``verdict(routes(family, match=match))``: a check of a start
+        (``verdict`` raises NetfsError to refuse it). In a batch it is
+        recorded like a change and runs right before the requests recorded
+        after it, in the same submission: a refused start sends none."""
+        ...
+
     def batch(self) -> Batch:
         """A recorder of changes sent in one submission (a batch's batch is itself)."""
         ...
@@ -549,6 +566,11 @@ class _InNamespace:
             raise _kernel_error(e, "cannot list addresses") from None
         return out
 
+    def check_routes(
+        self, family: int, match: list[tuple[str, int]], verdict: RouteVerdict
+    ) -> None:
+        verdict(self.routes(family, match))
+
     def routes(self, family: int, match: Iterable[tuple[str, int]] | None) -> list[RouteInfo]:
         alen = 16 if family == socket.AF_INET6 else 4
         zero = b"\0" * alen
@@ -770,6 +792,11 @@ class Netlink:
         m = None if match is None else list(match)
         return await self._call(self._k.routes, family, m)
 
+    async def check_routes(
+        self, family: int, match: list[tuple[str, int]], verdict: RouteVerdict
+    ) -> None:
+        await self._call(self._k.check_routes, family, list(match), verdict)
+
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
         await self._call(self._k.set_ipv6_sysctls, ifname, disable)
 
@@ -933,6 +960,11 @@ class NetlinkBatch:
 
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
         self._record(self._nl._k.set_ipv6_sysctls, ifname, disable)
+
+    async def check_routes(
+        self, family: int, match: list[tuple[str, int]], verdict: RouteVerdict
+    ) -> None:
+        self._record(self._nl._k.check_routes, family, list(match), verdict)
 
     async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
         sysctl_path(key)  # a bad key is refused now, not at the flush

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from netfs import subdrivers
 from netfs.errors import NetfsError
 from netfs.model.network import format_network
-from netfs.netlink import AddrInfo, Batch, LinkInfo, NetlinkOps, RouteInfo
+from netfs.netlink import AddrInfo, Batch, LinkInfo, NetlinkOps, RouteInfo, RouteVerdict
 from netfs.netrecord import NetRecord
 from netfs.state import TMP_PREFIX
 
@@ -74,6 +74,11 @@ class KernelSnapshot:
             return list(self._routes[family])
         want = {(str(ipaddress.ip_address(a)), int(p)) for a, p in match}
         return [r for r in self._routes[family] if (r.dst, r.prefixlen) in want]
+
+    async def check_routes(
+        self, family: int, match: list[tuple[str, int]], verdict: RouteVerdict
+    ) -> None:
+        verdict(await self.routes(family, match=match))
 
     async def read_sysctl(self, path: str) -> str | None:
         return await self._nl.read_sysctl(path)

@@ -878,6 +878,23 @@ class StateStore:
         # the whole record or none (an empty one would name no bridge)
         atomic_write(path, f"{uuid} {bridge or ''}\n".encode(), sync=False)
 
+    def prepare_start(self, name: str, uuid: str, bridge: str | None) -> None:
+        """Before a start's first change: the network's stale port files
+        removed (not fsync'ed: a host crash that kept them has them removed
+        at the next start) and, when the sub-driver names a link it will
+        create, the start intent written."""
+        self.delete_ports(name, sync=False)
+        if bridge is not None:
+            self.write_intent(name, uuid, bridge)
+
+    def finish_start(self, name: str) -> None:
+        """A start went through: its intent goes (a failure is logged: a
+        stale intent is cleared at recovery)."""
+        try:
+            self.delete_intent(name)
+        except OSError as e:
+            log.warning("network %s: cannot remove its start intent: %s", name, e)
+
     def delete_intent(self, name: str) -> None:
         path = self.intent_path(name)
         try:

@@ -18,6 +18,7 @@ from netfs.netlink import (
     LinkInfo,
     NetlinkAdapter,
     RouteInfo,
+    RouteVerdict,
     sysctl_path,
 )
 
@@ -140,6 +141,11 @@ class FakeNetlink:
     ) -> list[RouteInfo]:
         want = None if match is None else set(match)
         return [r for r in self.k.routes if want is None or (r.dst, r.prefixlen) in want]
+
+    async def check_routes(
+        self, family: int, match: list[tuple[str, int]], verdict: RouteVerdict
+    ) -> None:
+        verdict(await self.routes(family, match=match))
 
     def batch(self) -> Batch:
         return FakeBatch(self)

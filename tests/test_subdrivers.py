@@ -182,7 +182,7 @@ async def test_subnet_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("addr", "add", "192.168.150.7/24", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.check(ctx(net_xml(), nl))
+        await VIRTUAL.start(ctx(net_xml(), nl))  # refused before any change
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Network is already in use by interface other0",
@@ -199,7 +199,7 @@ async def test_static_route_collision(nl: Netlink, netns: str) -> None:
     ip("link", "set", "other0", "up", netns=netns)
     ip("route", "add", "10.150.0.0/16", "dev", "other0", netns=netns)
     with pytest.raises(NetfsError) as ei:
-        await VIRTUAL.check(ctx(net_xml(**FULL), nl))
+        await VIRTUAL.start(ctx(net_xml(**FULL), nl))  # refused before any change
     assert (ei.value.errno, ei.value.message) == (
         errno.EADDRINUSE,
         "Route address '10.150.0.0' conflicts with IP address for 'other0'",
@@ -242,8 +242,8 @@ async def test_failure_after_create_deletes_bridge(nl: Netlink, netns: str) -> N
         "addresses",
         "routes",
         "late",
-        "forwarding",
         "dnsmasq",
+        "forwarding",
     ]
     with pytest.raises(NetfsError) as ei:
         await drv.start(ctx(net_xml(**FULL), nl))
@@ -351,7 +351,6 @@ async def test_steps_get_the_seams(nl: Netlink, netns: str, tmp_path: Path) -> N
     drv.insert_step(Step("probe", probe, unprobe), after="forwarding")
     net = net_xml(**FULL)
     c = StepContext(net=net, nl=nl, run_dir=tmp_path / "t1" / "run", netns=netns)
-    await drv.check(c)
     await drv.start(c)
     assert ns_sysctl(netns, "/proc/sys/net/ipv4/ip_forward") == "1"
     assert b"vbr0" in (c.run_dir / "probe").read_bytes()

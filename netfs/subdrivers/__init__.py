@@ -63,13 +63,9 @@ class SubDriver(Protocol):
 
     # -- the kernel ----------------------------------------------------------------
 
-    async def check(self, ctx: StepContext) -> None:
-        """Refuse a start that cannot work (e.g. a subnet in use); changes
-        nothing (the core runs it while it records its start intent)."""
-
     async def start(self, ctx: StepContext) -> None:
-        """Make the network's kernel side exist (or just accept it); runs
-        after a successful check."""
+        """Make the network's kernel side exist (or just accept it); a start
+        that cannot work (e.g. a subnet in use) is refused before any change."""
 
     async def stop(self, ctx: StepContext) -> None:
         """Undo start; never touches what this network did not create."""

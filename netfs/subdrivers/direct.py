@@ -29,9 +29,6 @@ class DirectDriver:
     def intent(self, live: NetworkDef) -> str | None:
         return None
 
-    async def check(self, ctx: StepContext) -> None:
-        return None
-
     async def start(self, ctx: StepContext) -> None:
         return None
 

@@ -1,9 +1,11 @@
 """The programs around a virtual network's bridge: firewall rules, IP
 forwarding, dnsmasq (start steps of :mod:`netfs.subdrivers.virtual`).
 
-libvirt's order (networkStartNetworkVirtual), kept by the virtual
-sub-driver's recipe: firewall rules before the bridge's addresses, IP
-forwarding and the DHCP/DNS server after the routes. Each step here has its
+The virtual sub-driver's recipe orders them (libvirt's
+networkStartNetworkVirtual, with the firewall beside the netlink steps and
+dnsmasq: see :mod:`netfs.subdrivers.virtual`): IP forwarding only once the
+rules are in place. Each step tells whether the network needs it at all
+(``has_rules``, ``has_dnsmasq``, ``has_forwarding``). Each step here has its
 undo (``stop``) and, where recovery needs one, a ``repair``:
 
 - ``firewall``: the network's rules in the namespace's ``table inet netfs``,
@@ -176,6 +178,18 @@ def _services(ctx: StepContext) -> Services | None:
 
 
 # ------------------------------------------------------------------ firewall
+
+
+def has_rules(ctx: StepContext) -> bool:
+    return ctx.services is not None and not expected_rules(ctx.net).empty()
+
+
+def has_dnsmasq(ctx: StepContext) -> bool:
+    return ctx.services is not None and needs_dnsmasq(ctx.net)
+
+
+def has_forwarding(ctx: StepContext) -> bool:
+    return bool(forwarding_sysctls(ctx.net))
 
 
 async def add_rules(ctx: StepContext) -> None:

@@ -18,7 +18,17 @@ write a sysctl there, the shared program services
 ``batched`` steps only make netlink requests (and queries): they are given a
 batch whose changes reach the kernel in one submission with those of the
 batched steps around them; a step that is not batched (a program, a file)
-runs once everything before it is in the kernel.
+runs once everything before it is in the kernel. The recipe's checks are
+recorded in the batch too, ahead of every change. A step whose ``needed``
+says it has nothing to do for this network (no rules in mode open, no
+dnsmasq without DHCP and DNS) is passed over: it neither runs nor sends the
+batch early. A ``concurrent`` step (a program that needs nothing of the
+kernel, e.g. ``nft -f``) is started once what comes before it is in the
+kernel, and runs beside the steps after it; a step
+that names it in ``waits`` starts once it is done, and the recipe ends
+(or, if anything failed, undoes) only once it is done. Its failure is
+raised there, never into the steps beside it, so the undo path stays one:
+the stops of every step that completed, in reverse recipe order.
 """
 
 from __future__ import annotations
@@ -94,20 +104,47 @@ class Step:
     stop: StepFn | None = None  # undo of start (network stop, or a later step failed)
     repair: StepFn | None = None  # recovery / reconciliation of a running network
     batched: bool = False  # netlink requests only: may be sent with its neighbours
+    # False: nothing to do for this network (its start is passed over)
+    needed: Callable[[StepContext], bool] | None = None
+    concurrent: bool = False  # runs beside the steps after it
+    waits: tuple[str, ...] = ()  # concurrent steps to be done before this one
+
+
+class _Beside:
+    """A concurrent step under way: its outcome, kept (never raised into
+    the steps beside it) until the recipe joins it."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+    async def run(self, ctx: StepContext) -> None:
+        try:
+            await self.step.start(ctx)
+        except BaseException as e:  # kept for the join: the undo path is the recipe's
+            self.error = e
+        finally:
+            self.done.set()
+
+    async def join(self) -> None:
+        """Wait for it (shielded: a started program is waited for, never
+        left behind); raise its failure."""
+        with trio.CancelScope(shield=True):
+            await self.done.wait()
+        if self.error is not None:
+            raise self.error
 
 
 class Recipe:
-    """Checks (they change nothing: run before the core records its start
-    intent, and at the same time), then an ordered list of steps with one
-    undo path."""
+    """Checks (they change nothing), then an ordered list of steps with one
+    undo path. The checks are given the start's batch: a check that asks
+    the kernel (``check_routes``) goes in the same submission as the first
+    changes, before them, and a refusal stops the submission there."""
 
     def __init__(self, steps: Sequence[Step], checks: Sequence[StepFn] = ()) -> None:
         self.checks: list[StepFn] = list(checks)
         self.steps: list[Step] = list(steps)
-
-    async def check(self, ctx: StepContext) -> None:
-        for check in self.checks:
-            await check(ctx)
 
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
@@ -125,29 +162,59 @@ class Recipe:
     async def start(self, ctx: StepContext) -> None:
         batch = ctx.nl.batch()
         batched = ctx.using(batch)
-        ends: list[int] = []  # position in the batch after each step
-        try:
-            for step in self.steps:
-                if step.batched:
-                    await step.start(batched)
-                else:
-                    await batch.flush()
-                    await step.start(ctx)
-                ends.append(len(batch))
-            await batch.flush()
-        except BaseException:
-            # what the steps before the failure asked for happens, as it
-            # would have without the batch; then all of it is undone, also
-            # on cancellation: never leave a half-made network behind
-            with trio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await batch.flush()
-                # done: the steps that returned and whose requests all completed
-                done = [
-                    s for s, end in zip(self.steps, ends, strict=False) if end <= batch.completed
-                ]
-                await self._undo(ctx, done, raise_first=False)
-            raise
+        ends: dict[int, int] = {}  # batched step -> position in the batch after it
+        finished: set[int] = set()  # the other steps that returned
+        beside: dict[str, _Beside] = {}
+        failure: BaseException | None = None
+        # the nursery holds the concurrent steps; a failure is raised once
+        # it is closed (as itself, not wrapped in an exception group)
+        async with trio.open_nursery() as nursery:
+            try:
+                for check in self.checks:
+                    await check(batched)
+                for i, step in enumerate(self.steps):
+                    if step.needed is not None and not step.needed(ctx):
+                        continue
+                    for name in step.waits:
+                        if name in beside:
+                            await beside[name].join()
+                    if step.batched:
+                        await step.start(batched)
+                        ends[i] = len(batch)
+                    elif step.concurrent:
+                        await batch.flush()  # the checks passed, what it follows is made
+                        beside[step.name] = b = _Beside(step)
+                        nursery.start_soon(b.run, ctx)
+                    else:
+                        await batch.flush()
+                        await step.start(ctx)
+                        finished.add(i)
+                await batch.flush()
+                for b in beside.values():
+                    await b.join()
+            except BaseException as e:
+                failure = e
+                # what the steps before the failure asked for happens, as it
+                # would have without the batch; the concurrent ones end;
+                # then all of it is undone, also on cancellation: never
+                # leave a half-made network behind
+                with trio.CancelScope(shield=True):
+                    with contextlib.suppress(Exception):
+                        await batch.flush()
+                    for b in beside.values():
+                        with contextlib.suppress(BaseException):
+                            await b.join()
+                    ok = {b.step.name for b in beside.values() if b.error is None}
+                    done = [
+                        s
+                        for i, s in enumerate(self.steps)
+                        if i in finished
+                        or ends.get(i, batch.completed + 1) <= batch.completed
+                        or (s.concurrent and s.name in ok)
+                    ]
+                    await self._undo(ctx, done, raise_first=False)
+        if failure is not None:
+            raise failure
 
     async def stop(self, ctx: StepContext) -> None:
         """Every step's stop in reverse order; the first failure is raised

@@ -4,11 +4,11 @@ The start is one :class:`~netfs.subdrivers.steps.Recipe` (libvirt's
 networkStartNetworkVirtual), in order:
 
 0. ``dnsmasq-exit``: nothing at start; being first, its stop is the last
-   of a stop: it waits for the exit of the dnsmasq step 8 told to stop, so
+   of a stop: it waits for the exit of the dnsmasq step 7 told to stop, so
    that dnsmasq's ~15 ms exit overlaps the removal of the rules and bridge;
-1. the check ``check_route_collision`` (it changes nothing, so the core runs
-   it while it records its start intent), against the namespace's IPv4 main routing table (what
-   /proc/net/route shows): an ``<ip>`` subnet already routed ->
+1. the check ``check_route_collision`` (it changes nothing: its query and
+   verdict go first in the submission of the first changes), against the
+   namespace's IPv4 main routing table (what /proc/net/route shows): an ``<ip>`` subnet already routed ->
    ``Network is already in use by interface X``; a static ``<route>`` equal to
    an existing route -> ``Route address 'A' conflicts with IP address for 'X'``
    (both EADDRINUSE);
@@ -22,17 +22,23 @@ networkStartNetworkVirtual), in order:
 3. ``ipv6-sysctls``: disable_ipv6 (unless an IPv6 address is defined),
    accept_ra = autoconf = 0;
 4. ``firewall``: the network's nft rules, one transaction
-   (:mod:`netfs.subdrivers.services`);
+   (:mod:`netfs.subdrivers.services`); none in mode open. It runs beside
+   steps 5-7 (``nft -f`` needs nothing of the bridge: its rules name it);
 5. ``addresses``: every ``<ip>`` (repair re-adds a missing one);
 6. ``routes``: every static ``<route>`` with a gateway, best effort as
    libvirt (repair re-adds a missing one);
-7. ``forwarding``: ip_forward (and IPv6 forwarding) on for nat and route;
-8. ``dnsmasq``: the DHCP/DNS server when the network needs one.
+7. ``dnsmasq``: the DHCP/DNS server when the network needs one;
+8. ``forwarding``: ip_forward (and IPv6 forwarding) on for nat and route,
+   once the rules are in place (it waits for step 4).
 
-The netlink steps (2, 3, 5, 6, 7) are ``batched``: 2-3 reach the kernel in
-one submission before the firewall step, 5-7 in another after it. Any
-failure once the bridge exists undoes the done steps in reverse order (the
-bridge last); stop does the same for every step. A repair reports what it
+libvirt runs the same steps one after the other, forwarding before dnsmasq;
+here a NAT network's start costs the longer of ``nft -f`` and the rest, not
+their sum, and forwarding still never comes before the rules. The netlink
+steps (2, 3, 5, 6, 8) are ``batched``: 2-6 reach the kernel in one
+submission before dnsmasq starts, 8 in another after it (an open network
+without dnsmasq: all in one). Any failure once the bridge exists undoes
+the done steps in reverse order (the bridge last), once the firewall step
+has ended too; stop does the same for every step. A repair reports what it
 put back through ``StepContext.repaired`` (one ``repaired WHAT`` event).
 
 Running: a link of the bridge name exists, is a bridge and carries our tag.
@@ -58,7 +64,7 @@ from netfs.subdrivers.steps import Recipe, Step, StepContext
 
 if TYPE_CHECKING:
     from netfs.model.network import IPDef, NetworkDef, RouteDef
-    from netfs.netlink import LinkInfo, NetlinkOps
+    from netfs.netlink import LinkInfo, NetlinkOps, RouteInfo
 
 log = logging.getLogger(__name__)
 
@@ -97,26 +103,33 @@ async def check_route_collision(ctx: StepContext) -> None:
         prefix = r.prefix_len()
         if 0 <= prefix <= 32:
             mine.append((_network(r.address, prefix), "route", r.address))
-    # only the routes to our subnets come back: the cost does not grow with
-    # the number of interfaces (names are resolved for the collisions alone)
-    match = [(str(subnet.network_address), subnet.prefixlen) for subnet, _w, _a in mine]
-    for route in await nl.routes(socket.AF_INET, match=match):
-        try:
-            existing = _network(route.dst, route.prefixlen)
-        except ValueError:
-            continue
-        iface = route.ifname or "*"
-        for subnet, what, _addr in mine:
-            if subnet != existing:
+
+    def verdict(routes: list[RouteInfo]) -> None:
+        for route in routes:
+            try:
+                existing = _network(route.dst, route.prefixlen)
+            except ValueError:
                 continue
-            if what == "ip":
+            iface = route.ifname or "*"
+            for subnet, what, _addr in mine:
+                if subnet != existing:
+                    continue
+                if what == "ip":
+                    raise NetfsError(
+                        errno.EADDRINUSE, f"Network is already in use by interface {iface}"
+                    )
+                addr = subnet.network_address
                 raise NetfsError(
-                    errno.EADDRINUSE, f"Network is already in use by interface {iface}"
+                    errno.EADDRINUSE,
+                    f"Route address '{addr}' conflicts with IP address for '{iface}'",
                 )
-            raise NetfsError(
-                errno.EADDRINUSE,
-                f"Route address '{subnet.network_address}' conflicts with IP address for '{iface}'",
-            )
+
+    # only the routes to our subnets come back: the cost does not grow with
+    # the number of interfaces (names are resolved for the collisions alone);
+    # in the start's batch, the query and this verdict run in the same
+    # submission as the changes, before them
+    match = [(str(subnet.network_address), subnet.prefixlen) for subnet, _w, _a in mine]
+    await nl.check_routes(socket.AF_INET, match, verdict)
 
 
 def bridge_name(net: NetworkDef) -> str:
@@ -262,20 +275,29 @@ class VirtualDriver:
                 Step("dnsmasq-exit", services.nothing, services.wait_dnsmasq_exit),
                 Step("bridge", create_bridge, delete_bridge, repair_bridge, batched=True),
                 Step("ipv6-sysctls", ipv6_sysctls, batched=True),
-                Step("firewall", services.add_rules, services.remove_rules),
+                Step(
+                    "firewall",
+                    services.add_rules,
+                    services.remove_rules,
+                    needed=services.has_rules,
+                    concurrent=True,  # nft needs nothing of the bridge
+                ),
                 Step("addresses", add_addresses, repair=repair_addresses, batched=True),
                 Step("routes", add_routes, repair=repair_routes, batched=True),
-                Step(
-                    "forwarding",
-                    services.enable_forwarding,
-                    repair=services.repair_forwarding,
-                    batched=True,
-                ),
                 Step(
                     "dnsmasq",
                     services.start_dnsmasq,
                     services.stop_dnsmasq,
                     services.repair_dnsmasq,
+                    needed=services.has_dnsmasq,
+                ),
+                Step(
+                    "forwarding",
+                    services.enable_forwarding,
+                    repair=services.repair_forwarding,
+                    batched=True,
+                    needed=services.has_forwarding,
+                    waits=("firewall",),  # never forwarding before the rules
                 ),
             ],
         )
@@ -315,9 +337,6 @@ class VirtualDriver:
         return live.bridge.name or None
 
     # -- the kernel ------------------------------------------------------------
-
-    async def check(self, ctx: StepContext) -> None:
-        await self.recipe.check(ctx)
 
     async def start(self, ctx: StepContext) -> None:
         await self.recipe.start(ctx)
