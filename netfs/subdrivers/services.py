@@ -256,10 +256,6 @@ async def stop_dnsmasq(ctx: StepContext) -> None:
     await trio.to_thread.run_sync(svc.signal_stop, ctx.net.name)
 
 
-async def nothing(ctx: StepContext) -> None:
-    return None
-
-
 async def wait_dnsmasq_exit(ctx: StepContext) -> None:
     svc = _services(ctx)
     if svc is None or ctx.net.name not in svc.exiting:

@@ -100,7 +100,7 @@ StepFn = Callable[[StepContext], Awaitable[None]]
 @dataclass(frozen=True)
 class Step:
     name: str
-    start: StepFn
+    start: StepFn | None  # None: a step of the stop alone
     stop: StepFn | None = None  # undo of start (network stop, or a later step failed)
     repair: StepFn | None = None  # recovery / reconciliation of a running network
     batched: bool = False  # netlink requests only: may be sent with its neighbours
@@ -120,6 +120,7 @@ class _Beside:
         self.error: BaseException | None = None
 
     async def run(self, ctx: StepContext) -> None:
+        assert self.step.start is not None
         try:
             await self.step.start(ctx)
         except BaseException as e:  # kept for the join: the undo path is the recipe's
@@ -173,7 +174,7 @@ class Recipe:
                 for check in self.checks:
                     await check(batched)
                 for i, step in enumerate(self.steps):
-                    if step.needed is not None and not step.needed(ctx):
+                    if step.start is None or (step.needed is not None and not step.needed(ctx)):
                         continue
                     for name in step.waits:
                         if name in beside:

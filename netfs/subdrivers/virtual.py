@@ -3,7 +3,7 @@
 The start is one :class:`~netfs.subdrivers.steps.Recipe` (libvirt's
 networkStartNetworkVirtual), in order:
 
-0. ``dnsmasq-exit``: nothing at start; being first, its stop is the last
+0. ``dnsmasq-exit``: a step of the stop alone; being first, its stop is the last
    of a stop: it waits for the exit of the dnsmasq step 7 told to stop, so
    that dnsmasq's ~15 ms exit overlaps the removal of the rules and bridge;
 1. the check ``check_route_collision`` (it changes nothing: its query and
@@ -272,7 +272,7 @@ class VirtualDriver:
             checks=[check_route_collision],
             steps=[
                 # its stop, the last one, waits for dnsmasq's exit
-                Step("dnsmasq-exit", services.nothing, services.wait_dnsmasq_exit),
+                Step("dnsmasq-exit", None, services.wait_dnsmasq_exit),
                 Step("bridge", create_bridge, delete_bridge, repair_bridge, batched=True),
                 Step("ipv6-sysctls", ipv6_sysctls, batched=True),
                 Step(
