@@ -222,7 +222,9 @@ class _EventHub:
             send.close()
 
     def emit(self, ev: Event) -> None:
-        if ev.kind in ("leases", "firewall"):  # every renewal, every read of the rules: not news
+        if ev.kind in INTERNAL_KINDS:
+            # not lines of `events` (every renewal, every read of the rules;
+            # an error is logged with its text where it is recorded)
             log.debug("event: %s", ev.line())
         else:
             log.info("event: %s", ev.line())
