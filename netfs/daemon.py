@@ -415,7 +415,7 @@ def run(cfg: MountConfig) -> int:
             status = 1
     finally:
         try:
-            fs.close(unmount=True)
+            fs.close(unmount=not ops.unmounted)
         except Exception as e:
             log.debug("close: %s", e)
     if status == 0:

@@ -480,3 +480,42 @@ def _gone(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
     except OSError:
         return True
+
+
+def test_umount_ends_the_daemon_while_a_copy_of_the_mount_lives_elsewhere(
+    daemon_factory: object,
+) -> None:
+    """A process started by `ip netns exec` (or `unshare -m`) while netfs
+    is mounted holds a copy of the mount in a mount namespace of its own;
+    with private propagation the kernel keeps the FUSE connection for it.
+    `umount` here still ends the daemon at once, and the copy is cut off."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    d.start()
+    assert d.proc is not None
+    define(d.mnt, "n", virtual_xml("n", "nfscp0"))
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sleep", "60"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        # the copy is there (its mount table lists the netfs mount)
+        wait_for(
+            lambda: str(d.mnt) in Path(f"/proc/{holder.pid}/mountinfo").read_text(),
+            "the copy of the mount",
+        )
+        u = subprocess.run(["umount", str(d.mnt)], capture_output=True, text=True)
+        assert u.returncode == 0, u.stderr
+        d.proc.wait(timeout=LIVENESS)
+        assert d.proc.returncode == 0
+        # the copy no longer reaches a daemon
+        r = subprocess.run(
+            ["nsenter", "-t", str(holder.pid), "-m", "stat", str(d.mnt / "n")],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode != 0
+        assert "Transport endpoint is not connected" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+        d.cleanup()

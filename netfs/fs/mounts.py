@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -94,6 +95,21 @@ def fuse_mounts_at(mountpoint: str) -> list[MountEntry]:
     """netfs (or untyped FUSE) mounts at `mountpoint`, topmost last."""
     target = _target(mountpoint)
     return [m for m in mounts() if m.mountpoint == target and m.fstype in FUSE_TYPES]
+
+
+def connection_mounted(conn: int) -> bool:
+    """Is a mount of FUSE connection `conn` in this mount namespace?"""
+    return any(m.connection == conn for m in mounts() if m.fstype in FUSE_TYPES)
+
+
+def wait_mount_change(fd: int) -> None:
+    """Block until this mount namespace's mount table changes; `fd` is
+    /proc/self/mountinfo, opened before the table was last read (the kernel
+    reports POLLPRI for every change after the open). From a thread."""
+    p = select.poll()
+    p.register(fd, select.POLLPRI)
+    while not any(ev & (select.POLLPRI | select.POLLERR) for _fd, ev in p.poll()):
+        pass
 
 
 def _libc() -> ctypes.CDLL:

@@ -25,7 +25,7 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from netfs.errors import NetfsError
-from netfs.fs import editors, tree
+from netfs.fs import editors, mounts, tree
 from netfs.fs.handles import (
     MAX_BLOCKED_TOTAL,
     ContentHandle,
@@ -164,6 +164,9 @@ class NetfsOperations(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self.readers = EventReaders(Interrupts())
+        # the mount left this mount namespace while copies of it elsewhere
+        # kept the connection (see _watch_unmount): nothing to unmount at close
+        self.unmounted = False
 
     # ================================================================ helpers
 
@@ -607,6 +610,7 @@ async def serve(
     unmounted or :func:`terminate` is called."""
     async with trio.open_nursery() as nursery:
         await nursery.start(ops.notifier.run)
+        nursery.start_soon(_watch_unmount, ops)
 
         async def main() -> None:
             try:
@@ -616,6 +620,31 @@ async def serve(
 
         nursery.start_soon(main)
         task_status.started()
+
+
+async def _watch_unmount(ops: NetfsOperations) -> None:
+    """End the main loop once the mount is gone from the daemon's mount
+    namespace (umount(8)), also when copies of it live on in other mount
+    namespaces (made by `ip netns exec` or `unshare -m` while it was
+    mounted, where the mount is private): the kernel would keep the
+    connection, and the daemon, until the last of them ends. Those copies
+    are cut off (ENOTCONN) when the daemon closes its connection, and the
+    daemon unmounts nothing then (the mount point may hold a new mount
+    already)."""
+    mountpoint = ops.notifier.mountpoint
+    found = mounts.fuse_mounts_at(mountpoint)
+    if not found:
+        return  # not a mount of ours (tests calling serve() without one)
+    conn = found[-1].connection
+    fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while mounts.connection_mounted(conn):
+            await trio.to_thread.run_sync(mounts.wait_mount_change, fd, abandon_on_cancel=True)
+    finally:
+        os.close(fd)
+    log.info("%s was unmounted: closing the connection", mountpoint)
+    ops.unmounted = True
+    terminate(ops)
 
 
 def terminate(ops: NetfsOperations | None = None) -> None:
