@@ -509,13 +509,22 @@ def format_leases(
 # -- change notification -------------------------------------------------------------
 
 
-def _pairs(records: Records, now: float) -> set[tuple[str, str]]:
-    return {(x.mac or "-", x.address) for x in records.leases if not x.expired(now)}
+def _pairs(records: Records, now: float | None) -> set[tuple[str, str]]:
+    return {(x.mac or "-", x.address) for x in records.leases if now is None or not x.expired(now)}
 
 
 def diff(network: str, old: Records, new: Records, now: float) -> LeaseChange:
-    a, b = _pairs(old, now), _pairs(new, now)
+    """`old`: the leases seen before, all live then; `new`: the records now.
+    A lease of `old` that expired since is removed (dnsmasq's ``del`` at its
+    expiry comes when it has expired already)."""
+    a, b = _pairs(old, None), _pairs(new, now)
     return LeaseChange(network, tuple(sorted(b - a)), tuple(sorted(a - b)))
+
+
+def live(records: Records, now: float) -> Records:
+    """The records without the leases expired at `now`."""
+    kept = tuple(x for x in records.leases if not x.expired(now))
+    return records if len(kept) == len(records.leases) else Records(kept, records.server_duid)
 
 
 IN_CLOSE_WRITE = 0x8
@@ -550,10 +559,11 @@ class LeaseWatch:
             raise OSError(code, os.strerror(code))
         self.fd = fd
         self.known: dict[str, Records] = {}
+        now = time.time()
         for entry in os.listdir(self.directory):
             if entry.endswith(SUFFIX):
                 name = entry[: -len(SUFFIX)]
-                self.known[name] = read_records(self.directory, name)
+                self.known[name] = live(read_records(self.directory, name), now)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -590,6 +600,7 @@ class LeaseWatch:
         for name in self._names(data):
             new = read_records(self.directory, name)
             out.append(diff(name, self.known.get(name, Records()), new, now))
+            new = live(new, now)  # an expired lease is removed once
             if new.leases or new.server_duid:
                 self.known[name] = new
             else:

@@ -242,3 +242,29 @@ def test_a_renewal_keeps_place_mac_and_name(tmp_path: Path) -> None:
     got = leases.read_records(tmp_path, "net1").leases
     assert got[0] == Lease("fd00::10", MAC, NOW + 90, "g6", duid, "7")
     assert got[1].address == "10.0.0.6"
+
+
+def test_a_lease_deleted_at_its_expiry_is_removed_once(tmp_path: Path) -> None:
+    """dnsmasq's `del` for an expired lease comes once it has expired: the
+    watch still reports it removed (lease-removed), and only once."""
+    d = tmp_path / "leases"
+    call(d, "add", MAC, "10.0.0.5", "g", DNSMASQ_LEASE_EXPIRES=str(NOW + 120))
+    old = leases.live(leases.read_records(d, "net1"), NOW)  # what the watch saw, live
+    later = NOW + 121  # expired: dnsmasq calls `del`
+    call(d, "del", MAC, "10.0.0.5", now=later)
+    new = leases.read_records(d, "net1")
+    assert leases.diff("net1", old, new, later) == leases.LeaseChange(
+        "net1", (), ((MAC, "10.0.0.5"),)
+    )
+    # a records file that still holds the expired lease (another lease's
+    # change came first): removed now, and not again at its `del`
+    call(d, "add", MAC, "10.0.0.5", "g", DNSMASQ_LEASE_EXPIRES=str(NOW + 120))
+    old = leases.live(leases.read_records(d, "net1"), NOW)
+    stale = Records(
+        old.leases + (Lease("10.0.0.6", "52:54:00:aa:bb:02", NOW + 999),), old.server_duid
+    )
+    first = leases.diff("net1", old, stale, later)
+    assert first.removed == ((MAC, "10.0.0.5"),)
+    seen = leases.live(stale, later)
+    call(d, "del", MAC, "10.0.0.5", now=later)
+    assert leases.diff("net1", seen, stale, later).removed == ()
