@@ -229,8 +229,14 @@ class FS:
             await self.ops.flush(fi.fh)
             await self.ops.release(fi.fh)
 
-    async def write(self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_TRUNC) -> None:
-        fi = await self.ops.open(await self.ino(path), flags, USER)  # type: ignore[arg-type]
+    async def write(
+        self,
+        path: str,
+        data: bytes,
+        flags: int = os.O_WRONLY | os.O_TRUNC,
+        ctx: SimpleNamespace = USER,
+    ) -> None:
+        fi = await self.ops.open(await self.ino(path), flags, ctx)  # type: ignore[arg-type]
         try:
             await self.ops.write(fi.fh, 0, data)
             await self.ops.flush(fi.fh)

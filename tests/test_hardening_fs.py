@@ -19,6 +19,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyfuse3
 import pytest
@@ -247,7 +248,8 @@ async def test_temporary_files_are_freed_and_bounded(monkeypatch: pytest.MonkeyP
     """Item 5: an editor's file removed (unlink, or at its last close when
     removed while open, or its directory removed) gives its bytes back; the
     bytes held in such files and in open documents are bounded: ENOSPC, with
-    the reason in the network's error."""
+    the reason in the network's error, for everyone but root (what others
+    hold never keeps root from writing a definition)."""
     core = FakeCore()
     core.nets["testA"] = _FakeNet(parse_network(XML.format(name="testA", uuid=UUID_A)))
     fs = FS(core)
@@ -256,8 +258,10 @@ async def test_temporary_files_are_freed_and_bounded(monkeypatch: pytest.MonkeyP
     pino = await fs.ino("testA")
     mib = b"x" * (1 << 20)
 
-    async def make(name: bytes, size: int = 1) -> int:
-        fi, _ = await ops.create(pino, name, 0o100644, os.O_WRONLY, USER)  # type: ignore[arg-type]
+    member = SimpleNamespace(pid=os.getpid(), uid=4242, gid=4242, umask=0o022)
+
+    async def make(name: bytes, size: int = 1, ctx: SimpleNamespace = member) -> int:
+        fi, _ = await ops.create(pino, name, 0o100644, os.O_WRONLY, ctx)  # type: ignore[arg-type]
         for i in range(size):
             await ops.write(fi.fh, i << 20, mib)
         return int(fi.fh)
@@ -276,15 +280,22 @@ async def test_temporary_files_are_freed_and_bounded(monkeypatch: pytest.MonkeyP
     # the bound
     monkeypatch.setattr(store, "limit", 3 << 20)
     kept = [await make(b"keep%d" % i) for i in range(3)]
-    fi, _ = await ops.create(pino, b"more", 0o100644, os.O_WRONLY, USER)  # type: ignore[arg-type]
+    fi, _ = await ops.create(pino, b"more", 0o100644, os.O_WRONLY, member)  # type: ignore[arg-type]
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.write(fi.fh, 0, mib)
     assert e.value.errno == errno.ENOSPC
     assert "limit of 3145728 bytes" in core.nets["testA"].error
     # a document opened for writing counts too
+    doc = XML.format(name="testA", uuid=UUID_A).encode()
     with pytest.raises(pyfuse3.FUSEError) as e:
-        await fs.write("testA/definition.xml", XML.format(name="testA", uuid=UUID_A).encode())
+        await fs.write("testA/definition.xml", doc, ctx=member)
     assert e.value.errno == errno.ENOSPC
+    # root is never refused (its bytes are counted)
+    await fs.write("testA/definition.xml", doc, ctx=USER)
+    root_fh = await make(b"root", ctx=USER)
+    assert store.held == 4 << 20
+    await ops.release(root_fh)  # type: ignore[arg-type]
+    await ops.unlink(pino, b"root", USER)  # type: ignore[arg-type]
     for fh in [*kept, fi.fh]:
         await ops.release(fh)  # type: ignore[arg-type]
     for name in (b"keep0", b"keep1", b"keep2", b"more"):

@@ -197,7 +197,7 @@ class DocumentHandle(ContentHandle):
     def _hold(self, size: int) -> None:
         """The buffer is to be `size` bytes (at most): count them."""
         if size > self.held:
-            hold(self.space, self.path, size - self.held)
+            hold(self.space, self.path, size - self.held, self.uid)
             self.held = size
 
     def _unhold(self) -> None:
@@ -272,10 +272,11 @@ class DocumentHandle(ContentHandle):
 
 
 class ScratchHandle(Handle):
-    def __init__(self, space: Space, path: Path, sc: Scratch) -> None:
+    def __init__(self, space: Space, path: Path, sc: Scratch, uid: int) -> None:
         super().__init__(path)
         self.space = space
         self.scratch = sc
+        self.uid = uid  # the opener's
         space.scratch.opened(sc)
 
     def read(self, off: int, size: int) -> bytes:
@@ -284,7 +285,7 @@ class ScratchHandle(Handle):
     async def write(self, off: int, buf: bytes) -> int:
         data = self.scratch.data
         self.space.check_size(self.path, off + len(buf))
-        hold(self.space, self.path, off + len(buf) - len(data))
+        hold(self.space, self.path, off + len(buf) - len(data), self.uid)
         put(data, off, buf)
         self.scratch.mtime_ns = time.time_ns()
         return len(buf)
@@ -456,12 +457,14 @@ class DirHandle:
         self.entries = [(".", path), ("..", path[:-1])] + [(n, path + (n,)) for n in names]
 
 
-def hold(space: Space, path: Path, delta: int) -> None:
+def hold(space: Space, path: Path, delta: int, uid: int) -> None:
     """Count `delta` more bytes (if positive) held in editors' temporary
-    files and document buffers: ENOSPC beyond the daemon's total, with the reason in
-    the network's error, and nothing allocated."""
+    files and document buffers by a process of user `uid`: ENOSPC beyond the
+    daemon's total, with the reason in the network's error, and nothing
+    allocated. Root's are counted but never refused (what other users hold
+    must not keep root from writing a definition)."""
     store = space.scratch
-    if delta <= 0 or store.reserve(delta):
+    if delta <= 0 or store.reserve(delta, force=uid == 0):
         return
     message = (
         f"{'/'.join(path[1:])}: editors' temporary files and documents open for writing "

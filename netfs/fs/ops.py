@@ -366,7 +366,7 @@ class NetfsOperations(pyfuse3.Operations):
             own = OwnHandle(path)
             return self._open_handle(own), self._own_entry(path)
         sc = editors.new_scratch(self.space, ppath, pnode, n, mode, ctx.uid, ctx.gid)
-        h = ScratchHandle(self.space, path, sc)
+        h = ScratchHandle(self.space, path, sc, ctx.uid)
         return self._open_handle(h), self._attr(sc.ino, path, None)
 
     @_handler
@@ -464,7 +464,7 @@ class NetfsOperations(pyfuse3.Operations):
         if sc is not None:
             if fields.update_size:
                 sp.check_size(path, attr.st_size)
-                hold(sp, path, attr.st_size - len(sc.data))
+                hold(sp, path, attr.st_size - len(sc.data), ctx.uid)
             sp.scratch.setattr(
                 sc,
                 size=attr.st_size if fields.update_size else None,
@@ -510,7 +510,7 @@ class NetfsOperations(pyfuse3.Operations):
             if flags & os.O_TRUNC:
                 sp.scratch.resize(sc, 0)
                 sc.mtime_ns = time.time_ns()
-            return self._open_handle(ScratchHandle(sp, path, sc))
+            return self._open_handle(ScratchHandle(sp, path, sc, ctx.uid))
         if node is tree.EVENTS:
             if write or flags & os.O_TRUNC:
                 raise _err(errno.EACCES)

@@ -67,10 +67,10 @@ class ScratchStore:
 
     # ------------------------------------------------------------ bytes held
 
-    def reserve(self, delta: int) -> bool:
+    def reserve(self, delta: int, *, force: bool = False) -> bool:
         """Account for `delta` more bytes (negative: fewer); False, and
-        nothing counted, when that would pass the limit."""
-        if delta > 0 and self.held + delta > self.limit:
+        nothing counted, when that would pass the limit (unless `force`)."""
+        if delta > 0 and not force and self.held + delta > self.limit:
             return False
         self.held += delta
         return True
