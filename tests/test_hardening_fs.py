@@ -363,3 +363,46 @@ def test_a_stopped_daemon_is_not_taken_over(daemon_factory: object) -> None:
     assert (d.config_dir / "testA.xml").exists()
     with open("/proc/self/mountinfo") as f:
         assert sum(line.split()[4] == str(d.mnt) for line in f) == 1
+
+
+async def test_empty_files_and_directories_are_bounded_in_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each editor's file and each directory made by mkdir that waits for
+    its definition costs memory even when empty: their numbers are bounded
+    (ENOSPC); root's editors' files are not counted against others."""
+    from netfs.fs import acts, editors
+
+    monkeypatch.setattr(editors, "MAX_SCRATCH_FILES", 3)
+    monkeypatch.setattr(acts, "MAX_PENDING_NETWORKS", 2)
+    core = FakeCore()
+    core.nets["testA"] = _FakeNet(parse_network(XML.format(name="testA", uuid=UUID_A)))
+    fs = FS(core)
+    ops = fs.ops
+    pino = await fs.ino("testA")
+    member = SimpleNamespace(pid=os.getpid(), uid=4242, gid=4242, umask=0o022)
+    fhs = []
+    for i in range(3):
+        fi, _ = await ops.create(pino, b"t%d" % i, 0o100644, os.O_WRONLY, member)  # type: ignore[arg-type]
+        fhs.append(fi.fh)
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.create(pino, b"t3", 0o100644, os.O_WRONLY, member)  # type: ignore[arg-type]
+    assert e.value.errno == errno.ENOSPC
+    fi, _ = await ops.create(pino, b"r", 0o100644, os.O_WRONLY, USER)  # type: ignore[arg-type]
+    fhs.append(fi.fh)
+    for fh in fhs:
+        await ops.release(fh)  # type: ignore[arg-type]
+    for name in (b"t0", b"t1", b"t2", b"r"):
+        await ops.unlink(pino, name, USER)  # type: ignore[arg-type]
+    # one file removed: another may be made
+    fi, _ = await ops.create(pino, b"t4", 0o100644, os.O_WRONLY, member)  # type: ignore[arg-type]
+    await ops.release(fi.fh)
+    await ops.unlink(pino, b"t4", USER)  # type: ignore[arg-type]
+    # directories without a definition
+    await fs.mkdir("/p1")
+    await fs.mkdir("/p2")
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await fs.mkdir("/p3")
+    assert e.value.errno == errno.ENOSPC
+    await fs.rmdir("/p1")
+    await fs.mkdir("/p3")

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("netfs.fs")
 
+# directories made by mkdir that have no definition yet (each costs memory)
+MAX_PENDING_NETWORKS = 1024
+
 
 def _check_new(sp: Space, path: Path, what: str) -> None:
     if sp.exists(path):
@@ -44,6 +47,9 @@ def _check_new(sp: Space, path: Path, what: str) -> None:
 
 async def make_network(sp: Space, path: Path) -> None:
     _check_new(sp, path, "network")
+    if len(sp.pending) >= MAX_PENDING_NETWORKS:
+        log.warning("%d network directories wait for a definition: none more", len(sp.pending))
+        raise NetfsError(errno.ENOSPC, "too many network directories without a definition")
     name = path[0]
     sp.add_pending(name)
     sp.notifier.made_pending_network(name)

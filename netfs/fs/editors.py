@@ -7,6 +7,7 @@ No pyfuse3 here: errors are NetfsError.
 from __future__ import annotations
 
 import errno
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,12 @@ from netfs.fs.tree import Dir, File, Node, Path, Write
 if TYPE_CHECKING:
     from netfs.fs.scratch import Scratch
     from netfs.fs.space import Space
+
+log = logging.getLogger("netfs.fs")
+
+# editors' temporary files of users other than root, all of them (each costs
+# memory, empty or not; their bytes are bounded by scratch.MAX_HELD_BYTES)
+MAX_SCRATCH_FILES = 4096
 
 
 def new_scratch(
@@ -30,6 +37,10 @@ def new_scratch(
     if not pnode.scratch:
         raise NetfsError(errno.EPERM, "no files may be created here")
     sp.refuse_reserved(ppath, pnode, name)
+    if uid != 0 and len(sp.scratch.by_ino) >= MAX_SCRATCH_FILES:
+        # empty ones too: each costs the daemon memory (root's are not counted)
+        log.warning("editors' temporary files: %d exist, none more", len(sp.scratch.by_ino))
+        raise NetfsError(errno.ENOSPC, "too many editors' temporary files")
     path = ppath + (name,)
     ino = sp.new_ino()
     sc = sp.scratch.new(path, ino, mode, uid, gid)
