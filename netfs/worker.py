@@ -51,11 +51,6 @@ class Pending(Generic[T]):
         assert self._result is not None
         return self._result.unwrap()
 
-    @property
-    def event(self) -> trio.Event:
-        """Set once the call has ended."""
-        return self._done
-
 
 class Worker:
     """A thread fed by a queue; :meth:`call` runs a function in it from trio."""
@@ -107,13 +102,6 @@ class Worker:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
-
-    def stop(self) -> None:
-        """End the thread after the calls already submitted (no wait)."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-            if thread is not None:
-                self._jobs.put(None)
 
     async def close(self) -> None:
         """End the thread after the calls already submitted (waits for it)."""

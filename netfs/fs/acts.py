@@ -101,7 +101,6 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         raise NetfsError(errno.EINVAL, "write 0 or 1")
     assert node.flag is not None
     before = sp.state(name)
-    sp.notifier.invalidate_soon(name)  # its hop runs beside the change
     try:
         await node.flag(sp.core, path, value)
     finally:

@@ -66,7 +66,6 @@ import trio
 
 from netfs.fs import helper, tree
 from netfs.fs.tree import HIDDEN_EVENTS, Dir, File, Path, Presence
-from netfs.worker import Worker
 
 if TYPE_CHECKING:
     from netfs.core import Event, NetworkState
@@ -257,8 +256,6 @@ class Notifier:
         self._fresh_time: datetime | None = None
         # network -> the invalidation of its cached files under way
         self._inflight: dict[str, trio.Event] = {}
-        # the thread of the invalidations begun ahead of a change (invalidate_soon)
-        self._ahead = Worker("netfs-invalidate", idle=10.0)
         self._fresh_progress = trio.Event()
         self.closing = False
 
@@ -530,45 +527,6 @@ class Notifier:
         for ino in inos:
             self._invalidate_inode(ino)
 
-    def _claim(self, names: tuple[str, ...]) -> tuple[list[int], list[str], list[trio.Event]]:
-        """For an invalidation of networks `names`: the inodes to drop, the
-        networks that hop is for (no longer counted as exposed: what the
-        kernel gets after this counts again), and the hops of others under
-        way for the rest (to be waited for)."""
-        exposed = self.space.exposed
-        cached = self.space.cached_inos
-        inos: list[int] = []
-        mine: list[str] = []
-        waits: list[trio.Event] = []
-        for name in names:
-            if name in exposed:
-                exposed.discard(name)
-                inos.extend(cached.get(name, ()))
-                mine.append(name)
-            else:
-                ev = self._inflight.get(name)
-                if ev is not None:
-                    if ev.is_set():
-                        del self._inflight[name]  # one begun ahead, done
-                    else:
-                        waits.append(ev)
-        return inos, mine, waits
-
-    def invalidate_soon(self, name: str) -> None:
-        """Begin dropping what the kernel caches of network `name` now, in
-        a thread, without waiting: called just before a handler's change of
-        it, so that the hop runs while the change is made. The
-        :meth:`invalidate_net` that must follow the change then waits for
-        this hop and drops only what the kernel was given in the meantime
-        (usually nothing: no second hop)."""
-        if self._invalidate_inode is None or self.closing:
-            return
-        inos, mine, _waits = self._claim((name,))
-        if inos:
-            pending = self._ahead.submit(self._invalidate_inodes, inos)
-            for n in mine:
-                self._inflight[n] = pending.event
-
     async def invalidate_net(self, *names: str) -> None:
         """Drop what the kernel caches of the cacheable files of networks
         `names` (content and size), in one worker thread hop (see the module
@@ -576,11 +534,21 @@ class Notifier:
         change is made known, so that no read after it shows the old value.
         A network nothing of which reached the kernel since its last
         invalidation (`Space.exposed`: no size in a reply, no cached open, no
-        READ) is skipped: the kernel cannot hold anything of it; one whose
-        invalidation is under way is waited for."""
+        READ) is skipped: the kernel cannot hold anything of it."""
         if self._invalidate_inode is None or self.closing:
             return
-        inos, mine, waits = self._claim(names)
+        exposed = self.space.exposed
+        cached = self.space.cached_inos
+        inos: list[int] = []
+        mine: list[str] = []
+        waits: list[trio.Event] = []
+        for name in names:
+            if name in exposed:
+                exposed.discard(name)  # before the hop: what comes after counts again
+                inos.extend(cached.get(name, ()))
+                mine.append(name)
+            elif name in self._inflight:
+                waits.append(self._inflight[name])  # another caller's hop: wait for it too
         if inos:
             done = trio.Event()
             for name in mine:
@@ -721,4 +689,3 @@ class Notifier:
     def close(self) -> None:
         self.closing = True
         self.hands.close()
-        self._ahead.stop()
