@@ -6,6 +6,7 @@ and route a test makes lives in a namespace created by `netns` below.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -36,23 +37,30 @@ def make_netns_name(tag: str = "t") -> str:
     return f"nfs{tag}{os.getpid() % 100000}x{next(_counter)}"
 
 
+def pids_in(netns: str) -> set[int]:
+    """The processes whose network namespace is `netns` (which must exist)."""
+    want = os.stat(f"/run/netns/{netns}").st_ino
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
+                    found.add(int(entry))
+    return found
+
+
 def kill_inside(netns: str) -> list[int]:
     """SIGKILL every process whose network namespace is `netns` (a dnsmasq a
     test's driver started keeps running otherwise); the pids killed."""
     try:
-        want = os.stat(f"/run/netns/{netns}").st_ino
+        inside = pids_in(netns)
     except OSError:
         return []
     killed = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
-                os.kill(int(entry), signal.SIGKILL)
-                killed.append(int(entry))
-        except OSError:
-            pass
+    for pid in sorted(inside - {os.getpid()}):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
     return killed
 
 
