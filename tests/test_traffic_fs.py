@@ -164,7 +164,7 @@ def test_nat_dhcp_network_through_the_mount(world: World, daemons: list[Daemon])
         # the guest reaches the upstream namespace through NAT: upstream sees the host
         listener = w.listen(w.up, "198.51.100.2", 8080)
         assert w.connect(w.guest, "198.51.100.2", 8080) == "ok"
-        assert w.peer(listener) == "198.51.100.1"
+        assert w.peer(listener)[0] == "198.51.100.1"
 
         # kill -9 of the network's dnsmasq: started again, `repaired dnsmasq`
         (pid,) = w.dnsmasq_pids()
