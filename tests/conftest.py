@@ -11,6 +11,7 @@ import itertools
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,19 +50,37 @@ def pids_in(netns: str) -> set[int]:
     return found
 
 
-def kill_inside(netns: str) -> list[int]:
-    """SIGKILL every process whose network namespace is `netns` (a dnsmasq a
-    test's driver started keeps running otherwise); the pids killed."""
+def _gone(pid: int) -> bool:
+    """Has process `pid` exited (no longer there, or a zombie)?"""
     try:
-        inside = pids_in(netns)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
     except OSError:
-        return []
-    killed = []
-    for pid in sorted(inside - {os.getpid()}):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-    return killed
+        return True
+    return stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X")
+
+
+def kill_inside(netns: str, limit: float = 5.0) -> list[int]:
+    """SIGKILL every process whose network namespace is `netns` (a dnsmasq a
+    test's driver started keeps running otherwise, and its lease helper
+    would write into a directory the test removes), round after round until
+    none is left (one forked meanwhile is caught by the next round; bounded
+    by `limit` seconds); the pids killed."""
+    killed: list[int] = []
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            alive = [p for p in sorted(pids_in(netns) - {os.getpid()}) if not _gone(p)]
+        except OSError:
+            return killed
+        if not alive or time.monotonic() > deadline:
+            return killed
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                if pid not in killed:
+                    killed.append(pid)
+        time.sleep(0.01)
 
 
 @pytest.fixture

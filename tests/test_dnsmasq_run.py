@@ -5,7 +5,8 @@ an address (where netfs's dnsmasq runs) and a guest namespace with a veth into
 the bridge (where busybox udhcpc and dig run). Teardown kills every dnsmasq
 of the test's state directory and every udhcpc it started, also on failure,
 and removes the namespaces. The dnsmasq configuration is written here in the
-shape libvirt writes it.
+shape libvirt writes it. The namespaces, links, udhcpc and dig come from
+tests/traffic_support.py.
 """
 
 from __future__ import annotations
@@ -88,8 +89,7 @@ def lan() -> Iterator[Lan]:
         lan = Lan(
             guest=guest,
             server=HOST_ADDR,
-            out=state / "udhcpc.out",
-            script=state / "udhcpc.sh",
+            files=state,
             host=host,
             state=state,
             d=Dnsmasq(state, netns=host),

@@ -7,7 +7,8 @@ are applied and forwarding is on) and an upstream namespace.
 
 The upstream has a route to the guest's subnet through the host, so what
 keeps it out is the firewall; every refusal is paired with a control (the
-same connection without the rules) that succeeds.
+same connection without the rules) that succeeds. The namespaces, links and
+connections come from tests/traffic_support.py.
 """
 
 from __future__ import annotations

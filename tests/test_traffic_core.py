@@ -7,7 +7,8 @@ The core starts the network in the "host" namespace: bridge, nft rules,
 forwarding, dnsmasq. The guest gets its address from that dnsmasq with
 busybox udhcpc; the upstream namespace has a route to the guest subnet
 through the host, so only the firewall keeps it out. Teardown kills every
-dnsmasq and udhcpc (also when a test fails) and removes the namespaces.
+dnsmasq and udhcpc (also when a test fails) and removes the namespaces
+(tests/traffic_support.py).
 """
 
 from __future__ import annotations
@@ -123,8 +124,7 @@ def world() -> Iterator[World]:
         w = World(
             guest=g,
             server=HOST,
-            out=top / "udhcpc.out",
-            script=top / "udhcpc.sh",
+            files=top,
             host=h,
             up=u,
             state=top / "run",

@@ -242,8 +242,16 @@ class GuestLab(Lab):
 
     guest: str
     server: str  # the address dig asks
-    out: Path  # where the udhcpc script writes the address
-    script: Path  # the udhcpc script (write_script)
+    files: Path  # where the udhcpc script and what it writes are
+
+    @property
+    def script(self) -> Path:
+        return self.files / "udhcpc.sh"
+
+    @property
+    def out(self) -> Path:
+        """Where the udhcpc script writes the address it configured."""
+        return self.files / "udhcpc.out"
 
     def write_script(self) -> None:
         self.script.write_text(UDHCPC_SCRIPT)
