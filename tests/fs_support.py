@@ -246,14 +246,7 @@ def daemons(
     made: list[Daemon] = []
 
     def make(extra: list[str] | None = None) -> Daemon:
-        d = Daemon(
-            mnt=mnt,
-            config_dir=config_dir,
-            state_dir=state_dir,
-            netns=netns,
-            log=log,
-            extra=list(extra or []),
-        )
+        d = Daemon(mnt, config_dir, state_dir, netns, log, extra=list(extra or []))
         made.append(d)
         return d
 

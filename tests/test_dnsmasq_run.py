@@ -86,14 +86,8 @@ class Lan(GuestLab):
 def lan() -> Iterator[Lan]:
     skip_unless_root("dnsmasq", "busybox", "dig")
     with scratch_dir("netfs-dnsmasq-") as state, namespaces("h", "g") as (host, guest):
-        lan = Lan(
-            guest=guest,
-            server=HOST_ADDR,
-            files=state,
-            host=host,
-            state=state,
-            d=Dnsmasq(state, netns=host),
-        )
+        d = Dnsmasq(state, netns=host)
+        lan = Lan(guest=guest, server=HOST_ADDR, files=state, host=host, state=state, d=d)
         try:
             add_bridge(host, BRIDGE, f"{HOST_ADDR}/24")
             add_guest_link(host, guest, bridge=BRIDGE, mac=GUEST_MAC)

@@ -121,15 +121,7 @@ def _ppid(pid: int) -> int:
 def world() -> Iterator[World]:
     skip_unless_root("dnsmasq", "busybox", "dig", "nft")
     with scratch_dir("netfs-traffic-") as top, namespaces("h", "g", "u") as (h, g, u):
-        w = World(
-            guest=g,
-            server=HOST,
-            files=top,
-            host=h,
-            up=u,
-            state=top / "run",
-            etc=top / "etc",
-        )
+        w = World(guest=g, server=HOST, files=top, host=h, up=u, state=top / "run", etc=top / "etc")
         try:
             add_guest_link(h, g, mac=GUEST_MAC)
             add_uplink(h, u, 0, "198.51.100.1/24", "198.51.100.2/24")
