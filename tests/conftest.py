@@ -6,10 +6,12 @@ and route a test makes lives in a namespace created by `netns` below.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,24 +38,49 @@ def make_netns_name(tag: str = "t") -> str:
     return f"nfs{tag}{os.getpid() % 100000}x{next(_counter)}"
 
 
-def kill_inside(netns: str) -> list[int]:
-    """SIGKILL every process whose network namespace is `netns` (a dnsmasq a
-    test's driver started keeps running otherwise); the pids killed."""
-    try:
-        want = os.stat(f"/run/netns/{netns}").st_ino
-    except OSError:
-        return []
-    killed = []
+def pids_in(netns: str) -> set[int]:
+    """The processes whose network namespace is `netns` (which must exist)."""
+    want = os.stat(f"/run/netns/{netns}").st_ino
+    found = set()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
+                    found.add(int(entry))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Has process `pid` exited (no longer there, or a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X")
+
+
+def kill_inside(netns: str, limit: float = 5.0) -> list[int]:
+    """SIGKILL every process whose network namespace is `netns` (a dnsmasq a
+    test's driver started keeps running otherwise, and its lease helper
+    would write into a directory the test removes), round after round until
+    none is left (one forked meanwhile is caught by the next round; bounded
+    by `limit` seconds); the pids killed."""
+    killed: list[int] = []
+    deadline = time.monotonic() + limit
+    while True:
         try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
-                os.kill(int(entry), signal.SIGKILL)
-                killed.append(int(entry))
+            alive = [p for p in sorted(pids_in(netns) - {os.getpid()}) if not _gone(p)]
         except OSError:
-            pass
-    return killed
+            return killed
+        if not alive or time.monotonic() > deadline:
+            return killed
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                if pid not in killed:
+                    killed.append(pid)
+        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ Test files import the fixtures from here (`from tests.fs_support import ...`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -123,10 +124,11 @@ def force_unmount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
-def wait_for(predicate: object, what: str, timeout: float = LIVENESS) -> None:
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = LIVENESS) -> None:
+    """Wait (bounded) for something another process does asynchronously."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
@@ -234,27 +236,17 @@ class Daemon:
         force_unmount(self.mnt)
 
 
-@pytest.fixture
-def daemon_factory(netns: str, tmp_path: Path) -> Iterator[object]:
-    """Makes daemons (not started) sharing one namespace and one set of dirs."""
+@contextlib.contextmanager
+def daemons(
+    mnt: Path, config_dir: Path, state_dir: Path, netns: str, log: Path
+) -> Iterator[Callable[..., Daemon]]:
+    """Makes daemons (not started) sharing one mount point, namespace and set
+    of dirs; afterwards, also when the test failed, all of them are stopped
+    and the mount is cleared."""
     made: list[Daemon] = []
-    # the mount point must be reachable by other users (tmp_path is 0700)
-    base = Path(tempfile.mkdtemp(prefix="netfs-test-"))
-    base.chmod(0o755)
-    mnt = base / "mnt"
-    mnt.mkdir()
-    (tmp_path / "config").mkdir()
-    (tmp_path / "state").mkdir()
 
     def make(extra: list[str] | None = None) -> Daemon:
-        d = Daemon(
-            mnt=mnt,
-            config_dir=tmp_path / "config",
-            state_dir=tmp_path / "state",
-            netns=netns,
-            log=tmp_path / "daemon.log",
-            extra=list(extra or []),
-        )
+        d = Daemon(mnt, config_dir, state_dir, netns, log, extra=list(extra or []))
         made.append(d)
         return d
 
@@ -264,6 +256,24 @@ def daemon_factory(netns: str, tmp_path: Path) -> Iterator[object]:
         for d in made:
             d.cleanup()
         force_unmount(mnt)
+
+
+@pytest.fixture
+def daemon_factory(netns: str, tmp_path: Path) -> Iterator[object]:
+    """Makes daemons (not started) sharing one namespace and one set of dirs."""
+    # the mount point must be reachable by other users (tmp_path is 0700)
+    base = Path(tempfile.mkdtemp(prefix="netfs-test-"))
+    try:
+        base.chmod(0o755)
+        mnt = base / "mnt"
+        mnt.mkdir()
+        (tmp_path / "config").mkdir()
+        (tmp_path / "state").mkdir()
+        with daemons(
+            mnt, tmp_path / "config", tmp_path / "state", netns, tmp_path / "daemon.log"
+        ) as make:
+            yield make
+    finally:
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -5,7 +5,8 @@ an address (where netfs's dnsmasq runs) and a guest namespace with a veth into
 the bridge (where busybox udhcpc and dig run). Teardown kills every dnsmasq
 of the test's state directory and every udhcpc it started, also on failure,
 and removes the namespaces. The dnsmasq configuration is written here in the
-shape libvirt writes it.
+shape libvirt writes it. The namespaces, links, udhcpc and dig come from
+tests/traffic_support.py.
 """
 
 from __future__ import annotations
@@ -14,24 +15,30 @@ import contextlib
 import errno
 import os
 import select
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from netfs import dnsmasq as dnsmasq_mod
-from netfs import leases, nsexec
+from netfs import leases
 from netfs.dnsmasq import Dnsmasq
 from netfs.errors import NetfsError
-from tests.conftest import ip, make_netns_name
+from tests.conftest import ip
+from tests.fs_support import wait_for
+from tests.traffic_support import (
+    GuestLab,
+    add_bridge,
+    add_guest_link,
+    bind_udp_in,
+    namespaces,
+    scratch_dir,
+    skip_unless_root,
+    uid_of,
+)
 
 NET = "testnet"
 BRIDGE = "nbr0"
@@ -39,17 +46,6 @@ HOST_ADDR = "10.77.0.1"
 FIXED_MAC = "52:54:00:12:34:56"
 FIXED_ADDR = "10.77.0.42"
 GUEST_MAC = "52:54:00:00:00:07"
-
-UDHCPC_SCRIPT = """#!/bin/sh
-case "$1" in
-bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
-    echo "$ip" > "$NETFS_TEST_OUT"
-    ;;
-esac
-exit 0
-"""
 
 
 def libvirt_like_conf(d: Path, name: str = NET, extra: str = "") -> str:
@@ -74,96 +70,35 @@ ADDNHOSTS = "10.77.0.9\tweb\t\n"
 
 
 @dataclass
-class Lan:
+class Lan(GuestLab):
     host: str
-    guest: str
     state: Path
     d: Dnsmasq
-    out: Path
-    script: Path
-    udhcpc: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def write(self, extra: str = "") -> None:
         self.d.write_files(NET, libvirt_like_conf(self.d.dir, extra=extra), HOSTSFILE, ADDNHOSTS)
-
-    def set_mac(self, mac: str) -> None:
-        ip("link", "set", "vg0", "down", netns=self.guest)
-        ip("link", "set", "vg0", "address", mac, netns=self.guest)
-        ip("link", "set", "vg0", "up", netns=self.guest)
-
-    def dhcp(self, *extra: str) -> str:
-        """One udhcpc run in the guest: the address it got (and configured)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.out.unlink()
-        argv = ["ip", "netns", "exec", self.guest, "busybox", "udhcpc", "-i", "vg0"]
-        argv += ["-n", "-q", "-f", "-t", "5", "-T", "2", "-s", str(self.script), *extra]
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETFS_TEST_OUT": str(self.out)}
-        p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.udhcpc.append(p)
-        out, _ = p.communicate(timeout=60)
-        assert p.returncode == 0, out.decode(errors="replace")
-        return self.out.read_text().strip()
-
-    def dig(self, name: str, qtype: str = "A") -> list[str]:
-        argv = ["dig", f"@{HOST_ADDR}", "+short", "+time=2", "+tries=3", name, qtype]
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.guest, *argv], capture_output=True, text=True, timeout=30
-        )
-        return done.stdout.split()
 
     def records(self) -> list[leases.Lease]:
         return leases.read_leases(self.state, NET)
 
 
-def wait_until(cond: Callable[[], bool], what: str, limit: float = 15.0) -> None:
-    """Wait (bounded) for something another process does asynchronously."""
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {limit} s: {what}")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    for prog in ("dnsmasq", "busybox", "dig"):
-        if shutil.which(prog) is None and not os.path.exists(f"/usr/sbin/{prog}"):
-            pytest.skip(f"{prog} is not installed")
-    host, guest = make_netns_name("h"), make_netns_name("g")
-    # not pytest's tmp_path (0700): dnsmasq reads its hosts files as its own user
-    state = Path(tempfile.mkdtemp(prefix="netfs-dnsmasq-", dir="/dev/shm"))
-    os.chmod(state, 0o755)
-    made: list[str] = []
-    d = Dnsmasq(state, netns=host)
-    lan = Lan(host, guest, state, d, state / "udhcpc.out", state / "udhcpc.sh")
-    try:
-        for ns in (host, guest):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            made.append(ns)
-            ip("link", "set", "lo", "up", netns=ns)
-        ip("link", "add", BRIDGE, "type", "bridge", netns=host)
-        ip("addr", "add", f"{HOST_ADDR}/24", "dev", BRIDGE, netns=host)
-        ip("link", "set", BRIDGE, "up", netns=host)
-        ip("link", "add", "vh0", "type", "veth", "peer", "name", "vg0", "netns", guest, netns=host)
-        ip("link", "set", "vh0", "master", BRIDGE, "up", netns=host)
-        ip("link", "set", "vg0", "address", GUEST_MAC, "up", netns=guest)
-        lan.script.write_text(UDHCPC_SCRIPT)
-        lan.script.chmod(0o755)
-        yield lan
-    finally:
-        for p in lan.udhcpc:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for pid in Dnsmasq(state).running().values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                dnsmasq_mod.wait_exit(pid, 5.0)
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(state, ignore_errors=True)
+    skip_unless_root("dnsmasq", "busybox", "dig")
+    with scratch_dir("netfs-dnsmasq-") as state, namespaces("h", "g") as (host, guest):
+        d = Dnsmasq(state, netns=host)
+        lan = Lan(guest=guest, server=HOST_ADDR, files=state, host=host, state=state, d=d)
+        try:
+            add_bridge(host, BRIDGE, f"{HOST_ADDR}/24")
+            add_guest_link(host, guest, bridge=BRIDGE, mac=GUEST_MAC)
+            lan.write_script()
+            yield lan
+        finally:
+            lan.reap()
+            for pid in Dnsmasq(state).running().values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    dnsmasq_mod.wait_exit(pid, 5.0)
 
 
 def test_guest_gets_an_address_and_names_resolve(lan: Lan) -> None:
@@ -171,16 +106,14 @@ def test_guest_gets_an_address_and_names_resolve(lan: Lan) -> None:
     pid = lan.d.start(NET)
     assert lan.d.pid(NET) == pid and lan.d.is_running(NET)
     # not root, own session, stdio on /dev/null, in the host namespace
-    status = Path(f"/proc/{pid}/status").read_text()
-    uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
-    assert uid != "0"
+    assert uid_of(pid) != 0
     assert os.getsid(pid) != os.getsid(0)
     assert all(os.readlink(f"/proc/{pid}/fd/{n}") == "/dev/null" for n in (0, 1, 2))
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{lan.host}").st_ino
 
     got = lan.dhcp("-x", "hostname:guest1")
     assert got.startswith("10.77.0.") and 100 <= int(got.rsplit(".", 1)[1]) <= 200
-    wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
+    wait_for(lambda: any(x.address == got for x in lan.records()), "lease recorded")
     (lease,) = lan.records()
     assert (lease.mac, lease.hostname, lease.protocol) == (GUEST_MAC, "guest1", "ipv4")
     text = leases.format_leases(lan.records(), time.time(), {"ipv4": 24})
@@ -201,7 +134,7 @@ def test_dhcp_host_gets_its_fixed_address_and_reload_rereads_hosts(lan: Lan) -> 
     assert lan.dig("db") == []
     lan.d.write_hosts(NET, HOSTSFILE, ADDNHOSTS + "10.77.0.10\tdb\t\n")
     assert lan.d.reload(NET)
-    wait_until(lambda: lan.dig("db") == ["10.77.0.10"], "db resolves after SIGHUP")
+    wait_for(lambda: lan.dig("db") == ["10.77.0.10"], "db resolves after SIGHUP")
     assert lan.d.pid(NET) == pid
 
 
@@ -209,7 +142,7 @@ def test_leases_survive_kill_and_restart_of_dnsmasq(lan: Lan) -> None:
     lan.write()
     first = lan.d.start(NET)
     got = lan.dhcp("-x", "hostname:guest1")
-    wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
+    wait_for(lambda: any(x.address == got for x in lan.records()), "lease recorded")
     os.kill(first, signal.SIGKILL)
     assert dnsmasq_mod.wait_exit(first, 5.0)
     assert not lan.d.is_running(NET)
@@ -225,7 +158,7 @@ def test_leases_survive_kill_and_restart_of_dnsmasq(lan: Lan) -> None:
     lan.set_mac(GUEST_MAC)
     assert lan.dhcp("-r", got) == got
     assert lan.dhcp() == got
-    wait_until(lambda: len(lan.records()) == 2, "both leases recorded")
+    wait_for(lambda: len(lan.records()) == 2, "both leases recorded")
     # and a restart (stop, start) keeps them too
     third = lan.d.restart(NET)
     assert third not in (first, second)
@@ -276,7 +209,7 @@ def test_hostile_host_name_leaves_well_formed_leases(lan: Lan) -> None:
     lan.write()
     lan.d.start(NET)
     got = lan.dhcp("-x", f"hostname:{HOSTILE}")
-    wait_until(lambda: any(x.address == got for x in lan.records()), "lease recorded")
+    wait_for(lambda: any(x.address == got for x in lan.records()), "lease recorded")
     text = leases.format_leases(lan.records(), time.time(), {"ipv4": 24})
     assert text.endswith("\n") and text.count("\n") == 1
     fields = text[:-1].split(" ")
@@ -293,21 +226,7 @@ def test_hostile_host_name_leaves_well_formed_leases(lan: Lan) -> None:
 
 def test_taken_port_is_eaddrinuse_and_nothing_left(lan: Lan) -> None:
     lan.write()
-    sock: list[socket.socket] = []
-
-    def bind_in_host() -> None:
-        fd = nsexec.open_netns(lan.host)
-        try:
-            nsexec.setns_fd(fd)
-        finally:
-            os.close(fd)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((HOST_ADDR, 53))
-        sock.append(s)
-
-    t = threading.Thread(target=bind_in_host)
-    t.start()
-    t.join()
+    sock = bind_udp_in(lan.host, HOST_ADDR, 53)
     try:
         with pytest.raises(NetfsError) as e:
             lan.d.start(NET)
@@ -315,7 +234,7 @@ def test_taken_port_is_eaddrinuse_and_nothing_left(lan: Lan) -> None:
         assert "Address already in use" in e.value.message
         assert lan.d.running() == {} and not lan.d.files(NET).pid.exists()
     finally:
-        sock[0].close()
+        sock.close()
     assert lan.d.start(NET) > 0
 
 
@@ -355,14 +274,14 @@ def test_watch_sees_leases_granted_and_removed(lan: Lan) -> None:
     try:
         first = lan.dhcp()
         assert first != FIXED_ADDR
-        wait_until(lambda: seen(1, 0), "the lease seen")
+        wait_for(lambda: seen(1, 0), "the lease seen")
         assert added == [(FIXED_MAC, first)] and removed == []
         # a dhcp-host entry for it now (live: hosts file + SIGHUP): its next
         # request is refused, it gets its fixed address, the old lease goes
         lan.d.write_hosts(NET, HOSTSFILE, ADDNHOSTS)
         assert lan.d.reload(NET)
         assert lan.dhcp("-r", first) == FIXED_ADDR
-        wait_until(lambda: seen(2, 1), "the new lease and the removal seen")
+        wait_for(lambda: seen(2, 1), "the new lease and the removal seen")
         assert added == [(FIXED_MAC, first), (FIXED_MAC, FIXED_ADDR)]
         assert removed == [(FIXED_MAC, first)]
         assert [x.address for x in lan.records()] == [FIXED_ADDR]
@@ -385,7 +304,7 @@ def test_ipv6_and_ipv4_leases_are_replayed_at_start(lan: Lan) -> None:
     # (write_files made the leases directory)
     leases.write_records(lan.d.leases_dir, NET, recs)
     lan.d.start(NET)
-    ip("addr", "add", "10.77.0.50/24", "dev", "vg0", netns=lan.guest)
+    ip("addr", "add", "10.77.0.50/24", "dev", "gv0", netns=lan.guest)
     # dnsmasq loaded both from `init`: their names resolve at once
     assert lan.dig("guest4.netfs.test") == ["10.77.0.150"]
     assert lan.dig("guest6.netfs.test", "AAAA") == ["fd00:77::150"]

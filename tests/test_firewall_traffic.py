@@ -7,107 +7,36 @@ are applied and forwarding is on) and an upstream namespace.
 
 The upstream has a route to the guest's subnet through the host, so what
 keeps it out is the firewall; every refusal is paired with a control (the
-same connection without the rules) that succeeds.
+same connection without the rules) that succeeds. The namespaces, links and
+connections come from tests/traffic_support.py.
 """
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import trio
 
 from netfs import firewall, nsexec
 from netfs.model.network import NetworkDef, parse_network
-from tests.conftest import ip, make_netns_name
-
-WAIT = 10.0  # seconds: every wait is bounded
-
-LISTEN = textwrap.dedent(
-    """
-    import socket, sys
-    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    s.listen(1)
-    s.settimeout(float(sys.argv[3]))
-    print("ready", flush=True)
-    try:
-        c, peer = s.accept()
-    except OSError as e:
-        print("none", e, flush=True)
-        sys.exit(1)
-    print(peer[0], peer[1], flush=True)
-    c.close()
-    """
-)
-
-CONNECT = textwrap.dedent(
-    """
-    import errno, socket, sys
-    v6 = ":" in sys.argv[1]
-    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
-    if sys.argv[3] != "0":
-        s.bind(("::" if v6 else "0.0.0.0", int(sys.argv[3])))
-    s.settimeout(float(sys.argv[4]))
-    try:
-        s.connect((sys.argv[1], int(sys.argv[2])))
-        print("ok")
-    except socket.timeout:
-        print("timeout")
-    except OSError as e:
-        print(errno.errorcode.get(e.errno, str(e.errno)))
-    """
+from tests.conftest import ip
+from tests.traffic_support import (
+    Lab,
+    add_bridge,
+    add_guest_link,
+    add_uplink,
+    namespaces,
+    skip_unless_root,
 )
 
 
 @dataclass
-class Topology:
+class Topology(Lab):
     host: str
     guest: str
     up: str
-    procs: list[subprocess.Popen[str]] = field(default_factory=list)
-
-    def listen(self, ns: str, addr: str, port: int) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", LISTEN, addr, str(port), str(WAIT)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(p)
-        assert p.stdout is not None
-        ready, _w, _x = select.select([p.stdout], [], [], WAIT)
-        assert ready, "listener did not start"
-        assert p.stdout.readline().strip() == "ready"
-        return p
-
-    def connect(self, ns: str, addr: str, port: int, sport: int = 0, timeout: float = 3) -> str:
-        p = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT]
-            + [addr, str(port), str(sport), str(timeout)],
-            capture_output=True,
-            text=True,
-            timeout=timeout + WAIT,
-        )
-        return p.stdout.strip()
-
-    def peer(self, listener: subprocess.Popen[str]) -> tuple[str, int]:
-        """Who connected to a listener (address and port as it saw them)."""
-        out, _err = listener.communicate(timeout=WAIT)
-        addr, port = out.split()[:2]
-        return addr, int(port)
-
-    def stop(self, listener: subprocess.Popen[str]) -> None:
-        listener.kill()
-        listener.wait(timeout=WAIT)
 
     def apply(self, net: NetworkDef) -> None:
         trio.run(firewall.apply, self.host, net)
@@ -118,71 +47,35 @@ class Topology:
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    names = [make_netns_name(t) for t in ("h", "g", "u")]
-    made: list[str] = []
-    t = Topology(*names)
-    try:
-        for n in names:
-            subprocess.run(["ip", "netns", "add", n], check=True)
-            made.append(n)
-            ip("link", "set", "lo", "up", netns=n)
-        h, g, u = names
-        ip("link", "add", "nfbr0", "type", "bridge", netns=h)
-        ip("addr", "add", "10.71.0.1/24", "dev", "nfbr0", netns=h)
-        ip("link", "set", "nfbr0", "up", netns=h)
-        ip("link", "add", "gh0", "type", "veth", "peer", "name", "gv0", "netns", g, netns=h)
-        ip("link", "set", "gh0", "master", "nfbr0", "up", netns=h)
-        ip("addr", "add", "10.71.0.2/24", "dev", "gv0", netns=g)
-        ip("link", "set", "gv0", "up", netns=g)
-        ip("route", "add", "default", "via", "10.71.0.1", netns=g)
-        for i, (hn, un) in enumerate(
-            [("198.51.100.1", "198.51.100.2"), ("203.0.113.1", "203.0.113.2")]
-        ):
-            ip(
-                "link",
-                "add",
-                f"uh{i}",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                f"uv{i}",
-                "netns",
-                u,
-                netns=h,
-            )
-            ip("addr", "add", f"{hn}/24", "dev", f"uh{i}", netns=h)
-            ip("link", "set", f"uh{i}", "up", netns=h)
-            ip("addr", "add", f"{un}/24", "dev", f"uv{i}", netns=u)
-            ip("link", "set", f"uv{i}", "up", netns=u)
-        ip("route", "add", "10.71.0.0/24", "via", "198.51.100.1", netns=u)
-        # IPv6 beside it (no duplicate address detection: usable at once)
-        for ns_, dev, addr in [
-            (h, "nfbr0", "fd71::1/64"),
-            (g, "gv0", "fd71::2/64"),
-            (h, "uh0", "fd51::1/64"),
-            (u, "uv0", "fd51::2/64"),
-        ]:
-            ip("addr", "add", addr, "dev", dev, "nodad", netns=ns_)
-        ip("-6", "route", "add", "default", "via", "fd71::1", netns=g)
-        ip("-6", "route", "add", "fd71::/64", "via", "fd51::1", netns=u)
-        # IP forwarding on inside the host namespace (as a start does for nat/route)
-        nsexec.run_sync(h, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
-        nsexec.run_sync(h, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        assert nsexec.run_sync(h, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == b"1"
-        yield t
-    finally:
-        for p in t.procs:
-            if p.poll() is None:
-                p.kill()
-            try:
-                p.communicate(timeout=WAIT)
-            except subprocess.TimeoutExpired:
-                pass
-        for n in made:
-            subprocess.run(["ip", "netns", "del", n], check=False)
+    skip_unless_root()
+    with namespaces("h", "g", "u") as (h, g, u):
+        t = Topology(h, g, u)
+        try:
+            add_bridge(h, "nfbr0", "10.71.0.1/24")
+            add_guest_link(h, g, bridge="nfbr0")
+            ip("addr", "add", "10.71.0.2/24", "dev", "gv0", netns=g)
+            ip("route", "add", "default", "via", "10.71.0.1", netns=g)
+            add_uplink(h, u, 0, "198.51.100.1/24", "198.51.100.2/24")
+            add_uplink(h, u, 1, "203.0.113.1/24", "203.0.113.2/24")
+            ip("route", "add", "10.71.0.0/24", "via", "198.51.100.1", netns=u)
+            # IPv6 beside it (no duplicate address detection: usable at once)
+            for ns_, dev, addr in [
+                (h, "nfbr0", "fd71::1/64"),
+                (g, "gv0", "fd71::2/64"),
+                (h, "uh0", "fd51::1/64"),
+                (u, "uv0", "fd51::2/64"),
+            ]:
+                ip("addr", "add", addr, "dev", dev, "nodad", netns=ns_)
+            ip("-6", "route", "add", "default", "via", "fd71::1", netns=g)
+            ip("-6", "route", "add", "fd71::/64", "via", "fd51::1", netns=u)
+            # IP forwarding on inside the host namespace (as a start does for nat/route)
+            nsexec.run_sync(h, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+            nsexec.run_sync(h, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+            forwarding = nsexec.run_sync(h, ["sysctl", "-n", "net.ipv4.ip_forward"])
+            assert forwarding.stdout.strip() == b"1"
+            yield t
+        finally:
+            t.reap()
 
 
 def network(mode: str, dev: str | None = None, v6: str | None = None) -> NetworkDef:

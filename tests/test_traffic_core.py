@@ -7,7 +7,8 @@ The core starts the network in the "host" namespace: bridge, nft rules,
 forwarding, dnsmasq. The guest gets its address from that dnsmasq with
 busybox udhcpc; the upstream namespace has a route to the guest subnet
 through the host, so only the firewall keeps it out. Teardown kills every
-dnsmasq and udhcpc (also when a test fails) and removes the namespaces.
+dnsmasq and udhcpc (also when a test fails) and removes the namespaces
+(tests/traffic_support.py).
 """
 
 from __future__ import annotations
@@ -15,16 +16,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -35,56 +31,26 @@ from netfs.dnsmasq import SUBDIR
 from netfs.errors import NetfsError
 from netfs.model import firewall as fwmodel
 from netfs.netlink import Netlink
-from tests.conftest import ip, kill_inside, make_netns_name
+from tests.conftest import ip, pids_in
+from tests.traffic_support import (
+    WAIT,
+    GuestLab,
+    add_guest_link,
+    add_uplink,
+    bind_udp_in,
+    namespaces,
+    scratch_dir,
+    skip_unless_root,
+    uid_of,
+)
 
-WAIT = 15.0  # seconds: a bound so that a bug cannot hang the run, not a timing claim
+T = TypeVar("T")
 BRIDGE = "nfbr0"
 HOST = "10.72.0.1"
 FIXED_MAC = "52:54:00:12:34:56"
 FIXED = "10.72.0.42"
 GUEST_MAC = "52:54:00:00:00:07"
 OTHER_MAC = "52:54:00:00:00:99"
-
-UDHCPC_SCRIPT = """#!/bin/sh
-case "$1" in
-bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
-    echo "$ip" > "$NETFS_TEST_OUT"
-    ;;
-esac
-exit 0
-"""
-
-CONNECT = """
-import errno, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.settimeout(float(sys.argv[3]))
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    print("ok")
-except socket.timeout:
-    print("timeout")
-except OSError as e:
-    print(errno.errorcode.get(e.errno, str(e.errno)))
-"""
-
-LISTEN = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-s.settimeout(float(sys.argv[3]))
-print("ready", flush=True)
-try:
-    c, peer = s.accept()
-except OSError as e:
-    print("none", flush=True)
-    sys.exit(1)
-print(peer[0], flush=True)
-"""
 
 
 def network(
@@ -105,77 +71,22 @@ def network(
 
 
 @dataclass
-class World:
+class World(GuestLab):
     host: str
-    guest: str
     up: str
     state: Path
     etc: Path
-    out: Path
-    script: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    # -- the guest -----------------------------------------------------------
 
     def plug(self) -> None:
         """The guest's veth into the bridge (after the network started)."""
         ip("link", "set", "gh0", "master", BRIDGE, "up", netns=self.host)
-
-    def set_mac(self, mac: str) -> None:
-        ip("link", "set", "gv0", "down", netns=self.guest)
-        ip("link", "set", "gv0", "address", mac, netns=self.guest)
-        ip("link", "set", "gv0", "up", netns=self.guest)
-
-    def dhcp(self, *extra: str) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            self.out.unlink()
-        argv = ["ip", "netns", "exec", self.guest, "busybox", "udhcpc", "-i", "gv0"]
-        argv += ["-n", "-q", "-f", "-t", "5", "-T", "2", "-s", str(self.script), *extra]
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETFS_TEST_OUT": str(self.out)}
-        p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        out, _ = p.communicate(timeout=60)
-        assert p.returncode == 0, out.decode(errors="replace")
-        return self.out.read_text().strip()
-
-    def dig(self, name: str) -> list[str]:
-        argv = ["dig", f"@{HOST}", "+short", "+time=2", "+tries=3", name]
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.guest, *argv], capture_output=True, text=True, timeout=30
-        )
-        return done.stdout.split()
-
-    # -- connections -----------------------------------------------------------
-
-    def listen(self, ns: str, addr: str, port: int) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", LISTEN, addr, str(port), "10"],
-            stdout=subprocess.PIPE,
-        )
-        self.procs.append(p)
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == b"ready"
-        return p
-
-    def connect(self, ns: str, addr: str, port: int) -> str:
-        p = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT, addr, str(port), "3"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        return p.stdout.strip()
-
-    def peer(self, listener: subprocess.Popen[bytes]) -> str:
-        out, _ = listener.communicate(timeout=WAIT)
-        return out.decode().split()[0]
 
     # -- what is in the host namespace ---------------------------------------------
 
     def dnsmasq_pids(self) -> list[int]:
         """The dnsmasq processes in the host namespace, not their helpers
         (children); a process that exits meanwhile (a lease helper) is skipped."""
-        inside = _pids_in(self.host)
+        inside = pids_in(self.host)
         found = []
         for pid in inside:
             try:
@@ -200,69 +111,25 @@ class World:
         return nsexec.run_sync(self.host, ["sysctl", "-n", key]).stdout.decode().strip()
 
 
-def _pids_in(netns: str) -> set[int]:
-    want = os.stat(f"/run/netns/{netns}").st_ino
-    out = set()
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{e}/ns/net").st_ino == want:
-                    out.add(int(e))
-    return out
-
-
 def _ppid(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     return int(stat[stat.rfind(b")") + 2 :].split()[1])
 
 
-def _uid(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError("no Uid line")
-
-
 @pytest.fixture
 def world() -> Iterator[World]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    for prog in ("dnsmasq", "busybox", "dig", "nft"):
-        if shutil.which(prog) is None and not os.path.exists(f"/usr/sbin/{prog}"):
-            pytest.skip(f"{prog} is not installed")
-    names = [make_netns_name(t) for t in ("h", "g", "u")]
-    # not pytest's tmp_path (0700): dnsmasq reads its hosts files as its own user
-    top = Path(tempfile.mkdtemp(prefix="netfs-traffic-", dir="/dev/shm"))
-    os.chmod(top, 0o755)
-    w = World(*names, top / "run", top / "etc", top / "udhcpc.out", top / "udhcpc.sh")
-    made: list[str] = []
-    try:
-        for n in names:
-            subprocess.run(["ip", "netns", "add", n], check=True)
-            made.append(n)
-            ip("link", "set", "lo", "up", netns=n)
-        h, g, u = names
-        ip("link", "add", "gh0", "type", "veth", "peer", "name", "gv0", "netns", g, netns=h)
-        ip("link", "set", "gv0", "address", GUEST_MAC, "up", netns=g)
-        ip("link", "add", "uh0", "type", "veth", "peer", "name", "uv0", "netns", u, netns=h)
-        ip("addr", "add", "198.51.100.1/24", "dev", "uh0", netns=h)
-        ip("link", "set", "uh0", "up", netns=h)
-        ip("addr", "add", "198.51.100.2/24", "dev", "uv0", netns=u)
-        ip("link", "set", "uv0", "up", netns=u)
-        ip("route", "add", "10.72.0.0/24", "via", "198.51.100.1", netns=u)
-        w.script.write_text(UDHCPC_SCRIPT)
-        w.script.chmod(0o755)
-        yield w
-    finally:
-        for p in w.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for n in made:
-            kill_inside(n)
-            subprocess.run(["ip", "netns", "del", n], check=False)
-        shutil.rmtree(top, ignore_errors=True)
+    skip_unless_root("dnsmasq", "busybox", "dig", "nft")
+    with scratch_dir("netfs-traffic-") as top, namespaces("h", "g", "u") as (h, g, u):
+        w = World(guest=g, server=HOST, files=top, host=h, up=u, state=top / "run", etc=top / "etc")
+        try:
+            add_guest_link(h, g, mac=GUEST_MAC)
+            add_uplink(h, u, 0, "198.51.100.1/24", "198.51.100.2/24")
+            ip("route", "add", "10.72.0.0/24", "via", "198.51.100.1", netns=u)
+            w.write_script()
+            yield w
+        finally:
+            w.reap()
 
 
 @contextlib.asynccontextmanager
@@ -306,7 +173,7 @@ class Events:
         assert cond(), what
 
 
-async def in_thread(fn: Callable[..., object], *args: object) -> object:
+async def in_thread(fn: Callable[..., T], *args: object) -> T:
     return await trio.to_thread.run_sync(fn, *args)
 
 
@@ -328,7 +195,7 @@ async def test_nat_network_with_dhcp_carries_traffic(world: World) -> None:
         assert "chain guest_nat.tnat" in w.table().replace('"', "")
         assert w.sysctl("net.ipv4.ip_forward") == "1"
         (pid,) = w.dnsmasq_pids()
-        assert _uid(pid) != 0
+        assert uid_of(pid) != 0
         assert "table inet netfs" in await d.firewall_listing("tnat")
         # DHCP from the range, then the <host> entry's fixed address
         got = await in_thread(w.dhcp, "-x", "hostname:guest1")
@@ -345,7 +212,7 @@ async def test_nat_network_with_dhcp_carries_traffic(world: World) -> None:
         # NAT: upstream sees the host's address and cannot reach the guest
         lis = await in_thread(w.listen, w.up, "198.51.100.2", 5101)
         assert await in_thread(w.connect, w.guest, "198.51.100.2", 5101) == "ok"
-        assert await in_thread(w.peer, lis) == "198.51.100.1"
+        assert (await in_thread(w.peer, lis))[0] == "198.51.100.1"
         await in_thread(w.listen, w.guest, FIXED, 5102)
         assert await in_thread(w.connect, w.up, FIXED, 5102) == "ECONNREFUSED"
         # stop: nothing of it is left but its lease records
@@ -371,10 +238,10 @@ async def test_route_network_shows_the_guests_own_address(world: World) -> None:
         got = await in_thread(w.dhcp)
         lis = await in_thread(w.listen, w.up, "198.51.100.2", 5111)
         assert await in_thread(w.connect, w.guest, "198.51.100.2", 5111) == "ok"
-        assert await in_thread(w.peer, lis) == got
+        assert (await in_thread(w.peer, lis))[0] == got
         lis = await in_thread(w.listen, w.guest, got, 5112)
         assert await in_thread(w.connect, w.up, got, 5112) == "ok"
-        assert await in_thread(w.peer, lis) == "198.51.100.2"
+        assert (await in_thread(w.peer, lis))[0] == "198.51.100.2"
         await d.stop("troute")
 
 
@@ -395,27 +262,13 @@ async def test_isolated_network_serves_dhcp_and_forwards_nothing(world: World) -
         # control: the host itself is reachable from the guest
         lis = await in_thread(w.listen, w.host, HOST, 5123)
         assert await in_thread(w.connect, w.guest, HOST, 5123) == "ok"
-        assert await in_thread(w.peer, lis) == got
+        assert (await in_thread(w.peer, lis))[0] == got
         await d.stop("tiso")
 
 
 async def test_failed_start_leaves_nothing_behind(world: World) -> None:
     w = world
-    sock: list[socket.socket] = []
-
-    def bind_in_host() -> None:
-        fd = nsexec.open_netns(w.host)
-        try:
-            nsexec.setns_fd(fd)
-        finally:
-            os.close(fd)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", 53))  # no SO_REUSEADDR: dnsmasq cannot bind beside it
-        sock.append(s)
-
-    t = threading.Thread(target=bind_in_host)
-    t.start()
-    t.join()
+    sock = bind_udp_in(w.host, "0.0.0.0", 53)  # no SO_REUSEADDR: dnsmasq cannot bind beside it
     try:
         async with core(w, monitor=False) as (d, _ev):
             await d.define(network())
@@ -429,13 +282,12 @@ async def test_failed_start_leaves_nothing_behind(world: World) -> None:
             assert w.dnsmasq_pids() == []
             assert "tnat" not in w.table()
             assert not list((w.state / SUBDIR).glob("tnat.*"))
-            sock[0].close()
+            sock.close()
             await d.start("tnat")  # the port is free again: it starts
             assert len(w.dnsmasq_pids()) == 1
             await d.stop("tnat")
     finally:
-        for s in sock:
-            s.close()
+        sock.close()
 
 
 # ------------------------------------------------------------------ repairs

@@ -16,12 +16,13 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fs_support import Daemon, EventReader, Watch, bash, force_unmount, wait_for
+from tests import fs_support
+from tests.fs_support import Daemon, EventReader, Watch, bash, define, wait_for
 from tests.test_traffic_core import GUEST_MAC, HOST, World, network, world  # noqa: F401
 
 NET = "tnat"
@@ -36,39 +37,25 @@ RAW = (
     "</dhcp></ip><dnsmasq:options><dnsmasq:option value='dhcp-authoritative'/>"
     "</dnsmasq:options></network>\n"
 )
-MEMBER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture
-def daemons(world: World) -> Iterator[list[Daemon]]:  # noqa: F811
-    """Daemons on the world's host namespace and directories (not started);
-    all stopped and their mount cleared afterwards."""
+def daemons(world: World) -> Iterator[Callable[..., Daemon]]:  # noqa: F811
+    """Makes daemons (not started) on the world's host namespace and
+    directories; all stopped and their mount cleared afterwards."""
     top = world.state.parent
     mnt = top / "mnt"
     mnt.mkdir()
     for d in (world.etc, world.state):
         d.mkdir(exist_ok=True)
         os.chmod(d, 0o755)
-    made: list[Daemon] = []
-    try:
-        yield made
-    finally:
-        for d in made:
-            d.cleanup()
-        force_unmount(mnt)
+    with fs_support.daemons(mnt, world.etc, world.state, world.host, top / "daemon.log") as make:
+        yield make
 
 
-def new_daemon(w: World, made: list[Daemon]) -> Daemon:
-    top = w.state.parent
-    d = Daemon(
-        mnt=top / "mnt",
-        config_dir=w.etc,
-        state_dir=w.state,
-        netns=w.host,
-        log=top / "daemon.log",
-        extra=["--group", "65534"],
-    )
-    made.append(d)
+def new_daemon(make: Callable[..., Daemon]) -> Daemon:
+    """A daemon started on the world, with 65534 (nobody) as its --group."""
+    d = make(["--group", "65534"])
     d.start()
     return d
 
@@ -107,12 +94,12 @@ def event_args(ev: EventReader, word: str, n: int = 1) -> list[list[str]]:
     return found
 
 
-def test_nat_dhcp_network_through_the_mount(world: World, daemons: list[Daemon]) -> None:  # noqa: F811
+def test_nat_dhcp_network_through_the_mount(world: World, daemons: Callable[..., Daemon]) -> None:  # noqa: F811
     w = world
-    d = new_daemon(w, daemons)
+    d = new_daemon(daemons)
     mnt = d.mnt
     net = mnt / NET
-    sh(f"mkdir {net} && cat > {net}/definition.xml <<'EOF'\n{network(NET, hosts='')}\nEOF")
+    define(mnt, NET, network(NET, hosts="") + "\n")
     assert (net / "leases").read_text() == ""
     assert (net / "firewall").read_text() == ""
     for f in ("leases", "firewall"):
@@ -164,7 +151,7 @@ def test_nat_dhcp_network_through_the_mount(world: World, daemons: list[Daemon])
         # the guest reaches the upstream namespace through NAT: upstream sees the host
         listener = w.listen(w.up, "198.51.100.2", 8080)
         assert w.connect(w.guest, "198.51.100.2", 8080) == "ok"
-        assert w.peer(listener) == "198.51.100.1"
+        assert w.peer(listener)[0] == "198.51.100.1"
 
         # kill -9 of the network's dnsmasq: started again, `repaired dnsmasq`
         (pid,) = w.dnsmasq_pids()
@@ -184,7 +171,7 @@ def test_nat_dhcp_network_through_the_mount(world: World, daemons: list[Daemon])
     wait_for(lambda: "guest_nat" in nft_table(w), "the rules")
     pids, table = w.dnsmasq_pids(), nft_table(w)
     d.kill9()
-    d2 = new_daemon(w, daemons)
+    d2 = new_daemon(daemons)
     assert (net / "active").read_text() == "1\n"
     assert w.dnsmasq_pids() == pids
     assert lease_lines(net) == [line]
@@ -211,46 +198,33 @@ def test_nat_dhcp_network_through_the_mount(world: World, daemons: list[Daemon])
     assert d2.proc is not None and d2.proc.poll() is None
 
 
-def test_raw_dnsmasq_options_only_from_root(world: World, daemons: list[Daemon]) -> None:  # noqa: F811
-    d = new_daemon(world, daemons)
+def test_raw_dnsmasq_options_only_from_root(world: World, daemons: Callable[..., Daemon]) -> None:  # noqa: F811
+    d = new_daemon(daemons)
     mnt = d.mnt
     # a member of --group: a new network with <dnsmasq:options> is EPERM, the reason in error
     script = (
         f"mkdir {mnt}/traw && cat > {mnt}/traw/definition.xml <<'EOF'\n{RAW.format(name='traw')}EOF"
     )
-    r = subprocess.run(MEMBER + ["bash", "-c", script], capture_output=True, text=True)
+    r = bash(script, user="nobody")
     assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr
     assert "only root may define <dnsmasq:options>" in (mnt / "traw" / "error").read_text()
     assert not (world.etc / "traw.xml").exists()
     # a member may define without it; redefining with it is refused, the definition stays
     plain = RAW.format(name="traw").split("<dnsmasq:options>")[0] + "</network>\n"
-    r = subprocess.run(
-        MEMBER + ["bash", "-c", f"cat > {mnt}/traw/definition.xml <<'EOF'\n{plain}EOF"],
-        capture_output=True,
-        text=True,
-    )
+    r = bash(f"cat > {mnt}/traw/definition.xml <<'EOF'\n{plain}EOF", user="nobody")
     assert r.returncode == 0, r.stderr
     before = (mnt / "traw" / "definition.xml").read_text()
-    r = subprocess.run(
-        MEMBER
-        + ["bash", "-c", f"cat > {mnt}/traw/definition.xml <<'EOF'\n{RAW.format(name='traw')}EOF"],
-        capture_output=True,
-        text=True,
+    r = bash(
+        f"cat > {mnt}/traw/definition.xml <<'EOF'\n{RAW.format(name='traw')}EOF", user="nobody"
     )
     assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr
     assert (mnt / "traw" / "definition.xml").read_text() == before
     assert "dnsmasq:options" not in (world.etc / "traw.xml").read_text()
     # an editor's rename by the member: refused the same way
-    r = subprocess.run(
-        MEMBER
-        + [
-            "bash",
-            "-c",
-            f"cat > {mnt}/traw/.def.tmp <<'EOF'\n{RAW.format(name='traw')}EOF\n"
-            f"mv {mnt}/traw/.def.tmp {mnt}/traw/definition.xml",
-        ],
-        capture_output=True,
-        text=True,
+    r = bash(
+        f"cat > {mnt}/traw/.def.tmp <<'EOF'\n{RAW.format(name='traw')}EOF\n"
+        f"mv {mnt}/traw/.def.tmp {mnt}/traw/definition.xml",
+        user="nobody",
     )
     assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr
     assert (mnt / "traw" / "definition.xml").read_text() == before
