@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from netfs.errors import NetfsError
+
+if TYPE_CHECKING:
+    from netfs.daemon import MountConfig
 
 
 def _read_input(path: str) -> bytes:
@@ -152,6 +156,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from netfs.daemon import MountConfig, apply_options, run
+    from netfs.guard import Refused
 
     cfg = MountConfig(mountpoint=args.mountpoint)
     apply_options(cfg, args.options)
@@ -161,7 +166,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg, key, value)
     cfg.foreground = bool(args.foreground)
+    try:
+        check_mount_paths(cfg)
+    except Refused as e:
+        print(f"netfs: {e}", file=sys.stderr)
+        return 1
     return run(cfg)
+
+
+def check_mount_paths(cfg: MountConfig) -> None:
+    """What the daemon writes through (netfs.guard.check_path): the mount
+    point's directories (the mount point itself is looked at once no stale
+    mount can hang the look: netfs.fs.mounts.cleanup_stale), and the log
+    file; the mount point becomes its real path (which the daemon and its
+    helper use from then on). The state and configuration directories are
+    checked by netfs.guard.prepare, under the daemon's umask."""
+    from netfs import guard
+
+    cfg.mountpoint = guard.mount_point(cfg.mountpoint)
+    if cfg.log_file:
+        os.close(guard.open_log(cfg.log_file))  # made, and checked, here
 
 
 def _mount_helper_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,17 @@
 """What the daemon makes sure of before it touches its directories.
 
 - Its own umask (022): nothing it creates depends on its caller's.
-- Trusted directories: the configuration and state directories, and every
-  directory above them, must be owned by root (the daemon's user) and not
-  writable by group or others -- except a sticky directory such as /tmp,
-  whose entries others cannot replace. A directory that does not exist yet
-  is created with mode 0755 (the state directory now, the configuration
-  directory by the state store). Anything else: :class:`Refused`, with the
-  directory and the reason.
+- Trusted paths (:func:`check_path`): the configuration and state
+  directories, the log file's directory and the mount point are walked from
+  / down with lstat: every directory must be owned by root (the daemon's
+  user) and not writable by group or others -- except a sticky directory
+  such as /tmp, whose entries others cannot replace (so the next component
+  must be root's); a symbolic link of root's is followed (its target walked
+  the same way), anyone else's refused. A configuration or state directory
+  that does not exist yet is created with mode 0755 by the walk. The mount
+  point itself must be a directory of root's and no link; the daemon uses
+  its real path. The log file: :func:`open_log`. Anything else:
+  :class:`Refused`, with the path, the component and the reason.
 - One daemon per state directory: ``<state_dir>/.lock`` is opened (never
   through a symlink) and locked with flock(2) for the daemon's life; it
   holds the pid of the daemon. A second daemon is refused, naming the
@@ -97,38 +101,225 @@ class Refused(Exception):
     """The daemon must not run: the message says why (one line)."""
 
 
-def check_trusted(path: Path) -> None:
+def check_trusted(path: Path, what: str = "directory") -> None:
     """``path`` (if it exists) and every directory above it are the
-    daemon user's and writable by nobody else (sticky ones excepted)."""
-    me = os.geteuid()
-    path = Path(os.path.abspath(path))
-    chain = [path, *path.parents]
-    for d in chain:
-        try:
-            st = os.lstat(d)
-        except FileNotFoundError:
-            continue  # will be created (mode 0755)
-        except OSError as e:
-            raise Refused(f"{d}: {e.strerror}") from None
-        if stat.S_ISLNK(st.st_mode):
-            if d == path:
-                raise Refused(f"{d}: is a symbolic link (give the directory itself)")
-            # an ancestor may be a link (/var/run -> /run): its target is checked
-            check_trusted(Path(os.path.realpath(d)))
+    daemon user's and writable by nobody else (sticky ones excepted):
+    :func:`check_path` for a directory, creating nothing."""
+    check_path(path, what)
+
+
+MAX_LINKS = 40  # as the kernel's path walk
+
+
+def trusted_uids() -> tuple[int, int]:
+    """Who may own what the daemon writes under or through: root, and the
+    daemon's own user (a daemon run by a user for that user)."""
+    return (0, os.geteuid())
+
+
+def check_path(
+    path: str | os.PathLike[str], what: str, last: str = "dir", create: bool = False
+) -> str:
+    """Walk ``path`` as the kernel would, from / down, looking at each
+    component with lstat(2) (never through a link), so that nobody but
+    root (or the daemon's user) can change where it leads; returns the
+    real path. Refused (naming ``what``, the component and why):
+
+    - a symbolic link not owned by root (or the daemon's user); one of
+      root's is followed, its target walked the same way (/var/run -> /run);
+    - a directory not owned by root (or the daemon's user): its owner
+      could replace what is below it;
+    - a directory writable by group or others, unless sticky (/tmp,
+      /dev/shm: then the rule above keeps others from replacing the next
+      component, which must be root's);
+    - anything but a directory on the way.
+
+    ``last`` says what the last component is: "dir" (a directory that is
+    not a link and not writable by others even when sticky: the state and
+    configuration directories), "parent" (a directory holding a file the
+    daemon opens itself, such as the log file: sticky allowed, a link of
+    root's followed) or "skip" (not looked at: the mount point, which may
+    hold a hung mount; see :func:`check_mount_dir`). A missing component
+    is created with mode 0755 when ``create``; else it is accepted only
+    where nobody else can create it first (its directory is not writable
+    by others)."""
+    given = os.fspath(path)
+    if not given:
+        raise Refused(f"{what}: an empty path")
+    walk = _Walk(f"{what} {given}", last, create)
+    todo = (given if os.path.isabs(given) else os.path.join(os.getcwd(), given)).split("/")
+    todo.reverse()  # a stack: the next component last
+    walk.check_dir("/", os.lstat("/"), final=_done(todo))
+    while todo:
+        name = todo.pop()
+        if name in ("", "."):
             continue
+        if name == "..":
+            walk.here = os.path.dirname(walk.here)
+            walk.here_st = os.lstat(walk.here)
+            continue
+        final = _done(todo)
+        cand = os.path.join(walk.here, name)
+        if final and last == "skip":
+            return cand
+        st = walk.look(cand)
+        if st is None:  # missing, and nobody else can make it: the rest is missing too
+            if ".." in todo:
+                raise walk.refuse(f"{cand} does not exist")
+            return os.path.join(cand, *[n for n in reversed(todo) if n not in ("", ".")])
+        if stat.S_ISLNK(st.st_mode):
+            target = walk.link(cand, st, final)
+            if target.startswith("/"):
+                walk.here, walk.here_st = "/", os.lstat("/")
+            todo.extend(reversed(target.split("/")))
+            continue
+        walk.check_dir(cand, st, final)
+        walk.here, walk.here_st = cand, st
+    walk.check_dir(walk.here, walk.here_st, final=True)  # it may have come by ".."
+    return walk.here
+
+
+def _done(todo: list[str]) -> bool:
+    """Is the component just taken the path's last one?"""
+    return all(n in ("", ".") for n in todo)
+
+
+class _Walk:
+    """:func:`check_path`'s position (the real directory reached so far)
+    and its rules."""
+
+    def __init__(self, what: str, last: str, create: bool) -> None:
+        self.what = what
+        self.last = last
+        self.create = create
+        self.trusted = trusted_uids()
+        self.here = "/"
+        self.here_st = os.lstat("/")
+        self.links = 0
+
+    def refuse(self, reason: str) -> Refused:
+        return Refused(f"{self.what}: {reason}")
+
+    def check_dir(self, d: str, st: os.stat_result, final: bool) -> None:
+        if st.st_uid not in self.trusted:
+            raise self.refuse(
+                f"{d} is owned by uid {st.st_uid}, not by root "
+                "(its owner could replace what is below it)"
+            )
         if not stat.S_ISDIR(st.st_mode):
-            raise Refused(f"{d}: not a directory")
-        if st.st_uid not in (0, me):
-            raise Refused(
-                f"{d}: owned by uid {st.st_uid}, not by root: "
-                "netfs keeps its configuration and state only in directories of root"
+            raise self.refuse(f"{d} is not a directory")
+        sticky_ok = not (final and self.last == "dir") and st.st_mode & stat.S_ISVTX
+        if st.st_mode & 0o022 and not sticky_ok:
+            raise self.refuse(
+                f"{d} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                "netfs keeps its files only where only root can change them"
             )
-        if st.st_mode & 0o022 and not (d != path and st.st_mode & stat.S_ISVTX):
-            raise Refused(
-                f"{d}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
-                "netfs keeps its configuration and state only in directories "
-                "that only root can change"
+
+    def look(self, cand: str) -> os.stat_result | None:
+        """lstat of ``cand``, made first when missing and ``create``; None:
+        missing, where nobody else could make it."""
+        try:
+            return os.lstat(cand)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise self.refuse(f"{cand}: {e.strerror}") from None
+        if not self.create:
+            if self.here_st.st_mode & 0o022:
+                raise self.refuse(
+                    f"{cand} does not exist, and anyone may create it in {self.here} "
+                    "(create it first)"
+                )
+            return None
+        try:
+            os.mkdir(cand, 0o755)
+            os.chmod(cand, 0o755)  # not the umask's
+        except FileExistsError:
+            pass  # someone was first: looked at like anything else
+        except OSError as e:
+            raise self.refuse(f"{cand}: {e.strerror}") from None
+        return os.lstat(cand)
+
+    def link(self, cand: str, st: os.stat_result, final: bool) -> str:
+        """The target of link ``cand``, if it may be followed."""
+        if st.st_uid not in self.trusted:
+            raise self.refuse(
+                f"{cand} is a symbolic link owned by uid {st.st_uid} "
+                "(only root's links are followed)"
             )
+        if final and self.last == "dir":
+            raise self.refuse(f"{cand} is a symbolic link (give the directory itself)")
+        self.links += 1
+        if self.links > MAX_LINKS:
+            raise self.refuse(f"{cand}: too many levels of symbolic links")
+        return os.readlink(cand)
+
+
+def mount_point(path: str) -> str:
+    """The real path of mount point ``path``: the directories above it
+    checked (:func:`check_path`); the mount point itself is looked at by
+    :func:`check_mount_dir` once no stale mount can hang the look."""
+    return check_path(path, "mount point", last="skip")
+
+
+def check_mount_dir(path: str) -> None:
+    """The mount point itself (a real path from :func:`mount_point`): a
+    directory of root's (or the daemon user's), not a symbolic link (it
+    would be mounted over its target). A missing one is left to the caller
+    (not a directory)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise Refused(f"mount point {path}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused(
+            f"mount point {path}: is a symbolic link (give the directory itself; "
+            "netfs does not mount over a link's target)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise Refused(f"mount point {path}: not a directory")
+    if st.st_uid not in trusted_uids():
+        raise Refused(f"mount point {path}: owned by uid {st.st_uid}, not by root")
+
+
+LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def open_log(path: str) -> int:
+    """Open the log file ``path`` for appending (created 0640 if missing)
+    and return its descriptor: its directory checked (:func:`check_path`,
+    "parent"), opened without following a link and without waiting (a
+    named pipe with no reader fails at once), then it must be a regular
+    file of root's (or the daemon user's) with one link (not a hard link
+    to a file elsewhere). Refused otherwise."""
+    what = f"log file {path}"
+    directory, name = os.path.split(os.path.join(os.getcwd(), path))
+    if name in ("", ".", ".."):
+        raise Refused(f"{what}: not a file name")
+    target = os.path.join(check_path(directory, "log file", last="parent"), name)
+    try:
+        fd = os.open(target, LOG_FLAGS | os.O_NONBLOCK, 0o640)
+    except OSError as e:
+        reason = {
+            errno.ELOOP: "is a symbolic link",
+            errno.ENXIO: "is a named pipe or socket, not a regular file",
+        }.get(e.errno or 0, e.strerror)
+        raise Refused(f"{what}: {reason}") from None
+    st = os.fstat(fd)
+    reason = None
+    if not stat.S_ISREG(st.st_mode):
+        reason = "not a regular file (a named pipe, device or socket)"
+    elif st.st_uid not in trusted_uids():
+        reason = f"owned by uid {st.st_uid}, not by root"
+    elif st.st_nlink != 1:
+        reason = f"has {st.st_nlink} hard links (a log file has one)"
+    if reason is not None:
+        os.close(fd)
+        raise Refused(f"{what}: {reason}")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -171,6 +362,6 @@ def record_pid(fd: int) -> None:
 def prepare(config_dir: Path, state_dir: Path) -> int:
     """The daemon's umask, trusted directories, the lock (its descriptor)."""
     os.umask(UMASK)
-    for d in (config_dir, state_dir):
-        check_trusted(d)
+    check_path(config_dir, "configuration directory", create=True)
+    check_path(state_dir, "state directory", create=True)
     return lock_state_dir(state_dir)

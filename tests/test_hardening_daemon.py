@@ -5,6 +5,7 @@ directory (item 12)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -16,8 +17,11 @@ from fs_support import (
     PYTHON,
     ROOT,
     Daemon,
+    Watch,
     daemon_factory,  # noqa: F401  (fixture)
+    force_unmount,
     is_mounted,
+    virtual_xml,
     wait_for,
 )
 
@@ -201,7 +205,7 @@ def test_mount_refuses_untrusted_state_dir(tmp_path: Path) -> None:
     state.chmod(0o777)
     r = mount(mnt, config, state)
     assert r.returncode != 0
-    assert f"{state}: writable by group or others" in r.stderr
+    assert f"state directory {state}: {state} is writable by group or others" in r.stderr
     assert not is_mounted(mnt) and os.listdir(state) == []
 
 
@@ -254,3 +258,187 @@ def test_detached_daemon_holds_the_lock_with_its_own_pid(daemon_factory: object)
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), "daemon exit")
     os.close(guard.lock_state_dir(d.state_dir))  # released when it exited
+
+
+# ------------------------------------------------- paths the daemon writes through
+
+
+def _user_link(link: Path, target: Path, uid: int = 65534) -> None:
+    """A symbolic link owned by another user (as qa2evil's in /tmp)."""
+    link.symlink_to(target)
+    os.lchown(link, uid, uid)
+
+
+@root_only
+@pytest.mark.parametrize("which", ["--state-dir", "--config-dir"])
+def test_directory_below_a_users_symlink_refused(tmp_path: Path, which: str) -> None:
+    """`--state-dir /tmp/link/y`, link being another user's (pointing at a
+    directory of root's for now): refused, nothing written where it leads."""
+    mnt, config, state = tmp_path / "mnt", tmp_path / "etc", tmp_path / "run"
+    mnt.mkdir()
+    target = tmp_path / "roots"
+    (target / "y").mkdir(parents=True)
+    _user_link(tmp_path / "link", target)
+    given = tmp_path / "link" / "y"
+    r = mount(mnt, given if which == "--config-dir" else config, state, which, str(given))
+    assert r.returncode == 1
+    assert f"{tmp_path / 'link'} is a symbolic link owned by uid 65534" in r.stderr
+    what = "state directory" if which == "--state-dir" else "configuration directory"
+    assert f"netfs: {what} {given}:" in r.stderr
+    assert os.listdir(target / "y") == [] and not is_mounted(mnt)
+
+
+def test_roots_symlinks_are_followed(tmp_path: Path) -> None:
+    """A link of root's (or the daemon user's) on the way is followed, its
+    target checked the same way (/var/run -> /run); the directory itself
+    must not be a link."""
+    real = tmp_path / "real"
+    (real / "y").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real")  # relative, like /var/run's
+    assert guard.check_path(tmp_path / "link" / "y", "state directory") == str(real / "y")
+    assert guard.check_path(tmp_path / "link" / ".." / "real", "d") == str(real)
+    with pytest.raises(guard.Refused, match="is a symbolic link \\(give the directory"):
+        guard.check_path(tmp_path / "link", "state directory")
+    # a link's target is walked too: a directory writable by others there is refused
+    (tmp_path / "open").mkdir(mode=0o755)
+    (tmp_path / "open").chmod(0o777)
+    (tmp_path / "link2").symlink_to(tmp_path / "open")
+    with pytest.raises(guard.Refused, match=f"{tmp_path / 'open'} is writable by group"):
+        guard.check_path(tmp_path / "link2" / "y", "state directory")
+    if os.path.islink("/var/run") and os.lstat("/var/run").st_uid == 0:
+        assert guard.check_path("/var/run/netfs-none/x", "d") == "/run/netfs-none/x"
+
+
+def test_usual_places_accepted(tmp_path: Path) -> None:
+    """A directory made by root in /tmp or /dev/shm (sticky), /run: accepted;
+    a missing one is made (mode 0755) where others could make it first."""
+    for top in ("/tmp", "/dev/shm"):
+        base = Path(tempfile.mkdtemp(dir=top))
+        try:
+            base.chmod(0o755)
+            assert guard.check_path(base / "s", "state directory", create=True) == str(base / "s")
+            assert (base / "s").stat().st_mode & 0o7777 == 0o755
+            assert guard.mount_point(str(base / "s")) == str(base / "s")
+            guard.check_mount_dir(str(base / "s"))
+            os.close(guard.open_log(str(base / "log")))
+            name = f"netfs-test-{os.getpid()}.log"
+            os.close(guard.open_log(f"{top}/{name}"))  # directly in the sticky directory
+            os.unlink(f"{top}/{name}")
+        finally:
+            shutil.rmtree(base)
+    guard.check_path("/run", "state directory")
+    # a missing directory in a sticky one: made by the daemon, not only looked for
+    gone = Path(tempfile.mkdtemp())
+    gone.rmdir()
+    try:
+        with pytest.raises(guard.Refused, match="anyone may create it"):
+            guard.check_path(gone / "s", "state directory")
+        guard.prepare(gone / "etc", gone / "run")
+        assert gone.stat().st_mode & 0o7777 == 0o755 and (gone / "run" / ".lock").exists()
+    finally:
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+@root_only
+def test_mount_point_through_a_users_symlink_refused(tmp_path: Path) -> None:
+    """A user's link as the mount point, or on the way to it: refused,
+    nothing mounted at the target; a link of root's as the mount point
+    itself: refused too (it would be mounted over its target)."""
+    config, state = tmp_path / "etc", tmp_path / "run"
+    target = tmp_path / "roots"
+    (target / "mnt").mkdir(parents=True)
+    _user_link(tmp_path / "mlink", target / "mnt")
+    _user_link(tmp_path / "plink", target)
+    (tmp_path / "rlink").symlink_to(target / "mnt")
+    for given, reason in [
+        (tmp_path / "mlink", f"{tmp_path / 'mlink'}: is a symbolic link"),
+        (tmp_path / "plink" / "mnt", f"{tmp_path / 'plink'} is a symbolic link owned by uid 65534"),
+        (tmp_path / "rlink", f"{tmp_path / 'rlink'}: is a symbolic link"),
+    ]:
+        r = mount(given, config, state)
+        assert r.returncode == 1 and reason in r.stderr, r.stderr
+        assert not is_mounted(target / "mnt")
+    other = tmp_path / "users"
+    other.mkdir()
+    os.chown(other, 65534, 65534)
+    r = mount(other, config, state)
+    assert r.returncode == 1 and f"{other}: owned by uid 65534" in r.stderr
+
+
+@root_only
+def test_log_file_fifo_or_users_file_refused(tmp_path: Path) -> None:
+    """A named pipe (with or without a reader) is refused at once, not
+    waited on; a file of another user, or a hard link to one of root's
+    files elsewhere, is refused and left as it was."""
+    mnt, config, state = tmp_path / "mnt", tmp_path / "etc", tmp_path / "run"
+    mnt.mkdir()
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    r = mount(mnt, config, state, "--log-file", str(fifo))  # would hang in open(2) before
+    assert r.returncode == 1 and f"log file {fifo}: is a named pipe" in r.stderr
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        r = mount(mnt, config, state, "--log-file", str(fifo))
+        assert r.returncode == 1 and "not a regular file" in r.stderr
+        assert os.read(reader, 100) == b""
+    finally:
+        os.close(reader)
+    users = tmp_path / "users.log"
+    users.write_bytes(b"user's\n")
+    os.chown(users, 65534, 65534)
+    r = mount(mnt, config, state, "--log-file", str(users))
+    assert r.returncode == 1 and f"log file {users}: owned by uid 65534" in r.stderr
+    assert users.read_bytes() == b"user's\n"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's\n")
+    os.link(victim, tmp_path / "hard.log")
+    r = mount(mnt, config, state, "--log-file", str(tmp_path / "hard.log"))
+    assert r.returncode == 1 and "has 2 hard links" in r.stderr
+    assert victim.read_bytes() == b"root's\n"
+    _user_link(tmp_path / "dlink", tmp_path)
+    r = mount(mnt, config, state, "--log-file", str(tmp_path / "dlink" / "x.log"))
+    assert r.returncode == 1 and "is a symbolic link owned by uid 65534" in r.stderr
+    assert not (tmp_path / "x.log").exists() and not is_mounted(mnt)
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_mount_point_real_path_used(netns: str, tmp_path: Path) -> None:
+    """Through a link of root's, the daemon mounts on the real path and its
+    helper works there: re-pointing the link later leads nothing of its
+    own operations (mkdir, mknod through the mount) elsewhere."""
+    base = Path(tempfile.mkdtemp(prefix="netfs-test-"))
+    base.chmod(0o755)
+    real = base / "real"
+    (real / "mnt").mkdir(parents=True)
+    (base / "decoy" / "mnt").mkdir(parents=True)
+    (base / "link").symlink_to(real)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "state").mkdir()
+    d = Daemon(
+        mnt=base / "link" / "mnt",
+        config_dir=tmp_path / "config",
+        state_dir=tmp_path / "state",
+        netns=netns,
+        log=tmp_path / "daemon.log",
+    )
+    try:
+        d.start()
+        assert f"serving {real / 'mnt'} " in d.logtext()
+        assert is_mounted(real / "mnt")
+        (base / "link").unlink()
+        (base / "link").symlink_to(base / "decoy")
+        # a network that appears on SIGHUP: the helper's mkdir announces it
+        (tmp_path / "config" / "testA.xml").write_text(virtual_xml("testA", "vbr-h17"))
+        w = Watch(real / "mnt")
+        try:
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGHUP)
+            w.wait(real / "mnt" / "testA", "CREATE")
+        finally:
+            w.close()
+        assert os.listdir(base / "decoy" / "mnt") == []
+    finally:
+        d.cleanup()
+        force_unmount(real / "mnt")
+        shutil.rmtree(base, ignore_errors=True)

@@ -27,6 +27,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from netfs import guard
+
 log = logging.getLogger("netfs.fs")
 
 FUSE_TYPES = ("fuse.netfs", "fuse")
@@ -202,6 +204,11 @@ class MountBusy(Exception):
     """A running daemon already serves the mount point."""
 
 
+class MountRefused(MountBusy):
+    """The mount point is no directory to mount on (a symbolic link, not a
+    directory, another user's): reported like MountBusy by its callers."""
+
+
 _SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
 
 
@@ -309,6 +316,20 @@ def _judge(mountpoint: str, conns: list[int]) -> str:
 
 
 def cleanup_stale(mountpoint: str) -> bool:
+    """:func:`clear_stale`, then the mount point itself, now that no stale
+    mount can hang the look: MountRefused unless it is a directory of
+    root's (or the daemon user's) and no symbolic link
+    (:func:`netfs.guard.check_mount_dir`; the directories above it were
+    checked before, by :func:`netfs.guard.mount_point`)."""
+    cleared = clear_stale(mountpoint)
+    try:
+        guard.check_mount_dir(_target(mountpoint))
+    except guard.Refused as e:
+        raise MountRefused(str(e)) from None
+    return cleared
+
+
+def clear_stale(mountpoint: str) -> bool:
     """Clear a mount left by a killed daemon, before anything stats the mount
     point: find it in mountinfo, make sure its daemon is gone (module
     docstring), abort its FUSE connection (which also frees a killed daemon
