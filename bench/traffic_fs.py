@@ -1,5 +1,5 @@
 """Benchmark of networks that carry traffic, through the mount:
-`python -m bench traffic_fs [--quick]`.
+`python -m bench traffic_fs [--quick] [--only=start,leases,restart]`.
 
 bench.traffic measures the same through the driver core; this one goes
 through a mounted daemon (`netfs mount MNT --netns NS -f`, a subprocess),
@@ -255,8 +255,18 @@ def empty_restart(ns: str, top: Path) -> float:
         m.stop()
 
 
+PARTS = ("start", "leases", "restart")
+
+
 def main(flags: list[str]) -> int:
     quick = "--quick" in flags
+    only = set(PARTS)
+    for f in flags:
+        if f.startswith("--only="):
+            only = set(f[len("--only=") :].split(","))
+            if not only <= set(PARTS):
+                print(f"bench traffic_fs: --only= takes {','.join(PARTS)}")
+                return 2
     rounds = 10 if quick else 30
     n = 50 if quick else 200
     if os.geteuid() != 0:
@@ -282,14 +292,17 @@ def main(flags: list[str]) -> int:
         floor = Floor(ns, top)
         m.start([])
         define(m.mnt, "bench", net_xml("bench", "nbtr0", 0))
-        for line in start_stop(m, floor, rounds):
-            print(line, flush=True)
-        for line in lease_latency(m, ns, top, max(4, rounds // 3)):
-            print(line, flush=True)
-        for line in restart(m, ns, n):
-            print(line, flush=True)
-        m.stop()
-        print(f"  floor: the same restart with no network: {empty_restart(ns, top):6.3f} s")
+        if "start" in only:
+            for line in start_stop(m, floor, rounds):
+                print(line, flush=True)
+        if "leases" in only:
+            for line in lease_latency(m, ns, top, max(4, rounds // 3)):
+                print(line, flush=True)
+        if "restart" in only:
+            for line in restart(m, ns, n):
+                print(line, flush=True)
+            m.stop()
+            print(f"  floor: the same restart with no network: {empty_restart(ns, top):6.3f} s")
     finally:
         m.stop()
         if old_limit < n + 128:
