@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import trio
+
 from netfs import subdrivers
 from netfs.errors import NetfsError
 from netfs.model.network import format_network
@@ -154,6 +156,20 @@ class Recovery:
         self.core = core
 
     async def startup(self) -> None:
+        failed: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            # nft lists 200 networks' rules in ~90 ms: on the other core,
+            # while the state is read and each network recovered
+            self.core.traffic.read_ahead(nursery)
+            try:
+                await self._startup()
+            except Exception as e:  # raised as it is, not in a group
+                failed = e
+                nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+
+    async def _startup(self) -> None:
         core = self.core
         store = core.store
         # before anything is changed: the daemon must be able to record
