@@ -134,17 +134,27 @@ class Dnsmasq:
         self.netns = netns
         self.user = user or run_user()
         self._checked = False
+        self._files: dict[str, Files] = {}  # by network name (recovery asks 3 times each)
 
     # -- files ---------------------------------------------------------------------
 
     def files(self, name: str) -> Files:
         """The paths; the hosts files with the name XML-escaped, as the
         configuration libvirt writes names them (netfs.model.dnsmasq)."""
-        d = self.dir
-        esc = path_escape(name)
-        return Files(
-            d / f"{name}.conf", d / f"{esc}.hostsfile", d / f"{esc}.addnhosts", d / f"{name}.pid"
-        )
+        f = self._files.get(name)
+        if f is None:
+            d = self.dir
+            esc = path_escape(name)
+            f = Files(
+                d / f"{name}.conf",
+                d / f"{esc}.hostsfile",
+                d / f"{esc}.addnhosts",
+                d / f"{name}.pid",
+            )
+            if len(self._files) >= 4096:  # names come and go: bounded
+                self._files.clear()
+            self._files[name] = f
+        return f
 
     def _make_dirs(self) -> None:
         for d in (self.dir, self.leases_dir):
