@@ -7,7 +7,9 @@ or prints the child's error and exits 1), then in the child: open netlink
 (its worker thread starts here, after the fork), start the driver (recovery,
 autostart), run the link monitor, the FUSE main loop and the notifier in one
 nursery. SIGTERM and SIGINT unmount and exit 0; SIGHUP re-reads the config
-directory without unmounting.
+directory without unmounting. The garbage collector is off from the start
+until the driver has started; then everything made so far is frozen (kept
+out of later full scans) and collection goes on as usual.
 
 Before mounting, a mount left at the mount point by a killed daemon is
 cleared without touching the mount point (netfs.fs.mounts.cleanup_stale): its FUSE
