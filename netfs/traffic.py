@@ -228,16 +228,15 @@ class TrafficGuard:
     async def _nft_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         assert self.svc is not None
         netns = self.svc.netns
-        started = False
+        # started at once: what changes before the monitor listens is caught
+        # by the first decision below (the mount need not wait ~10 ms for nft)
+        task_status.started()
         while True:
             proc = None
             try:
                 proc = await _open_in_namespace(netns, [firewall.NFT, "monitor"])
-                if not started:
-                    started = True
-                    task_status.started()
                 assert proc.stdout is not None
-                if not await self._unchanged_since_recovery(proc.pid):
+                if not await self._unchanged_since_recovery(proc):
                     self.want_check()  # whatever happened while it was not watching
                 self.monitoring.set()
                 async for _chunk in proc.stdout:
@@ -251,29 +250,27 @@ class TrafficGuard:
                         if proc.returncode is None:
                             proc.kill()
                         await proc.wait()
-            if not started:
-                started = True
-                task_status.started()
             # without the monitor: a check every POLL for a while, then try it again
             self.monitoring.set()
             for _ in range(30):
                 self.want_check()
                 await trio.sleep(POLL)
 
-    async def _unchanged_since_recovery(self, pid: int) -> bool:
-        """Once, for the first monitor: is the ruleset still the one
-        recovery read (same generation, looked at once the monitor listens)?
-        Then there is nothing to check: the 200 networks' table is not read
-        again (~90 ms of nft, ~20 ms of parsing) while the mount starts to
-        answer. False when it cannot be told."""
+    async def _unchanged_since_recovery(self, proc: trio.Process) -> bool:
+        """Once the monitor listens (its socket subscribed; at most 2 s
+        waited for that): is the ruleset still the one recovery read (the
+        same generation; first monitor only)? Then there is nothing to
+        check: the 200 networks' table is not read again (~90 ms of nft,
+        ~20 ms of parsing) while the mount starts to answer. False: check
+        (a change made before the monitor listened is not missed)."""
         gen, self._recovered_gen = self._recovered_gen, None
-        if gen is None or self.svc is None:
-            return False
         deadline = trio.current_time() + 2.0
-        while not firewall.monitor_subscribed(pid):
-            if trio.current_time() > deadline:
+        while not firewall.monitor_subscribed(proc.pid):
+            if trio.current_time() > deadline or proc.returncode is not None:
                 return False
             await trio.sleep(0.002)
+        if gen is None or self.svc is None:
+            return False
         return await firewall.generation(self.svc.netns) == gen
 
     async def _firewall_checks(self) -> None:
