@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 class KernelSnapshot:
     """:class:`NetlinkOps` for recovery: ``link``/``links`` answer from one
-    dump, ``addresses``/``routes`` from one dump each (made on first use);
+    dump, ``addresses``/``routes`` from one dump each (made on first use),
+    ``read_sysctl`` from one read per file until a sysctl is written;
     every change (the repairs) goes to the real adapter. Each network only
     reads its own links before changing them, so the snapshot stays true for
     what is asked of it."""
@@ -45,6 +46,7 @@ class KernelSnapshot:
         self._links = {link.name: link for link in links}
         self._addrs: dict[str, list[AddrInfo]] | None = None
         self._routes: dict[int, list[RouteInfo]] = {}
+        self._sysctls: dict[str, str | None] = {}  # read once (every NAT network asks)
 
     @property
     def netns(self) -> str | None:
@@ -78,11 +80,14 @@ class KernelSnapshot:
         return [r for r in self._routes[family] if (r.dst, r.prefixlen) in want]
 
     async def read_sysctl(self, path: str) -> str | None:
-        return await self._nl.read_sysctl(path)
+        if path not in self._sysctls:
+            self._sysctls[path] = await self._nl.read_sysctl(path)
+        return self._sysctls[path]
 
     # -- changes: to the kernel ------------------------------------------------------
 
     def batch(self) -> Batch:
+        self._sysctls.clear()  # a batch may write one
         return self._nl.batch()
 
     async def create_bridge(
@@ -127,9 +132,11 @@ class KernelSnapshot:
         )
 
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
+        self._sysctls.clear()
         await self._nl.set_ipv6_sysctls(ifname, disable=disable)
 
     async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
+        self._sysctls.clear()  # read again after any change
         await self._nl.write_sysctl(key, value, missing_ok=missing_ok)
 
 

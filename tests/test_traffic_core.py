@@ -592,6 +592,28 @@ async def test_restart_after_a_network_went_down_reads_the_table_again(world: Wo
         await d2.stop("tnat")
 
 
+async def test_restart_puts_forwarding_back_once(world: World) -> None:
+    w = world
+    other = network("tother", hosts="").replace(BRIDGE, "nfbr1").replace("10.72.0.", "10.73.0.")
+    async with core(w, monitor=False) as (d, _ev):
+        await d.define(network())
+        await d.define(other)
+        await d.start("tnat")
+        await d.start("tother")
+    nsexec.run_sync(w.host, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+    async with core(w, monitor=False) as (d2, ev2):
+        # recovery reads the sysctl once for both networks, and again once
+        # the first one wrote it: one repair, not one per network
+        assert w.sysctl("net.ipv4.ip_forward") == "1"
+        await ev2.wait(lambda: any(x.kind == "repaired" for x in ev2.items), "repaired")
+        await trio.sleep(0.2)  # every event of the start-up taken in
+        repaired = [(x.network, x.detail) for x in ev2.items if x.kind == "repaired"]
+        assert len(repaired) == 1 and repaired[0][1] == "forwarding"
+        assert d2.get("tnat").active and d2.get("tother").active
+        await d2.stop("tnat")
+        await d2.stop("tother")
+
+
 # ------------------------------------------------------------------ live changes
 
 
