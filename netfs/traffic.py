@@ -228,13 +228,19 @@ class TrafficGuard:
     async def _nft_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         assert self.svc is not None
         netns = self.svc.netns
-        # started at once: what changes before the monitor listens is caught
-        # by the first decision below (the mount need not wait ~10 ms for nft)
-        task_status.started()
+        started = False
         while True:
             proc = None
             try:
                 proc = await _open_in_namespace(netns, [firewall.NFT, "monitor"])
+                if not started:
+                    # once the process exists (a fork of ours on its way to
+                    # exec nft, not yet: a watcher of the daemon's processes
+                    # would take it for a second daemon), not once it listens:
+                    # what changes before it listens is caught by the
+                    # decision below
+                    started = True
+                    task_status.started()
                 assert proc.stdout is not None
                 if not await self._unchanged_since_recovery(proc):
                     self.want_check()  # whatever happened while it was not watching
@@ -250,6 +256,9 @@ class TrafficGuard:
                         if proc.returncode is None:
                             proc.kill()
                         await proc.wait()
+            if not started:
+                started = True
+                task_status.started()
             # without the monitor: a check every POLL for a while, then try it again
             self.monitoring.set()
             for _ in range(30):
