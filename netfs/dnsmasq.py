@@ -134,17 +134,27 @@ class Dnsmasq:
         self.netns = netns
         self.user = user or run_user()
         self._checked = False
+        self._files: dict[str, Files] = {}  # by network name (recovery asks 3 times each)
 
     # -- files ---------------------------------------------------------------------
 
     def files(self, name: str) -> Files:
         """The paths; the hosts files with the name XML-escaped, as the
         configuration libvirt writes names them (netfs.model.dnsmasq)."""
-        d = self.dir
-        esc = path_escape(name)
-        return Files(
-            d / f"{name}.conf", d / f"{esc}.hostsfile", d / f"{esc}.addnhosts", d / f"{name}.pid"
-        )
+        f = self._files.get(name)
+        if f is None:
+            d = self.dir
+            esc = path_escape(name)
+            f = Files(
+                d / f"{name}.conf",
+                d / f"{esc}.hostsfile",
+                d / f"{esc}.addnhosts",
+                d / f"{name}.pid",
+            )
+            if len(self._files) >= 4096:  # names come and go: bounded
+                self._files.clear()
+            self._files[name] = f
+        return f
 
     def _make_dirs(self) -> None:
         for d in (self.dir, self.leases_dir):
@@ -221,10 +231,17 @@ class Dnsmasq:
             and self._in_our_netns(pid)
         )
 
-    def _in_our_netns(self, pid: int) -> bool:
+    def _netns_ino(self) -> int | None:
         ns = nsexec.netns_path(self.netns) if self.netns else "/proc/self/ns/net"
         try:
-            return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(ns).st_ino
+            return os.stat(ns).st_ino
+        except OSError:
+            return None
+
+    def _in_our_netns(self, pid: int, ino: int | None = None) -> bool:
+        ino = self._netns_ino() if ino is None else ino
+        try:
+            return ino is not None and os.stat(f"/proc/{pid}/ns/net").st_ino == ino
         except OSError:
             return False
 
@@ -332,20 +349,27 @@ class Dnsmasq:
         one /proc scan, in any namespace. dnsmasq's script helper (a child with
         the same command line) is not listed."""
         prefix = f"--conf-file={self.dir}/"
-        found: dict[int, tuple[str, int]] = {}
+        alive: dict[int, int] = {}  # every live dnsmasq -> its parent
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or _read(f"/proc/{entry}/comm") != b"dnsmasq\n":
+            if not entry.isdigit():
                 continue
-            pid = int(entry)
-            argv, st = _cmdline(pid), _stat(pid)
-            if not argv or st is None or st[0] in (b"Z", b"X"):
+            raw = _read(f"/proc/{entry}/stat")  # comm, state and ppid in one read
+            if not raw or raw[raw.find(b"(") + 1 : raw.rfind(b")")] != b"dnsmasq":
                 continue
-            for arg in argv[1:]:
+            fields = raw[raw.rfind(b")") + 2 :].split()
+            if fields[0] not in (b"Z", b"X"):
+                alive[int(entry)] = int(fields[1])
+        found: list[tuple[str, int]] = []
+        for pid, ppid in alive.items():
+            if ppid in alive:
+                continue  # a helper (its command line is its parent's)
+            for arg in (_cmdline(pid) or [])[1:]:
                 if arg.startswith(prefix) and arg.endswith(".conf"):
                     name = arg[len(prefix) : -len(".conf")]
                     if "/" not in name:
-                        found[pid] = (name, st[1])
-        return sorted((name, pid) for pid, (name, ppid) in found.items() if ppid not in found)
+                        found.append((name, pid))
+                        break
+        return sorted(found)
 
     def running(self) -> dict[str, int]:
         """:meth:`processes` by network name."""
@@ -358,10 +382,11 @@ class Dnsmasq:
         (None: to be started) and the orphans (:meth:`orphans`)."""
         procs = self.processes()
         by_pid = {pid: name for name, pid in procs}
+        ino = self._netns_ino()
         adopted: dict[str, int | None] = {}
         for name in active:
             pid = self._pidfile(name)
-            ok = pid is not None and by_pid.get(pid) == name and self._in_our_netns(pid)
+            ok = pid is not None and by_pid.get(pid) == name and self._in_our_netns(pid, ino)
             adopted[name] = pid if ok else None
         return adopted, [(n, pid) for n, pid in procs if adopted.get(n) != pid]
 

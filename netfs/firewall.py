@@ -18,11 +18,15 @@ own words.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
+import socket
+import struct
 import subprocess
+import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -38,10 +42,13 @@ from netfs.model.network import NetworkDef
 __all__ = [
     "Report",
     "apply",
+    "changes",
     "check",
     "listing",
     "monitor",
+    "parse",
     "read",
+    "read_text",
     "remove",
     "repair",
     "start_step",
@@ -52,6 +59,7 @@ log = logging.getLogger(__name__)
 
 NFT = "nft"
 _LIST = [NFT, "list", "table", model.FAMILY, model.TABLE]
+_COUNTER = re.compile(r"counter packets [0-9]+ bytes [0-9]+")
 
 
 @dataclass
@@ -65,6 +73,8 @@ class Report:
     orphans: list[str] = field(default_factory=list)
     base_ok: bool = True
     text: str = ""  # the table as read (with counters), before any change
+    # the same, parsed (rules without counters, each chain's block as printed)
+    listing: Listing = field(default_factory=Listing)
 
     @property
     def clean(self) -> bool:
@@ -91,7 +101,20 @@ MARK = "netfs_own"
 _MARK_LINES = f"add chain {model.QTABLE} {MARK}\ndelete chain {model.QTABLE} {MARK}\n"
 
 
+# transactions of this process per namespace (started, failed ones too): a
+# read of the table is still what is there if none ran since (:func:`changes`)
+_changes: dict[str | None, int] = {}
+
+
+def changes(netns: str | None) -> int:
+    """How many transactions this process has run in the namespace so far:
+    a listing read when this was N still shows netfs's own rules as they are
+    if it is still N (changes by others are the monitor's business)."""
+    return _changes.get(netns, 0)
+
+
 async def _run(netns: str | None, script: str, what: str) -> None:
+    _changes[netns] = _changes.get(netns, 0) + 1
     try:
         await nsexec.run(netns, [NFT, "-f", "-"], stdin=(script + _MARK_LINES).encode())
     except NetfsError as e:
@@ -110,9 +133,127 @@ async def _list(netns: str | None, *, stateless: bool) -> str:
     raise NetfsError(errno.EIO, f"cannot read the firewall rules: nft: {nsexec.words(done)}")
 
 
+# NETLINK_NETFILTER: the ruleset's generation (NFT_MSG_GETGEN), which every
+# committed transaction of any process raises
+_NETLINK_NETFILTER = 12
+_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+_NEWGEN = (10 << 8) | 15
+_NLMSG_ERROR = 2
+_NFTA_GEN_ID = 1
+NFNLGRP_NFTABLES = 7  # the multicast group `nft monitor` listens to
+
+
+def _generation_sync(netns: str | None) -> int:
+    fd = nsexec.open_netns(netns) if netns else None
+    box: list[socket.socket] = []
+    error: list[BaseException] = []
+
+    def make() -> None:  # a thread of its own: setns() changes only it
+        try:
+            if fd is not None:
+                nsexec.setns_fd(fd)
+            box.append(
+                socket.socket(
+                    socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER
+                )
+            )
+        except BaseException as e:
+            error.append(e)
+
+    try:
+        t = threading.Thread(target=make, name="netfs-nftgen")
+        t.start()
+        t.join()
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if error:
+        raise error[0]
+    with box[0] as sock:
+        sock.settimeout(5.0)
+        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+        sock.send(struct.pack("=LHHLL", 16 + len(body), _GETGEN, 1, 1, 0) + body)  # NLM_F_REQUEST
+        data = sock.recv(65536)
+    off = 0
+    while off + 16 <= len(data):
+        length, typ, _flags, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
+        if length < 16:
+            break
+        if typ == _NLMSG_ERROR:
+            code = -struct.unpack_from("=i", data, off + 16)[0]
+            raise OSError(code, os.strerror(code))
+        if typ == _NEWGEN:
+            a = off + 20  # nlmsghdr + nfgenmsg
+            while a + 4 <= off + length:
+                alen, atype = struct.unpack_from("=HH", data, a)
+                if alen < 4:
+                    break
+                if atype & 0x3FFF == _NFTA_GEN_ID and alen >= 8:
+                    return int(struct.unpack_from(">I", data, a + 4)[0])
+                a += (alen + 3) & ~3
+        off += (length + 3) & ~3
+    raise OSError(errno.EPROTO, "no generation in the kernel's answer")
+
+
+async def generation(netns: str | None) -> int | None:
+    """The namespace's ruleset generation: the same number twice means no
+    table of the namespace changed in between. None if it cannot be read."""
+    try:
+        return await trio.to_thread.run_sync(_generation_sync, netns)
+    except (OSError, NetfsError) as e:
+        log.debug("ruleset generation: %s", e)
+        return None
+
+
+def monitor_subscribed(pid: int) -> bool:
+    """Does process ``pid`` hold a netfilter netlink socket subscribed to
+    nftables' changes (an `nft monitor` ready to print them)? False also
+    when it cannot be told."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+        with open(f"/proc/{pid}/net/netlink") as f:
+            next(f, None)
+            for line in f:
+                cols = line.split()
+                if (
+                    len(cols) >= 10
+                    and cols[1] == str(_NETLINK_NETFILTER)
+                    and cols[-1] in inodes
+                    and int(cols[3], 16) & (1 << (NFNLGRP_NFTABLES - 1))
+                ):
+                    return True
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 async def read(netns: str | None) -> Listing:
     """The table read once (counters left out, for comparison)."""
     return model.parse_listing(await _list(netns, stateless=True))
+
+
+async def read_text(netns: str | None) -> str:
+    """The table as ``nft list`` prints it (counters included; '' when it
+    does not exist): what :func:`repair` may be given as ``text``."""
+    return await _list(netns, stateless=False)
+
+
+def parse(text: str) -> Listing:
+    """A listing with counters, parsed once: each chain's block as printed
+    (``Listing.text``, what :func:`render_listing` shows) and its rules
+    without the counters' values (what is compared with what is expected)."""
+    lst = model.parse_listing(text)
+    for nr in lst.nets.values():
+        for c, rules in nr.chains.items():
+            nr.chains[c] = [_COUNTER.sub("counter", r) for r in rules]
+    for c, (hook, rules) in lst.base.items():
+        lst.base[c] = (hook, [_COUNTER.sub("counter", r) for r in rules])
+    return lst
 
 
 async def apply(netns: str | None, net: NetworkDef) -> None:
@@ -208,7 +349,12 @@ async def check(
     return _report(lst, nets, diffs, orphans)
 
 
-_COUNTER = re.compile(r"counter packets [0-9]+ bytes [0-9]+")
+def _plan(
+    text: str, nets: list[NetworkDef], keep: Collection[str]
+) -> tuple[Listing, str, list[Diff], list[NetRules]]:
+    lst = parse(text)
+    script, diffs, found_orphans = model.repair_script(nets, lst, keep)
+    return lst, script, diffs, found_orphans
 
 
 async def repair(
@@ -217,6 +363,7 @@ async def repair(
     *,
     keep: Collection[str] = (),
     orphans: bool = True,
+    text: str | None = None,
 ) -> Report:
     """Make the table what ``nets`` (every active network) expect, reading
     it once and changing it in one transaction: missing or changed rules
@@ -226,13 +373,20 @@ async def repair(
     Returns what was wrong (clean: nothing was done) and the table as
     read (``Report.text``, counters included: what ``listing`` renders).
     With ``orphans=False`` the rules of other networks stay (their state is
-    unknown) and each damaged network is applied again on its own."""
+    unknown) and each damaged network is applied again on its own.
+    ``text``: the table as :func:`read_text` read it a moment ago (none of
+    this process's transactions ran since: :func:`changes`), instead of a
+    read now. Parsing and comparing run in a worker thread (200 networks:
+    ~20 ms that would hold up the event loop)."""
     async with _lock(netns):
-        text = await _list(netns, stateless=False)
-        lst = model.parse_listing(_COUNTER.sub("counter", text))
-        script, diffs, found_orphans = model.repair_script(list(nets), lst, keep)
+        if text is None:
+            text = await _list(netns, stateless=False)
+        lst, script, diffs, found_orphans = await trio.to_thread.run_sync(
+            _plan, text, list(nets), keep
+        )
         report = _report(lst, nets, diffs, found_orphans)
         report.text = text
+        report.listing = lst
         if not orphans:
             report.orphans = []
             by_name = {n.name: n for n in nets}

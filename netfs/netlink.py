@@ -89,12 +89,9 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, Protocol, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from netfs.errors import NetfsError
 from netfs.rtnl import (
@@ -151,6 +148,12 @@ from netfs.rtnl import (
     strerror,
 )
 from netfs.worker import Worker
+
+if TYPE_CHECKING:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+# pyroute2 is imported by the first add_route (~0.1 s of every daemon start otherwise)
+RTMGRP_LINK = 1
 
 log = logging.getLogger(__name__)
 
@@ -309,13 +312,7 @@ class _InNamespace:
     def setup(self) -> None:
         if self.netns is not None:
             _enter_netns(self.netns)
-        self._ipr = IPRoute()
-        try:
-            self._raw = RtnlSocket()
-        except BaseException:
-            self._ipr.close()
-            self._ipr = None
-            raise
+        self._raw = RtnlSocket()
 
     def teardown(self) -> None:
         if self._raw is not None:
@@ -474,6 +471,11 @@ class _InNamespace:
             spec["priority"] = int(metric)
         if ifname:
             spec["oif"] = self._index(ifname)
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        if self._ipr is None:
+            self._ipr = IPRoute()  # in this thread: inside the namespace
         try:
             self._ipr.route("add", **spec)
         except NetlinkError as e:

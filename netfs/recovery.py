@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import trio
+
 from netfs import subdrivers
 from netfs.errors import NetfsError
 from netfs.model.network import format_network
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 
 class KernelSnapshot:
     """:class:`NetlinkOps` for recovery: ``link``/``links`` answer from one
-    dump, ``addresses``/``routes`` from one dump each (made on first use);
+    dump, ``addresses``/``routes`` from one dump each (made on first use),
+    ``read_sysctl`` from one read per file until a sysctl is written;
     every change (the repairs) goes to the real adapter. Each network only
     reads its own links before changing them, so the snapshot stays true for
     what is asked of it."""
@@ -43,6 +46,7 @@ class KernelSnapshot:
         self._links = {link.name: link for link in links}
         self._addrs: dict[str, list[AddrInfo]] | None = None
         self._routes: dict[int, list[RouteInfo]] = {}
+        self._sysctls: dict[str, str | None] = {}  # read once (every NAT network asks)
 
     @property
     def netns(self) -> str | None:
@@ -81,11 +85,14 @@ class KernelSnapshot:
         verdict(await self.routes(family, match=match))
 
     async def read_sysctl(self, path: str) -> str | None:
-        return await self._nl.read_sysctl(path)
+        if path not in self._sysctls:
+            self._sysctls[path] = await self._nl.read_sysctl(path)
+        return self._sysctls[path]
 
     # -- changes: to the kernel ------------------------------------------------------
 
     def batch(self) -> Batch:
+        self._sysctls.clear()  # a batch may write one
         return self._nl.batch()
 
     async def create_bridge(
@@ -130,9 +137,11 @@ class KernelSnapshot:
         )
 
     async def set_ipv6_sysctls(self, ifname: str, *, disable: bool) -> None:
+        self._sysctls.clear()
         await self._nl.set_ipv6_sysctls(ifname, disable=disable)
 
     async def write_sysctl(self, key: str, value: str, *, missing_ok: bool = False) -> None:
+        self._sysctls.clear()  # read again after any change
         await self._nl.write_sysctl(key, value, missing_ok=missing_ok)
 
 
@@ -159,6 +168,20 @@ class Recovery:
         self.core = core
 
     async def startup(self) -> None:
+        failed: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            # nft lists 200 networks' rules in ~90 ms: on the other core,
+            # while the state is read and each network recovered
+            self.core.traffic.read_ahead(nursery)
+            try:
+                await self._startup()
+            except Exception as e:  # raised as it is, not in a group
+                failed = e
+                nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+
+    async def _startup(self) -> None:
         core = self.core
         store = core.store
         # before anything is changed: the daemon must be able to record

@@ -380,6 +380,92 @@ async def test_daemon_restart_adopts_and_sweeps(world: World) -> None:
         await d2.stop("tnat")
 
 
+async def test_restart_with_nothing_changed_reads_the_table_once(world: World) -> None:
+    w = world
+    async with core(w) as (d, _ev):
+        await d.define(network())
+        await d.start("tnat")
+        table = rule_lines(w.table())
+    async with core(w) as (d2, ev2):
+        # recovery read the table; the guard's monitor, once it listens,
+        # finds the ruleset's generation unchanged: no second read
+        await d2.traffic.monitoring.wait()
+        assert not d2.traffic.check_pending
+        assert d2.traffic.checks == 1
+        assert rule_lines(w.table()) == table
+        assert [x for x in ev2.items if x.kind == "repaired"] == []
+        # it still watches: a rule deleted now is put back
+        nsexec.run_sync(w.host, ["nft", "flush", "chain", "inet", "netfs", "guest_input.tnat"])
+        await ev2.wait(lambda: "repaired firewall" in ev2.lines("tnat"), "repaired firewall")
+        assert rule_lines(w.table()) == table
+        await d2.stop("tnat")
+
+
+async def test_rules_lost_between_recovery_and_the_monitor_are_put_back(world: World) -> None:
+    w = world
+    async with core(w) as (d, _ev):
+        await d.define(network())
+        await d.start("tnat")
+        table = rule_lines(w.table())
+    async with Netlink(w.host) as nl:
+        d2 = Driver(w.etc, w.state, nl)
+        events = Events(d2)
+        await d2.startup()
+        # after recovery read the table, before the guard's monitor listens
+        nsexec.run_sync(w.host, ["nft", "flush", "chain", "inet", "netfs", "guest_input.tnat"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events.run)
+            await nursery.start(d2.run_monitor)
+            await events.wait(lambda: "repaired firewall" in events.lines("tnat"), "repaired")
+            assert rule_lines(w.table()) == table
+            await d2.stop("tnat")
+            nursery.cancel_scope.cancel()
+
+
+async def test_restart_after_a_network_went_down_reads_the_table_again(world: World) -> None:
+    w = world
+    other = network("tother", hosts="").replace(BRIDGE, "nfbr1").replace("10.72.0.", "10.73.0.")
+    async with core(w) as (d, _ev):
+        await d.define(network())
+        await d.define(other)
+        await d.start("tnat")
+        await d.start("tother")
+        table = rule_lines(w.table())
+    # tother's bridge deleted while no daemon runs: recovery finds it down
+    # and removes its rules after the table was first read
+    ip("link", "del", "nfbr1", netns=w.host)
+    async with core(w) as (d2, ev2):
+        assert d2.get("tnat").active and not d2.get("tother").active
+        assert d2.get("tnat").error == "" and d2.get("tother").error == ""
+        tnat_rules = [r for r in table if "nfbr1" not in r and "10.73.0." not in r]
+        assert sorted(rule_lines(w.table())) == sorted(tnat_rules)
+        assert "tother" not in w.table()
+        assert [x for x in ev2.items if x.kind == "repaired"] == []
+        await d2.stop("tnat")
+
+
+async def test_restart_puts_forwarding_back_once(world: World) -> None:
+    w = world
+    other = network("tother", hosts="").replace(BRIDGE, "nfbr1").replace("10.72.0.", "10.73.0.")
+    async with core(w, monitor=False) as (d, _ev):
+        await d.define(network())
+        await d.define(other)
+        await d.start("tnat")
+        await d.start("tother")
+    nsexec.run_sync(w.host, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+    async with core(w, monitor=False) as (d2, ev2):
+        # recovery reads the sysctl once for both networks, and again once
+        # the first one wrote it: one repair, not one per network
+        assert w.sysctl("net.ipv4.ip_forward") == "1"
+        await ev2.wait(lambda: any(x.kind == "repaired" for x in ev2.items), "repaired")
+        await trio.sleep(0.2)  # every event of the start-up taken in
+        repaired = [(x.network, x.detail) for x in ev2.items if x.kind == "repaired"]
+        assert len(repaired) == 1 and repaired[0][1] == "forwarding"
+        assert d2.get("tnat").active and d2.get("tother").active
+        await d2.stop("tnat")
+        await d2.stop("tother")
+
+
 # ------------------------------------------------------------------ live changes
 
 
