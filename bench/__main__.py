@@ -6,7 +6,9 @@ netlink floor), bench.core (driver and netlink), bench.fs (the mounted
 filesystem), bench.firewall (nft rules per network), bench.dnsmasq (dnsmasq
 per network, lease updates), bench.large (large definitions), bench.traffic
 (a NAT+DHCP network through the core, restart with many), bench.traffic_fs
-(the same through the mount: echo 1 > active, leases IN_MODIFY, restart).
+(the same through the mount: echo 1 > active, leases IN_MODIFY, restart),
+bench.leases_read (other users' reads while many threads read a full
+``leases``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["start", "core", "fs", "firewall", "dnsmasq", "large", "traffic", "traffic_fs"]
+MODULES = [
+    "start",
+    "core",
+    "fs",
+    "firewall",
+    "dnsmasq",
+    "large",
+    "traffic",
+    "traffic_fs",
+    "leases_read",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -37,6 +37,7 @@ import trio
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
+from netfs.model.dnsmasq import check_name as check_dnsmasq_name
 from netfs.model.dnsmasq import has_raw_options
 from netfs.model.names import escape_field
 from netfs.model.network import NetworkDef, format_network, parse_network
@@ -461,6 +462,7 @@ class Driver:
                 if e.errno == errno.EINVAL and "already in use" in e.message:
                     raise NetfsError(errno.EADDRINUSE, e.message) from None
                 raise
+            check_dnsmasq_name(net)  # '"' too: the pid-file line has the name as it is
             if (
                 old is not None
                 and old.persistent

@@ -484,11 +484,23 @@ def format_leases(
 
     `prefixes` maps `ipv4`/`ipv6` to the prefix of the network's first address
     of that family (default 32/128). Expired leases are left out."""
+    return format_leases_until(leases, now, prefixes)[0]
+
+
+def format_leases_until(
+    leases: Iterable[Lease], now: float, prefixes: Mapping[str, int] | None = None
+) -> tuple[str, float]:
+    """:func:`format_leases`, and the time up to which that text stays the
+    same: the earliest expiry among the leases shown (a lease is shown up
+    to its expiry second included; ``inf`` when none of them expires)."""
     prefixes = prefixes or {}
     lines = []
+    until = float("inf")
     for x in leases:
         if x.expired(now):
             continue
+        if 0 < x.expiry < until:
+            until = x.expiry
         prefix = prefixes.get(x.protocol, 128 if x.protocol == "ipv6" else 32)
         lines.append(
             " ".join(
@@ -503,7 +515,77 @@ def format_leases(
             )
             + "\n"
         )
-    return "".join(lines)
+    return "".join(lines), until
+
+
+class LeasesText:
+    """NAME/leases of each network, formatted once per version of its
+    records file and kept until its first lease expires.
+
+    A version is what ``stat`` says of the records file: device, inode,
+    size, modification and change times. The helper replaces the file by a
+    rename of a new, complete one (:func:`write_records`), so a change is
+    a new inode and the content under an inode never changes; the times
+    and size guard against an inode number used again. The text is kept
+    with the prefixes it was made for and the span of time it is right
+    for: from when it was made to the earliest expiry among its leases
+    (``format_leases`` leaves out the leases expired by now). A read then
+    costs one ``stat``; a change, an expiry, other prefixes or a clock set
+    back make it again. Entries whose records file is gone (the network
+    was undefined) are dropped when another is made."""
+
+    __slots__ = ("_entries", "builds")
+
+    def __init__(self) -> None:
+        # network -> (version, prefixes, made at, valid until, text)
+        self._entries: dict[
+            str, tuple[tuple[int, ...], tuple[tuple[str, int], ...], float, float, str]
+        ] = {}
+        self.builds = 0  # texts made (tests, benches)
+
+    def text(
+        self,
+        directory: str | os.PathLike[str],
+        name: str,
+        now: float,
+        prefixes: Mapping[str, int] | None = None,
+    ) -> str:
+        """The leases text of network `name` whose records are in `directory`."""
+        path = records_path(directory, name)
+        pkey = tuple(sorted((prefixes or {}).items()))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._entries.pop(name, None)
+            return ""
+        hit = self._entries.get(name)
+        if (
+            hit is not None
+            and hit[0] == _version(st)
+            and hit[1] == pkey
+            and hit[2] <= now <= hit[3]
+        ):
+            return hit[4]
+        try:  # the version of what is read: fstat of the open file
+            with open(path, "rb") as f:
+                version = _version(os.fstat(f.fileno()))
+                data = f.read()
+        except FileNotFoundError:
+            self._entries.pop(name, None)
+            return ""
+        text, until = format_leases_until(parse_records(data).leases, now, prefixes)
+        self.builds += 1
+        self._prune(directory)
+        self._entries[name] = (version, pkey, now, until, text)
+        return text
+
+    def _prune(self, directory: str | os.PathLike[str]) -> None:
+        for name in [n for n in self._entries if not os.path.exists(records_path(directory, n))]:
+            del self._entries[name]
+
+
+def _version(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # -- change notification -------------------------------------------------------------

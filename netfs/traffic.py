@@ -366,13 +366,20 @@ class TrafficGuard:
             core._emit(name, "leases")
 
     def leases_text(self, n: NetRecord) -> str:
+        """``NAME/leases``, made once per change of the network's lease
+        records (or of its prefixes) and per expiry of a lease in it; a
+        read in between costs one stat (:class:`netfs.leases.LeasesText`)."""
         if self.svc is None:
             return ""
         prefixes = dhcp_prefixes(n.live or n.definition)
         if prefixes is None:
             return ""
-        found = leases.read_leases(self.svc.dnsmasq.state_dir, n.name)
-        return leases.format_leases(found, time.time(), prefixes)
+        texts = self._leases_texts
+        if texts is None:
+            texts = self._leases_texts = leases.LeasesText()
+        return texts.text(self.svc.dnsmasq.leases_dir, n.name, time.time(), prefixes)
+
+    _leases_texts: leases.LeasesText | None = None  # made at the first read
 
     async def forget(self, name: str) -> None:
         """The network is undefined: its lease records and files go."""

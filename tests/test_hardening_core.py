@@ -129,3 +129,37 @@ async def test_full_disk_error_names_the_path_and_leaves_nothing(
     leftovers = [p for p in driver.store.state_dir.rglob("*") if p.name != ".lock"]
     assert leftovers == [] or all(p.is_dir() for p in leftovers), leftovers
     assert sorted(p.name for p in driver.store.config_dir.iterdir()) == ["autostart", "v.xml"]
+
+
+# ----------------------------------------------------- names dnsmasq misreads
+
+
+def nat_dhcp(name: str, bridge: str = "nbq0") -> str:
+    return (
+        f"<network><name>{name}</name><forward mode='nat'/><bridge name='{bridge}'/>"
+        "<ip address='10.77.0.1' prefix='24'><dhcp><range start='10.77.0.2' end='10.77.0.9'/>"
+        "</dhcp></ip></network>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [("netfs-leases-helper #", "'#'"), ("q&quot;uote", "'\"'"), ("sp ace", "a space")],
+)
+async def test_define_refuses_names_dnsmasq_would_misread(
+    driver: Driver, tmp_path: Path, name: str, what: str
+) -> None:
+    with pytest.raises(NetfsError) as e:
+        await driver.define(nat_dhcp(name))
+    assert e.value.errno == errno.EINVAL
+    assert e.value.message.startswith("network name '") and what in e.value.message
+    assert driver.names() == [] and list((tmp_path / "etc").glob("*.xml")) == []
+    # the same name without dnsmasq (isolated, no <ip>): defined
+    plain = f"<network><name>{name}</name><bridge name='nbq1'/></network>"
+    got = await driver.define(plain)
+    assert driver.names() == [got] and (tmp_path / "etc" / f"{got}.xml").exists()
+    # a redefinition that would need dnsmasq is refused; the previous one stays
+    with pytest.raises(NetfsError) as e:
+        await driver.define(nat_dhcp(name, "nbq1"))
+    assert e.value.errno == errno.EINVAL
+    assert driver.get(got).definition.ips == []

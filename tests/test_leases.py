@@ -268,3 +268,58 @@ def test_a_lease_deleted_at_its_expiry_is_removed_once(tmp_path: Path) -> None:
     seen = leases.live(stale, later)
     call(d, "del", MAC, "10.0.0.5", now=later)
     assert leases.diff("net1", seen, stale, later).removed == ()
+
+
+def _uncached(d: Path, name: str, now: float, prefixes: dict[str, int]) -> str:
+    return leases.format_leases(leases.read_records(d, name).leases, now, prefixes)
+
+
+def test_leases_text_is_made_once_per_change_and_per_expiry(tmp_path: Path) -> None:
+    v4 = {"ipv4": 24}
+    cache = leases.LeasesText()
+    assert cache.text(tmp_path, "net1", NOW, v4) == "" and cache.builds == 0  # no records
+    records = Records(
+        (
+            Lease("10.0.0.5", MAC, NOW + 100, "a", "01:52:54:00:aa:bb:01"),
+            Lease("10.0.0.6", "52:54:00:aa:bb:02", 0, "b\\ c"),  # never expires
+            Lease("10.0.0.7", "52:54:00:aa:bb:03", NOW + 50, None),
+            Lease("10.0.0.8", "52:54:00:aa:bb:04", NOW - 1, "gone"),  # expired already
+        )
+    )
+    leases.write_records(tmp_path, "net1", records, NOW)
+    text = cache.text(tmp_path, "net1", NOW, v4)
+    assert text == _uncached(tmp_path, "net1", NOW, v4)
+    assert [line.split()[3] for line in text.splitlines()] == [
+        "10.0.0.5/24",
+        "10.0.0.6/24",
+        "10.0.0.7/24",
+    ]
+    # read again, up to the first expiry (second NOW + 50 included): made once
+    for now in (NOW, NOW + 10, NOW + 50):
+        assert cache.text(tmp_path, "net1", now, v4) == text
+    assert cache.builds == 1
+    # past it, without any change of the file: the lease has gone
+    text = cache.text(tmp_path, "net1", NOW + 51, v4)
+    assert "10.0.0.7" not in text and "10.0.0.5" in text
+    assert text == _uncached(tmp_path, "net1", NOW + 51, v4) and cache.builds == 2
+    assert cache.text(tmp_path, "net1", NOW + 100, v4) == text and cache.builds == 2
+    assert cache.text(tmp_path, "net1", NOW + 101, v4) == _uncached(tmp_path, "net1", NOW + 101, v4)
+    # the records change (a renewal of the same size): the new text at once
+    renewed = Records(
+        (Lease("10.0.0.5", MAC, NOW + 300, "z", "01:52:54:00:aa:bb:01"), *records.leases[1:])
+    )
+    size = os.stat(leases.records_path(tmp_path, "net1")).st_size
+    leases.write_records(tmp_path, "net1", renewed, NOW + 101)
+    assert os.stat(leases.records_path(tmp_path, "net1")).st_size == size
+    text = cache.text(tmp_path, "net1", NOW + 101, v4)
+    assert text == _uncached(tmp_path, "net1", NOW + 101, v4)
+    assert text.split()[4] == "z"
+    # other prefixes (a redefinition), and a clock set back: made again
+    assert "10.0.0.5/16" in cache.text(tmp_path, "net1", NOW + 101, {"ipv4": 16})
+    assert cache.text(tmp_path, "net1", NOW - 10, v4) == _uncached(tmp_path, "net1", NOW - 10, v4)
+    # networks apart; the records dropped (undefined): empty, the entry gone
+    leases.write_records(tmp_path, "net2", records, NOW)
+    assert cache.text(tmp_path, "net2", NOW, v4) == _uncached(tmp_path, "net2", NOW, v4)
+    os.unlink(leases.records_path(tmp_path, "net1"))
+    assert cache.text(tmp_path, "net1", NOW + 101, v4) == ""
+    assert cache.text(tmp_path, "net2", NOW, v4) == _uncached(tmp_path, "net2", NOW, v4)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from conftest import CONFORMANCE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netfs.errors import NetfsError
+from netfs.model import dnsmasq
 from netfs.model import validate as V
 from netfs.model.network import format_network, parse_network
 
@@ -225,6 +227,12 @@ def network_xml(draw: st.DrawFn) -> str:
 @given(network_xml(), st.booleans(), st.booleans())
 def test_format_parse_fixed_point(xml: str, inactive: bool, validate: bool) -> None:
     net = parse_network(xml)
+    if validate and dnsmasq.name_problem(net, quotes=False) is not None:
+        # a name dnsmasq would misread (a space, '#', a backslash) on a
+        # network that runs it: refused, naming the name (the rest passes)
+        with pytest.raises(NetfsError, match="^network name '"):
+            V.validate_network(net)
+        return
     if validate:
         V.validate_network(net)
     once = format_network(net, inactive=inactive)

@@ -11,7 +11,8 @@ virdnsmasq.c, re-implemented; see the spec, section 1).
 :func:`check_values` is the define-time trust rule: no value of a definition
 may add a line, an option or a field to a file written for dnsmasq. libvirt
 passes some such values through; netfs refuses them (EINVAL), naming the
-element and attribute.
+element and attribute. :func:`check_name` is its rule for the network's
+name, which is part of the paths in the configuration.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ import re
 from dataclasses import dataclass
 
 from netfs.errors import NetfsError, invalid
+from netfs.model.names import shown
 from netfs.model.network import DHCPLease, DNSSrv, IPDef, NetworkDef, is_virtual
 
 __all__ = [
     "DEFAULT_DIR",
     "DnsmasqFiles",
     "addnhosts_path",
+    "check_name",
     "check_values",
     "conf_path",
     "has_raw_options",
     "hostsfile_path",
+    "name_problem",
     "needs_dnsmasq",
     "render",
     "value_problem",
@@ -253,7 +257,9 @@ def render(
     for byte, with ``directory`` as its dnsmasq state directory.
 
     ``net`` is a validated definition (bridge name assigned). ``pidfile``
-    adds libvirt's run-time ``pid-file=`` line (its test data has none).
+    adds libvirt's run-time ``pid-file=`` line (its test data has none);
+    with it, the name must pass :func:`check_name` with ``quotes`` (the
+    line holds the name as it is).
     Raises NetfsError(EINVAL) with libvirt's message for what libvirt
     refuses only when it starts the network (a reverse zone that cannot be
     made from the prefix, an address without a usable prefix), and for a
@@ -264,6 +270,8 @@ def render(
         raise invalid(
             f"network '{net.name}' with forward mode='{net.forward.mode}' has no DHCP/DNS server"
         )
+    if pidfile is not None:
+        check_name(net, quotes=True)  # also a name saved before this rule
     bridge = net.bridge.name
     if not bridge:
         raise invalid(f"network '{net.name}' has no bridge name")
@@ -443,10 +451,62 @@ def _check_mac(net: NetworkDef, mac: str | None) -> None:
         raise invalid(f"invalid characters in {_where('host', 'mac', net)}")
 
 
+# What dnsmasq's configuration reader treats specially in a line (option.c,
+# read_file; checked with dnsmasq 2.90): '"' opens a quoted part (the quotes
+# go, '\' escapes inside it), '#' after whitespace starts a comment (the rest
+# of the line is gone), whitespace becomes one space and is trimmed at the
+# ends of the value. Refused in a name whatever comes before or after them.
+_NAME_SPECIAL = {
+    "#": "'#' (after a space, dnsmasq reads the rest of the line as a comment)",
+    '"': "'\"' (dnsmasq reads it as a quote and drops it)",
+    "\\": "a backslash (dnsmasq reads it as an escape inside quotes)",
+}
+
+
+def name_problem(net: NetworkDef, *, quotes: bool = True) -> str | None:
+    """Why ``net``'s name cannot be used in the paths of its dnsmasq
+    configuration (None: it can, or the network runs no dnsmasq).
+
+    The name is written as it is in ``pid-file=`` (netfs's run-time line)
+    and, with only XML's five characters escaped as libvirt does, in
+    ``dhcp-hostsfile=`` and ``addn-hosts=``. ``quotes`` False leaves out
+    '"', which libvirt's escaping turns into ``&quot;`` in the two hosts
+    files: the configuration ``netfs dnsmasq-conf`` prints has no pid-file
+    line, and libvirt's own test data has such a name."""
+    if not needs_dnsmasq(net):
+        return None
+    special = [ch for ch in net.name if ch in _NAME_SPECIAL and (quotes or ch != '"')]
+    if special:
+        what = _NAME_SPECIAL[special[0]]
+    else:
+        space = [ch for ch in net.name if ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F]
+        if not space:
+            return None
+        ch = space[0]
+        what = "a space" if ch == " " else f"whitespace or a control character U+{ord(ch):04X}"
+        what += " (dnsmasq folds it into one space and trims it at the end of a value)"
+    return (
+        f"network name '{shown(net.name)}' has {what}: a network that runs dnsmasq "
+        "cannot have it in its name (the paths of its files in dnsmasq's "
+        "configuration would not be read as written)"
+    )
+
+
+def check_name(net: NetworkDef, *, quotes: bool = True) -> None:
+    """Raise NetfsError(EINVAL) with :func:`name_problem`'s message."""
+    problem = name_problem(net, quotes=quotes)
+    if problem is not None:
+        raise invalid(problem)
+
+
 def check_values(net: NetworkDef) -> None:
     """Raise NetfsError(EINVAL) when a value of ``net`` could add a line, an
     option or a field to a file written for dnsmasq (values libvirt passes
-    through as they are). Runs at define time (``validate_network``)."""
+    through as they are), or when its name could not be read back from the
+    paths there (:func:`check_name`; '"' aside, see there: the daemon
+    refuses that too, when it defines). Runs at define time
+    (``validate_network``)."""
+    check_name(net, quotes=False)
     _check(net, net.bridge.name, "bridge", "name", ", ")
     if net.domain is not None:
         _check(net, net.domain.name, "domain", "name", ",")
