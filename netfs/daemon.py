@@ -340,13 +340,10 @@ def run(cfg: MountConfig) -> int:
     log_fd: int | None = None
     if cfg.log_file:
         try:
-            log_fd = os.open(
-                cfg.log_file,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o640,
-            )
-        except OSError as e:
-            print(f"netfs: log file {cfg.log_file}: {e.strerror}", file=sys.stderr)
+            # its directory checked, never through a link, never a pipe
+            log_fd = guard.open_log(cfg.log_file)
+        except guard.Refused as e:
+            print(f"netfs: {e}", file=sys.stderr)
             return 1
         # from here on nothing is logged on stderr, the stale-mount warning
         # below included (line-buffered: nothing is pending at the fork)
