@@ -315,10 +315,17 @@ class TrafficGuard:
         self._listing = report.listing
         self._listing_at = time.monotonic()
         self._announce_listing({n.name for n in nets}, announce)
+        repaired = {}
         for d in report.diffs:
-            if svc.rules.get(d.name) is not None and d.name not in svc.applying:
-                log.warning("network %s: repaired firewall (%s)", d.name, d.state)
-                self.core._emit(d.name, "repaired", detail="firewall")
+            repaired[d.name] = d.state
+        if not report.base_ok:
+            # the table's own chains serve every network: all were affected
+            for n in nets:
+                repaired.setdefault(n.name, "the table's base chains")
+        for name, state in sorted(repaired.items()):
+            if svc.rules.get(name) is not None and name not in svc.applying:
+                log.warning("network %s: repaired firewall (%s)", name, state)
+                self.core._emit(name, "repaired", detail="firewall")
         if report.diffs or report.orphans or not report.base_ok:
             self._listing_at = 0.0  # what was read is not what is there now
             self.want_check()

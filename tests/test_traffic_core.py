@@ -331,6 +331,11 @@ async def test_rules_deleted_behind_our_back_are_put_back(world: World) -> None:
         nsexec.run_sync(w.host, ["nft", "delete", "table", "inet", "netfs"])
         await ev.wait(lambda: ev.lines("tnat").count("repaired firewall") == 2, "repaired again")
         assert rule_lines(w.table()) == before
+        # one of the table's own (base) chains deleted: every network's
+        # traffic went through it, so the repair is reported for each
+        nsexec.run_sync(w.host, ["nft", "delete", "chain", "inet", "netfs", "postrouting"])
+        await ev.wait(lambda: ev.lines("tnat").count("repaired firewall") == 3, "base chain")
+        assert rule_lines(w.table()) == before
         # and it still keeps the upstream out
         got = await in_thread(w.dhcp)
         await in_thread(w.listen, w.guest, got, 5131)
