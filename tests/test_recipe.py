@@ -168,7 +168,8 @@ async def test_a_later_failure_waits_for_the_concurrent_step_then_undoes_it(
         with trio.fail_after(5):
             await recipe.start(context(rec, tmp_path))
     assert ei.value.message == "address in use"
-    assert rec.log[-3:] == ["-addr", "-fw", "-bridge"]
+    # (the firewall's undo runs beside the bridge's)
+    assert rec.log[-3] == "-addr" and sorted(rec.log[-2:]) == ["-bridge", "-fw"]
     assert rec.log.index("fw ends") < rec.log.index("-addr")
 
 
@@ -187,4 +188,34 @@ async def test_a_cancelled_start_undoes_what_completed(tmp_path: Path) -> None:
         nursery.start_soon(recipe.start, context(rec, tmp_path))
         await started.wait()
         nursery.cancel_scope.cancel()
-    assert rec.log[-3:] == ["-addr", "-fw", "-bridge"]
+    # (the firewall's undo runs beside the bridge's)
+    assert rec.log[-3] == "-addr" and sorted(rec.log[-2:]) == ["-bridge", "-fw"]
+
+
+async def test_a_concurrent_steps_stop_runs_beside_the_next_stops(tmp_path: Path) -> None:
+    rec = Recorder()
+    gate = trio.Event()
+
+    async def fw_stop(c: StepContext) -> None:
+        log_of(c).append("-fw begins")
+        await gate.wait()  # it can end only because the bridge's stop ran meanwhile
+        log_of(c).append("-fw ends")
+
+    async def bridge_stop(c: StepContext) -> None:
+        log_of(c).append("-bridge")
+        gate.set()
+
+    recipe = Recipe(
+        [
+            Step("bridge", request("bridge").start, bridge_stop, batched=True),
+            Step("fw", program("fw").start, fw_stop, concurrent=True),
+            request("addr"),
+        ]
+    )
+    await recipe.start(context(rec, tmp_path))
+    with trio.fail_after(5):
+        await recipe.stop(context(rec, tmp_path))
+    # (one after the other, the firewall's stop would wait for ever)
+    stops = [x for x in rec.log if x.startswith("-")]
+    assert stops[0] == "-addr" and stops[-1] == "-fw ends"
+    assert stops.index("-bridge") < stops.index("-fw ends")

@@ -6,7 +6,9 @@ and an optional ``repair`` (give a running network back what this step made,
 used by recovery and live reconciliation). :class:`Recipe` runs the steps in
 order; when one fails (or the start is cancelled) the ``stop`` of every step
 already done runs in reverse order, and the error is raised again. Stopping
-a network runs every ``stop`` in reverse order.
+a network runs every ``stop`` in reverse order (a ``concurrent`` step's
+beside the ones after it: ``nft -f`` of the rules' removal while the bridge
+is deleted).
 
 Every step gets a :class:`StepContext` built by the core: the live
 definition, the kernel of the managed namespace (:class:`NetlinkOps`), the
@@ -228,14 +230,25 @@ class Recipe:
                 await step.repair(ctx)
 
     async def _undo(self, ctx: StepContext, done: list[Step], *, raise_first: bool) -> None:
-        first: Exception | None = None
-        for step in reversed(done):
-            if step.stop is None:
-                continue
+        """The stops of `done` in reverse order; a concurrent step's stop
+        runs beside the stops after it (as its start ran beside the steps
+        after it), and all have ended when this returns."""
+        failures: list[Exception] = []
+
+        async def undo(step: Step, stop: StepFn) -> None:
             try:
-                await step.stop(ctx)
+                await stop(ctx)
             except Exception as e:  # keep going: the rest must still be undone
                 log.warning("network %s: undoing %s failed: %s", ctx.net.name, step.name, e)
-                first = first or e
-        if raise_first and first is not None:
-            raise first
+                failures.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for step in reversed(done):
+                if step.stop is None:
+                    continue
+                if step.concurrent:
+                    nursery.start_soon(undo, step, step.stop)
+                else:
+                    await undo(step, step.stop)
+        if raise_first and failures:
+            raise failures[0]
