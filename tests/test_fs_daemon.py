@@ -507,14 +507,17 @@ def test_umount_ends_the_daemon_while_a_copy_of_the_mount_lives_elsewhere(
         assert u.returncode == 0, u.stderr
         d.proc.wait(timeout=LIVENESS)
         assert d.proc.returncode == 0
-        # the copy no longer reaches a daemon
+        # the copy no longer reaches a daemon: its mount answers ENOTCONN
+        # (where the umount propagated to it, the copy has no mount left)
+        kept = str(d.mnt) in Path(f"/proc/{holder.pid}/mountinfo").read_text()
         r = subprocess.run(
             ["nsenter", "-t", str(holder.pid), "-m", "stat", str(d.mnt / "n")],
             capture_output=True,
             text=True,
         )
         assert r.returncode != 0
-        assert "Transport endpoint is not connected" in r.stderr
+        if kept:
+            assert "Transport endpoint is not connected" in r.stderr
     finally:
         holder.kill()
         holder.wait()
