@@ -508,10 +508,11 @@ def test_umount_ends_the_daemon_while_a_copy_of_the_mount_lives_elsewhere(
         d.proc.wait(timeout=LIVENESS)
         assert d.proc.returncode == 0
         # the copy no longer reaches a daemon: its mount answers ENOTCONN
-        # (where the umount propagated to it, the copy has no mount left)
+        # (where the umount propagated to it, the copy has no mount left);
+        # -r: the holder's root (entering a mount namespace resets it)
         kept = str(d.mnt) in Path(f"/proc/{holder.pid}/mountinfo").read_text()
         r = subprocess.run(
-            ["nsenter", "-t", str(holder.pid), "-m", "stat", str(d.mnt / "n")],
+            ["nsenter", "-t", str(holder.pid), "-m", "-r", "stat", str(d.mnt / "n")],
             capture_output=True,
             text=True,
         )
