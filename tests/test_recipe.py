@@ -219,3 +219,28 @@ async def test_a_concurrent_steps_stop_runs_beside_the_next_stops(tmp_path: Path
     stops = [x for x in rec.log if x.startswith("-")]
     assert stops[0] == "-addr" and stops[-1] == "-fw ends"
     assert stops.index("-bridge") < stops.index("-fw ends")
+
+
+async def test_a_step_of_the_stop_alone_is_on_the_undo_path(tmp_path: Path) -> None:
+    """A step without a start (dnsmasq-exit: it waits for the exit of a
+    dnsmasq a later step's undo told to stop) and a step passed over are
+    undone too when a later step fails, in reverse order."""
+    rec = Recorder()
+
+    async def waits_for_exit(c: StepContext) -> None:
+        log_of(c).append("-exit")
+
+    async def fails(c: StepContext) -> None:
+        raise NetfsError(5, "late failure")
+
+    recipe = Recipe(
+        [
+            Step("exit", None, waits_for_exit),
+            request("bridge"),
+            program("fw", needed=lambda c: False),
+            Step("dns", fails),
+        ]
+    )
+    with pytest.raises(NetfsError):
+        await recipe.start(context(rec, tmp_path))
+    assert rec.log[-3:] == ["-fw", "-bridge", "-exit"]

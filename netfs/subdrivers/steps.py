@@ -177,6 +177,9 @@ class Recipe:
                     await check(batched)
                 for i, step in enumerate(self.steps):
                     if step.start is None or (step.needed is not None and not step.needed(ctx)):
+                        # nothing to do now; its stop stays on the undo path
+                        # (dnsmasq-exit waits there for a dnsmasq told to stop)
+                        finished.add(i)
                         continue
                     for name in step.waits:
                         if name in beside:
