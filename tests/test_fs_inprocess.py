@@ -380,6 +380,28 @@ async def test_writing_active_calls_the_core_and_shows_the_new_value(
     assert (net_ino, b"status.xml") in no_kernel
 
 
+async def test_files_of_a_declared_size_always_show_that_many_bytes(
+    fs: FS, core: FakeCore
+) -> None:
+    """active and autostart are always 2 bytes: the size the kernel keeps
+    from a lookup of them is never stale, so such a lookup (every
+    `echo 1 > active` makes one) does not count as exposing the network's
+    cached files (no invalidation at the change); other files' sizes do."""
+    sized = [f for f in tree.NETWORK.entries.values() if isinstance(f, tree.File) and f.size]
+    assert sorted(f.name for f in sized) == ["active", "autostart"]
+    for active in (False, True):
+        for autostart in (False, True):
+            core.nets["testA"].active = active
+            core.nets["testA"].autostart = autostart
+            for f in sized:
+                assert (await fs.lookup(f"testA/{f.name}")).st_size == f.size
+                assert "testA" not in fs.ops.space.exposed
+                assert len(await fs.read(f"testA/{f.name}")) == f.size
+                fs.ops.space.exposed.discard("testA")  # a cached open exposes it
+    await fs.lookup("testA/uuid")
+    assert "testA" in fs.ops.space.exposed
+
+
 async def test_a_bad_value_is_einval_with_the_reason_in_error(fs: FS, core: FakeCore) -> None:
     with pytest.raises(pyfuse3.FUSEError) as e:
         await fs.write("testA/active", b"1\n\n")

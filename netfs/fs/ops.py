@@ -136,7 +136,7 @@ def attributes(
         else:
             content = sp.safe_content(path, st, node)
             a.st_size = len(content) if content is not None else 0
-            if node.cacheable and kept:
+            if node.cacheable and kept and node.size is None:
                 sp.exposed.add(path[0])  # the kernel keeps this size
         a.st_nlink = 1
     a.st_mode = ModeT(mode)

@@ -119,6 +119,10 @@ class File:
     # netfs.fs.notifier). False: every read asks the daemon (direct_io), for
     # content that changes without the network's state (or per reader).
     cacheable: bool = False
+    # every content has this many bytes ("0\n" or "1\n"): a size the kernel
+    # keeps from a reply of the attributes is never stale, so such a reply
+    # exposes nothing of the network (see Space.exposed)
+    size: int | None = None
     # how writes act, from the store given (None: read-only)
     write: Write | None = field(init=False, default=None)
 
@@ -340,6 +344,7 @@ NETWORK = Dir(
             polled=True,
             watched=True,
             cacheable=True,
+            size=2,
         ),
         "autostart": File(
             "autostart",
@@ -349,6 +354,7 @@ NETWORK = Dir(
             polled=True,
             watched=True,
             cacheable=True,
+            size=2,
         ),
         "status.xml": File(
             "status.xml", _show_status, presence=Presence.ACTIVE, watched=True, cacheable=True
