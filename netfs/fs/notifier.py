@@ -75,6 +75,7 @@ log = logging.getLogger("netfs.fs")
 
 SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
 EVENTS_KEPT = 4096  # lines of `events` kept for readers that are behind
+STREAK = 64  # queued items the notifier takes before it lets other tasks run
 
 
 class EventFeed:
@@ -154,14 +155,19 @@ Todo = Union["Event", _Reconcile, _Wake]  # noqa: UP007 (a runtime alias with a 
 
 
 class Hands:
-    """The helper process (see :mod:`netfs.fs.helper`) and its pipe."""
+    """The helper process (see :mod:`netfs.fs.helper`) and its pipe.
+
+    The pipe's ends are plain non-blocking descriptors: a request (one short
+    line, and at most one under way) is written at once, without a trio
+    checkpoint before it, so the helper starts its work in the same loop
+    tick as the notifier decided on it; only the answer is waited for."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = -1
         self._lock = trio.Lock()
-        self._send: trio.lowlevel.FdStream | None = None
-        self._recv: trio.lowlevel.FdStream | None = None
+        self._send = -1
+        self._recv = -1
         self._buf = b""
 
     def _spawn(self) -> None:
@@ -173,8 +179,10 @@ class Hands:
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.pid = self.proc.pid
-        self._send = trio.lowlevel.FdStream(os.dup(self.proc.stdin.fileno()))
-        self._recv = trio.lowlevel.FdStream(os.dup(self.proc.stdout.fileno()))
+        self._send = os.dup(self.proc.stdin.fileno())
+        self._recv = os.dup(self.proc.stdout.fileno())
+        os.set_blocking(self._send, False)
+        os.set_blocking(self._recv, False)
         self.proc.stdin.close()
         self.proc.stdout.close()
         self._buf = b""
@@ -186,27 +194,48 @@ class Hands:
 
     async def call(self, op: str, path: str) -> None:
         """Do `op` on `path` through the mount; OSError with the errno on failure."""
-        async with self._lock:
+        if self._lock.locked():
+            await self._lock.acquire()
+        else:
+            self._lock.acquire_nowait()
+        try:
             self.start()
-            assert self._send is not None and self._recv is not None
-            await self._send.send_all(json.dumps([op, path]).encode() + b"\n")
+            await self._write(json.dumps([op, path]).encode() + b"\n")
             while b"\n" not in self._buf:
-                chunk = await self._recv.receive_some(64)
+                await trio.lowlevel.wait_readable(self._recv)
+                try:
+                    chunk = os.read(self._recv, 64)
+                except BlockingIOError:
+                    continue
                 if not chunk:
                     self.close()
                     raise OSError(errno.EIO, "the helper process ended")
                 self._buf += chunk
             line, _, self._buf = self._buf.partition(b"\n")
+        finally:
+            self._lock.release()
         code = int(line)
         if code:
             raise OSError(code, os.strerror(code), path)
 
+    async def _write(self, data: bytes) -> None:
+        while data:
+            try:
+                data = data[os.write(self._send, data) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._send)
+            except BrokenPipeError:
+                self.close()
+                raise OSError(errno.EIO, "the helper process ended") from None
+
     def close(self) -> None:
-        for stream in (self._send, self._recv):
-            if stream is not None:
+        for fd in (self._send, self._recv):
+            if fd >= 0:
+                with contextlib.suppress(Exception):  # also outside a trio run
+                    trio.lowlevel.notify_closing(fd)
                 with contextlib.suppress(OSError):
-                    stream.close()
-        self._send = self._recv = None
+                    os.close(fd)
+        self._send = self._recv = -1
         if self.proc is not None:
             with contextlib.suppress(OSError):
                 self.proc.kill()
@@ -391,7 +420,26 @@ class Notifier:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, core)
                 task_status.started()
-                async for item in recv:
+                streak = 0
+                while True:
+                    # the items queued already are taken without a
+                    # checkpoint each (a tick of the loop per item would
+                    # delay the announcements behind them); a long run of
+                    # them still lets the other tasks in now and then
+                    try:
+                        item = recv.receive_nowait()
+                        streak += 1
+                        if streak >= STREAK:
+                            streak = 0
+                            await trio.lowlevel.checkpoint()
+                    except trio.WouldBlock:
+                        streak = 0
+                        try:
+                            item = await recv.receive()
+                        except trio.EndOfChannel:
+                            break
+                    except trio.EndOfChannel:
+                        break
                     try:
                         await self._do(item)
                     except Exception:
