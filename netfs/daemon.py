@@ -34,7 +34,9 @@ import errno
 import gc
 import grp
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import signal
 import sys
@@ -162,6 +164,61 @@ def setup_logging(stream: TextIO | None = None) -> None:
     root.setLevel(getattr(logging, level, logging.INFO))
     logging.getLogger("pyfuse3").setLevel(logging.WARNING)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+
+LOG_BACKLOG = 10_000  # log records waiting for the log's thread, at most
+
+
+class _Backlog(logging.handlers.QueueHandler):
+    """Records handed to the log's own thread (see :func:`log_in_background`);
+    past LOG_BACKLOG waiting ones they are counted and dropped, and the next
+    one that fits says how many."""
+
+    dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # the text now (its arguments may change); the exception's lines
+        # are formatted by the writer, as they were before
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped:
+                note = logging.makeLogRecord(
+                    {
+                        "name": "netfs",
+                        "levelno": logging.WARNING,
+                        "levelname": "WARNING",
+                        "msg": f"{self.dropped} log lines dropped: the log is not written fast enough",
+                    }
+                )
+                self.queue.put_nowait(note)
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+def log_in_background() -> Callable[[], None]:
+    """From here on the log's lines are written by a thread of their own:
+    a line costs the daemon's loop the making of its record, not a write
+    to the log file, stderr or the journal (~0.09 ms each, measured on the
+    path of a start: the event line). Returns what writes the lines still
+    waiting and ends the thread (before the process ends)."""
+    root = logging.getLogger()
+    writers = root.handlers[:]
+    backlog: queue.Queue[logging.LogRecord] = queue.Queue(LOG_BACKLOG)
+    listener = logging.handlers.QueueListener(backlog, *writers)
+    root.handlers[:] = [_Backlog(backlog)]
+    listener.start()
+
+    def stop() -> None:
+        root.handlers[:] = writers
+        listener.stop()
+
+    return stop
 
 
 def detach_stdio(log_fd: int | None) -> None:
@@ -400,6 +457,7 @@ def run(cfg: MountConfig) -> int:
         _report(ready_fd, message)
 
     status = 0
+    stop_log = log_in_background()  # after the fork: the thread is this process's
     try:
         try:
             trio.run(_serve, cfg, nl, driver, ops, ready, lambda: guard.mark_exiting(lock_fd))
@@ -426,6 +484,7 @@ def run(cfg: MountConfig) -> int:
             log.debug("close: %s", e)
     if status == 0:
         log.info("unmounted %s", mountpoint)
+    stop_log()
     _exit(status, lock_fd)
 
 
