@@ -291,6 +291,17 @@ def read_nofollow(path: Path) -> bytes:
 def make_dir(path: Path, mode: int = 0o755) -> None:
     """Create ``path`` and its missing parents with ``mode`` exactly (not
     the umask's); an existing directory is left as it is, a symlink refused."""
+    try:  # the usual cases first: the parent exists (one or two calls)
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise OSError(errno.ENOTDIR, "not a directory (a symbolic link?)", str(path)) from None
+        return
+    except FileNotFoundError:
+        pass  # a parent is missing: made below
+    else:
+        os.chmod(path, mode)
+        return
     missing = []
     p = path
     while not os.path.lexists(p):
@@ -829,6 +840,12 @@ class StateStore:
         """Delete the port files of a network (all of them by default);
         ``sync=False``: the directory is not fsync'ed (stale files removed
         at a start, removed again at the next one if a host crash kept them)."""
+        if port_names is None:
+            try:
+                entries = os.scandir(self.ports_dir(name))
+            except FileNotFoundError:
+                return []  # no ports directory: nothing to delete or tidy
+            entries.close()
         names = self.port_names(name) if port_names is None else list(port_names)
         removed = [p for p in names if self._unlink_quiet(self.port_path(name, p))]
         if removed and sync:
@@ -889,9 +906,12 @@ class StateStore:
 
     def finish_start(self, name: str) -> None:
         """A start went through: its intent goes (a failure is logged: a
-        stale intent is cleared at recovery)."""
+        stale intent is cleared at recovery). The network's directory stays:
+        its status file is in it."""
         try:
-            self.delete_intent(name)
+            os.unlink(self.intent_path(name))
+        except FileNotFoundError:
+            pass
         except OSError as e:
             log.warning("network %s: cannot remove its start intent: %s", name, e)
 
