@@ -88,10 +88,12 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
+import trio.testing  # wait_all_tasks_blocked: a core scheduling primitive
 
 from netfs.errors import NetfsError
 from netfs.rtnl import (
@@ -697,6 +699,11 @@ class Netlink:
         self._worker = Worker(f"netfs-netlink-{netns or 'host'}")
         self._open = False
         self._k = _InNamespace(netns)
+        # requests under way in the worker thread, and the moment none is
+        # (see LinkMonitor: its events wait for it)
+        self._busy = 0
+        self._quiet = trio.Event()
+        self._quiet.set()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -731,7 +738,20 @@ class Netlink:
         """Run fn(*args) in the worker thread and return (or raise) its result."""
         if not self._open:
             raise NetfsError(errno.EBADF, "netlink is not open")
-        return await self._worker.call(fn, *args)
+        if not self._busy:
+            self._quiet = trio.Event()
+        self._busy += 1
+        try:
+            return await self._worker.call(fn, *args)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._quiet.set()
+
+    async def quiet(self) -> None:
+        """Until no request is under way in the worker thread."""
+        while self._busy:
+            await self._quiet.wait()
 
     # ---------------------------------------------------------------- the API
 
@@ -824,7 +844,7 @@ class Netlink:
         """Watch link events in the namespace: ``async with nl.monitor() as m:
         async for ev in m: ...``."""
         sock = await self._call(self._k.monitor_socket, rcvbuf)
-        mon = LinkMonitor(sock)
+        mon = LinkMonitor(sock, self.quiet)
         try:
             yield mon
         finally:
@@ -832,32 +852,64 @@ class Netlink:
 
 
 class LinkMonitor:
-    """Async iterator of :class:`LinkEvent` from an RTMGRP_LINK socket."""
+    """Async iterator of :class:`LinkEvent` from an RTMGRP_LINK socket.
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._raw = sock  # non-blocking; used to drain the queue after an overrun
-        self._sock = trio.socket.from_stdlib_socket(sock)
-        self._pending: list[LinkEvent] = []
+    Events are read once the adapter's requests under way are done
+    (``quiet``) and the other tasks wait for something: a start's own
+    requests make several link events, and reading them while the worker
+    thread makes the rest would take the interpreter from it, event by
+    event, and reading them as soon as the requests are done would delay
+    the rest of the start; then everything queued is read in one go (no
+    loop tick per datagram). The monitor is at most QUIET_WAIT late."""
+
+    BURST = 64  # datagrams read at most per wake-up
+    QUIET_WAIT = 0.05  # longest wait for the requests under way, seconds
+
+    def __init__(self, sock: socket.socket, quiet: Callable[[], Awaitable[None]]) -> None:
+        self._raw = sock  # non-blocking
+        self._quiet = quiet
+        self._pending: deque[LinkEvent] = deque()
+        self._closed = False
 
     def close(self) -> None:
-        self._sock.close()
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):  # also outside a trio run
+                trio.lowlevel.notify_closing(self._raw)
+            self._raw.close()
 
     def __aiter__(self) -> LinkMonitor:
         return self
 
     async def __anext__(self) -> LinkEvent:
         while not self._pending:
-            try:
-                data = await self._sock.recv(1 << 16)
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    self._drain()
-                    return LinkEvent("overrun", 0, "", None)
-                raise
-            if not data:
+            if self._closed:
                 raise StopAsyncIteration
-            self._pending.extend(decode_link_events(data))
-        return self._pending.pop(0)
+            await trio.lowlevel.wait_readable(self._raw)
+            # never starved by a stream of requests or busy tasks: at most
+            # QUIET_WAIT late
+            with trio.move_on_after(self.QUIET_WAIT):
+                await self._quiet()
+                # and then once the tasks the requests' answers woke (the
+                # rest of a start, its reply) wait for something: reading
+                # now would come before them on the loop
+                await trio.testing.wait_all_tasks_blocked()
+            for _ in range(self.BURST):
+                try:
+                    data = self._raw.recv(1 << 16)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:
+                        self._drain()
+                        return LinkEvent("overrun", 0, "", None)
+                    if e.errno == errno.EBADF:
+                        raise StopAsyncIteration from None
+                    raise
+                if not data:
+                    raise StopAsyncIteration
+                self._pending.extend(decode_link_events(data))
+        return self._pending.popleft()
 
     def _drain(self) -> None:
         """Discard what is queued after an overrun.

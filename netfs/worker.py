@@ -47,7 +47,8 @@ class Pending(Generic[T]):
         self._done.set()
 
     async def wait(self) -> T:
-        await self._done.wait()
+        if not self._done.is_set():  # done already: no loop tick (Event.wait's checkpoint)
+            await self._done.wait()
         assert self._result is not None
         return self._result.unwrap()
 

@@ -139,6 +139,19 @@ class _Beside:
             raise self.error
 
 
+class _NoNursery:
+    """Where a recipe has no concurrent step to hold."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> bool:
+        return False
+
+
+_NO_NURSERY = _NoNursery()
+
+
 class Recipe:
     """Checks (they change nothing), then an ordered list of steps with one
     undo path. The checks are given the start's batch: a check that asks
@@ -170,17 +183,21 @@ class Recipe:
         beside: dict[str, _Beside] = {}
         failure: BaseException | None = None
         # the nursery holds the concurrent steps; a failure is raised once
-        # it is closed (as itself, not wrapped in an exception group)
-        async with trio.open_nursery() as nursery:
+        # it is closed (as itself, not wrapped in an exception group). None
+        # when no concurrent step runs for this network: closing a nursery
+        # is a tick of the loop on the path of every start
+        beside_any = any(s.concurrent and self._runs(s, ctx) for s in self.steps)
+        async with trio.open_nursery() if beside_any else _NO_NURSERY as nursery:
             try:
                 for check in self.checks:
                     await check(batched)
                 for i, step in enumerate(self.steps):
-                    if step.start is None or (step.needed is not None and not step.needed(ctx)):
+                    if not self._runs(step, ctx):
                         # nothing to do now; its stop stays on the undo path
                         # (dnsmasq-exit waits there for a dnsmasq told to stop)
                         finished.add(i)
                         continue
+                    assert step.start is not None  # (_runs)
                     for name in step.waits:
                         if name in beside:
                             await beside[name].join()
@@ -188,6 +205,7 @@ class Recipe:
                         await step.start(batched)
                         ends[i] = len(batch)
                     elif step.concurrent:
+                        assert nursery is not None
                         await batch.flush()  # the checks passed, what it follows is made
                         beside[step.name] = b = _Beside(step)
                         nursery.start_soon(b.run, ctx)
@@ -221,6 +239,11 @@ class Recipe:
                     await self._undo(ctx, done, raise_first=False)
         if failure is not None:
             raise failure
+
+    @staticmethod
+    def _runs(step: Step, ctx: StepContext) -> bool:
+        """Does the step start something for this network?"""
+        return step.start is not None and (step.needed is None or step.needed(ctx))
 
     async def stop(self, ctx: StepContext) -> None:
         """Every step's stop in reverse order; the first failure is raised
