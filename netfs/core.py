@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import errno
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
 import trio
+import trio.testing  # wait_all_tasks_blocked: a core scheduling primitive
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
@@ -66,6 +68,7 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 EVENT_BUFFER = 4096
+LOG_LATE = 0.05  # longest delay of an event's log line, seconds
 # the kinds of the `events` file, then the internal kind "error": a network's
 # error was recorded (its text is NetworkState.error). The filesystem does
 # not print "error" in the events file; it uses it to notify the error file.
@@ -211,6 +214,11 @@ class _EventHub:
 
     def __init__(self) -> None:
         self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
+        # events whose log line is not written yet, and the wake-up of the
+        # task that writes them (None: it is not running, lines are written
+        # at once)
+        self._unlogged: deque[Event] = deque()
+        self._log_wake: trio.Event | None = None
 
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         send, recv = trio.open_memory_channel[Event](EVENT_BUFFER)
@@ -223,12 +231,11 @@ class _EventHub:
             send.close()
 
     def emit(self, ev: Event) -> None:
-        if ev.kind in INTERNAL_KINDS:
-            # not lines of `events` (every renewal, every read of the rules;
-            # an error is logged with its text where it is recorded)
-            log.debug("event: %s", ev.line())
+        if self._log_wake is None:
+            self._log(ev)
         else:
-            log.info("event: %s", ev.line())
+            self._unlogged.append(ev)
+            self._log_wake.set()
         for key, send in list(self._subscribers.items()):
             try:
                 send.send_nowait(ev)
@@ -236,6 +243,37 @@ class _EventHub:
                 log.warning("event subscriber %x is too slow: dropped %s", key, ev.line())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.pop(key, None)
+
+    @staticmethod
+    def _log(ev: Event) -> None:
+        if ev.kind in INTERNAL_KINDS:
+            # not lines of `events` (every renewal, every read of the rules;
+            # an error is logged with its text where it is recorded)
+            log.debug("event: %s", ev.line())
+        else:
+            log.info("event: %s", ev.line())
+
+    async def log_lines(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write the events' log lines once the other tasks wait for
+        something (at most LOG_LATE later): a line costs the loop ~30 µs,
+        which is then not spent on the path of the change it tells of (a
+        start's reply, its announcements)."""
+        self._log_wake = trio.Event()
+        task_status.started()
+        try:
+            while True:
+                await self._log_wake.wait()
+                self._log_wake = trio.Event()
+                with trio.move_on_after(LOG_LATE):
+                    await trio.testing.wait_all_tasks_blocked()
+                while self._unlogged:
+                    self._log(self._unlogged.popleft())
+        finally:
+            self._log_wake = None
+            while self._unlogged:
+                self._log(self._unlogged.popleft())
 
 
 class Driver:
@@ -698,6 +736,7 @@ class Driver:
         (:mod:`netfs.traffic`). Runs until cancelled; a failing monitor is
         logged, resynchronised and reopened."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._events.log_lines)
             await nursery.start(self.traffic.run)
             await nursery.start(self._links.run)
             task_status.started()

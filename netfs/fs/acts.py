@@ -110,7 +110,8 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         await sp.notifier.invalidate_net(name)
         sp.notifier.written(path, node)
         sp.notifier.queue_reconcile(name)
-        await drop_stale_entries(sp, name, before)
+        if not value:  # writing 1 removes no entry (a start adds status.xml)
+            await drop_stale_entries(sp, name, before)
         # let the notifier take the change up now, before the reply: the
         # helper's announcement then runs while the write returns and the
         # close (which waits for it) comes in, not after them

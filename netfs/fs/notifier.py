@@ -75,6 +75,20 @@ log = logging.getLogger("netfs.fs")
 
 SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
 EVENTS_KEPT = 4096  # lines of `events` kept for readers that are behind
+# events after which no entry of their network is gone (a start adds
+# status.xml): the pump does not look for vanished entries
+ONLY_ADDS = frozenset(
+    {
+        "started",
+        "port-created",
+        "lease-added",
+        "lease-removed",
+        "leases",
+        "firewall",
+        "repaired",
+        "error",
+    }
+)
 STREAK = 64  # queued items the notifier takes before it lets other tasks run
 
 
@@ -485,7 +499,8 @@ class Notifier:
                     break
             names = list(dict.fromkeys(ev.network for ev in batch))
             await self.invalidate_net(*names)
-            await self.drop_entries(self._vanished(names))
+            shrunk = list(dict.fromkeys(ev.network for ev in batch if ev.kind not in ONLY_ADDS))
+            await self.drop_entries(self._vanished(shrunk))
             newest = max(ev.time for ev in batch)
             if self._fresh_time is None or newest > self._fresh_time:
                 self._fresh_time = newest
