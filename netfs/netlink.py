@@ -301,6 +301,18 @@ def _enter_netns(netns: str) -> None:
         os.close(fd)
 
 
+class _Names(dict[int, str]):
+    """ifindex -> name, each looked up at its first use (see _InNamespace._names)."""
+
+    def __missing__(self, index: int) -> str:
+        try:
+            name = socket.if_indextoname(index)
+        except OSError:
+            name = ""
+        self[index] = name
+        return name
+
+
 class _InNamespace:
     """The worker-thread side of :class:`Netlink`: synchronous requests on
     the sockets this thread opened after it entered the namespace. Only the
@@ -525,17 +537,7 @@ class _InNamespace:
     def _names(self) -> dict[int, str]:
         """ifindex -> name, filled lazily by if_indextoname (an ioctl in this
         thread's namespace: much cheaper than a link dump)."""
-
-        class Names(dict[int, str]):
-            def __missing__(self, index: int) -> str:
-                try:
-                    name = socket.if_indextoname(index)
-                except OSError:
-                    name = ""
-                self[index] = name
-                return name
-
-        return Names()
+        return _Names()
 
     def addresses(self, ifname: str | None) -> list[AddrInfo]:
         want = 0

@@ -526,7 +526,7 @@ class StateStore:
     def run_dir(self, name: str) -> Path:
         """The network's own directory for runtime files of its start steps
         (beside its ports; made by the step that needs it)."""
-        return self.ports_dir(name).parent / "run"
+        return self.network_dir(name) / "run"
 
     def port_path(self, name: str, port: str) -> Path:
         _check_component(port, "port")
@@ -891,9 +891,31 @@ class StateStore:
         """
         path = self.intent_path(name)
         make_dir(path.parent, NETWORK_DIR_MODE)
-        # atomic and never through a symlink: a crash or a full disk leaves
-        # the whole record or none (an empty one would name no bridge)
-        atomic_write(path, f"{uuid} {bridge or ''}\n".encode(), sync=False)
+        data = f"{uuid} {bridge or ''}\n".encode()
+        # one short write into the file itself (no temporary file and
+        # rename: this is on the path of every start): a crash leaves the
+        # whole record or an empty file, and an empty one names no bridge,
+        # as none; a full disk leaves none. Never through a symlink, never
+        # waiting on a FIFO: whatever is not a regular file there is
+        # replaced by a rename, as any state file would be.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise _named(e, path) from None
+            atomic_write(path, data, sync=False)
+            return
+        try:
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise _named(e, path) from None
 
     def prepare_start(self, name: str, uuid: str, bridge: str | None) -> None:
         """Before a start's first change: the network's stale port files

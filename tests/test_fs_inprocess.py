@@ -380,9 +380,7 @@ async def test_writing_active_calls_the_core_and_shows_the_new_value(
     assert (net_ino, b"status.xml") in no_kernel
 
 
-async def test_files_of_a_declared_size_always_show_that_many_bytes(
-    fs: FS, core: FakeCore
-) -> None:
+async def test_files_of_a_declared_size_always_show_that_many_bytes(fs: FS, core: FakeCore) -> None:
     """active and autostart are always 2 bytes: the size the kernel keeps
     from a lookup of them is never stale, so such a lookup (every
     `echo 1 > active` makes one) does not count as exposing the network's
@@ -613,3 +611,13 @@ async def test_a_new_attribute_file_is_one_entry(
     with pytest.raises(pyfuse3.FUSEError) as e:
         await fs.lookup("testB/leases")
     assert errno_of(e) == errno.ENOENT
+
+
+def test_the_kinds_that_only_add_entries_are_event_kinds() -> None:
+    """The notifier's pump skips the search for vanished entries after
+    these (a misspelt kind would make it skip nothing, silently)."""
+    from netfs.core import EVENT_KINDS
+    from netfs.fs.notifier import ONLY_ADDS
+
+    assert ONLY_ADDS <= EVENT_KINDS
+    assert not ONLY_ADDS & {"stopped", "undefined", "updated", "port-deleted", "defined"}

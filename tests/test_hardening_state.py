@@ -158,6 +158,14 @@ def test_planted_symlink_as_intent_file_is_not_written_through(
     assert store.load_intents() == {"n": ("u", "br")}
 
 
+def test_planted_fifo_as_intent_file_does_not_hang_and_is_replaced(store: StateStore) -> None:
+    store.network_dir("n").mkdir()
+    os.mkfifo(store.intent_path("n"))
+    store.write_intent("n", "u", "br")  # O_NONBLOCK: a FIFO without reader is ENXIO at once
+    assert store.load_intents() == {"n": ("u", "br")}
+    assert store.intent_path("n").is_file()
+
+
 @pytest.mark.parametrize("what", ["status", "port", "intent"])
 def test_planted_symlink_as_network_dir_is_refused(
     store: StateStore, tmp_path: Path, what: str

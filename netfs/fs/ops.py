@@ -48,6 +48,9 @@ log = logging.getLogger("netfs.fs")
 
 TIMEOUT = 1.0  # entry and attribute timeouts, seconds
 WORKERS = 1000  # pyfuse3 worker tasks for requests other than waiting reads
+# idle pyfuse3 workers kept (pyfuse3's default, 1, ends a worker after a
+# request and starts a new one at the next: a task made per request)
+IDLE_WORKERS = 4
 # a read waiting on `events` is a parked pyfuse3 worker (pyfuse3 answers a
 # request from the task that read it): the limit counts them on top
 MAX_TASKS = WORKERS + MAX_BLOCKED_TOTAL
@@ -614,7 +617,7 @@ async def serve(
 
         async def main() -> None:
             try:
-                await pyfuse3.main(max_tasks=MAX_TASKS)
+                await pyfuse3.main(min_tasks=IDLE_WORKERS, max_tasks=MAX_TASKS)
             finally:
                 nursery.cancel_scope.cancel()
 
