@@ -322,6 +322,8 @@ class _InNamespace:
         self.netns = netns
         self._ipr: Any = None
         self._raw: RtnlSocket | None = None
+        # name -> index of the links made during the batch under way
+        self._made: dict[str, int] = {}
 
     def setup(self) -> None:
         if self.netns is not None:
@@ -337,6 +339,9 @@ class _InNamespace:
             self._ipr = None
 
     def _index(self, ifname: str) -> int:
+        made = self._made.get(ifname)
+        if made is not None:
+            return made
         # if_nametoindex opens its ioctl socket in this (setns'd) thread
         try:
             return socket.if_nametoindex(ifname)
@@ -465,13 +470,20 @@ class _InNamespace:
         self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]
     ) -> tuple[int, BaseException | None]:
         """Run recorded requests in order; stop at the first failure.
-        Returns how many completed and the failure (None: all did)."""
-        for i, (fn, args) in enumerate(ops):
-            try:
-                fn(*args)
-            except Exception as e:
-                return i, e
-        return len(ops), None
+        Returns how many completed and the failure (None: all did). The
+        index of a bridge made here is known to the requests after it (no
+        lookup of its name each)."""
+        try:
+            for i, (fn, args) in enumerate(ops):
+                try:
+                    made = fn(*args)
+                except Exception as e:
+                    return i, e
+                if fn == self.create_bridge:
+                    self._made[args[0]] = made
+            return len(ops), None
+        finally:
+            self._made.clear()
 
     def _add_route(
         self, dst: str, prefixlen: int, gateway: str | None, metric: int | None, ifname: str | None
@@ -649,8 +661,11 @@ class _InNamespace:
     def write_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
         path = sysctl_path(key)
         try:
-            with open(path, "w") as f:
-                f.write(value)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             if not missing_ok:
                 raise NetfsError(errno.ENOENT, f"no sysctl {key}") from None

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -206,8 +207,10 @@ class Hands:
             self.close()
             self._spawn()
 
-    async def call(self, op: str, path: str) -> None:
-        """Do `op` on `path` through the mount; OSError with the errno on failure."""
+    async def call(self, op: str, path: str, meanwhile: Callable[[], None] | None = None) -> None:
+        """Do `op` on `path` through the mount; OSError with the errno on
+        failure. `meanwhile` runs once the request is sent, while the helper
+        works (it must not wait for anything)."""
         if self._lock.locked():
             await self._lock.acquire()
         else:
@@ -215,6 +218,8 @@ class Hands:
         try:
             self.start()
             await self._write(json.dumps([op, path]).encode() + b"\n")
+            if meanwhile is not None:
+                meanwhile()
             while b"\n" not in self._buf:
                 await trio.lowlevel.wait_readable(self._recv)
                 try:
@@ -561,13 +566,13 @@ class Notifier:
 
     # ================================================================ the helper's operations
 
-    async def _own(self, op: str, path: Path) -> int:
+    async def _own(self, op: str, path: Path, meanwhile: Callable[[], None] | None = None) -> int:
         """One operation through the mount, done by the helper process: its
         errno (0: done)."""
         if self.closing:
             return 0
         try:
-            await self.hands.call(op, os.path.join(self.mountpoint, *path))
+            await self.hands.call(op, os.path.join(self.mountpoint, *path), meanwhile)
         except OSError as e:
             log.debug("own %s %s: %s", op, "/".join(path), e)
             return e.errno or errno.EIO
@@ -635,11 +640,23 @@ class Notifier:
         hop) and the operation made again."""
         if self.closing or not items:
             return
+        warm: Callable[[], None] | None = functools.partial(self._warm, items[0][1][0])
         for op, path in items:
-            if await self._own(op, path) == errno.EEXIST:
+            # while the helper makes it, the network's watched files are
+            # formatted (status.xml at a start): its MKNOD's answer and the
+            # comparison after it find them ready
+            done = await self._own(op, path, warm)
+            warm = None  # once
+            if done == errno.EEXIST:
                 await self.drop_entries([(path[:-1], path[-1])])
                 await self._own(op, path)
             self.publish(path)
+
+    def _warm(self, name: str) -> None:
+        """Format what the network's watched files show now (the documents
+        are cached per version; the result itself is not kept)."""
+        with contextlib.suppress(Exception):
+            self._snapshot(name)
 
     async def reconcile(self, name: str) -> None:
         """Make what watchers were told of network `name` the truth."""
