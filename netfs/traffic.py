@@ -167,6 +167,9 @@ class TrafficGuard:
         svc, nursery = self.svc, self._nursery
         if svc is None or nursery is None:
             return
+        n = self.core._nets.get(name)
+        if n is None or n.live is None or not needs_dnsmasq(n.live):
+            return  # no dnsmasq to watch (and no pid file to read on the start's path)
         pid = svc.dnsmasq.pid(name)
         if pid is None or self._watching.get(name) == pid:
             return

@@ -216,8 +216,17 @@ class Hands:
         else:
             self._lock.acquire_nowait()
         try:
-            self.start()
-            await self._write(json.dumps([op, path]).encode() + b"\n")
+            if self.proc is None:
+                self._spawn()
+            line = json.dumps([op, path]).encode() + b"\n"
+            try:
+                await self._write(line)
+            except BrokenPipeError:
+                # it ended while idle (found here, not by a wait() per
+                # request): a new one does it
+                self.close()
+                self._spawn()
+                await self._write(line)
             if meanwhile is not None:
                 meanwhile()
             while b"\n" not in self._buf:
@@ -243,9 +252,6 @@ class Hands:
                 data = data[os.write(self._send, data) :]
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self._send)
-            except BrokenPipeError:
-                self.close()
-                raise OSError(errno.EIO, "the helper process ended") from None
 
     def close(self) -> None:
         for fd in (self._send, self._recv):
