@@ -4,7 +4,7 @@ kernel (pure tier: a recording netlink stand-in)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import trio
@@ -244,3 +244,19 @@ async def test_a_step_of_the_stop_alone_is_on_the_undo_path(tmp_path: Path) -> N
     with pytest.raises(NetfsError):
         await recipe.start(context(rec, tmp_path))
     assert rec.log[-3:] == ["-fw", "-bridge", "-exit"]
+
+
+def test_using_keeps_every_field_but_the_kernel(tmp_path: Path) -> None:
+    """StepContext.using names its fields by hand: a field added later and
+    not passed there would silently fall back to its default."""
+    import dataclasses
+
+    rec = Recorder()
+    c = dataclasses.replace(
+        context(rec, tmp_path), netns="ns1", services=cast("Any", object()), on_repair=print
+    )
+    other = cast(NetlinkOps, Recorder())
+    used = c.using(other)
+    for f in dataclasses.fields(StepContext):
+        want = other if f.name == "nl" else getattr(c, f.name)
+        assert getattr(used, f.name) is want, f.name
