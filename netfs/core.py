@@ -27,7 +27,7 @@ import copy
 import errno
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
 import trio
-import trio.testing  # wait_all_tasks_blocked: a core scheduling primitive
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
@@ -254,12 +253,16 @@ class _EventHub:
             log.info("event: %s", ev.line())
 
     async def log_lines(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        idle: Callable[[], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Write the events' log lines once the other tasks wait for
-        something (at most LOG_LATE later): a line costs the loop ~30 µs,
-        which is then not spent on the path of the change it tells of (a
-        start's reply, its announcements)."""
+        """Write the events' log lines when `idle` says (the netlink
+        adapter's: no request under way, the other tasks waiting), at most
+        LOG_LATE later: a line costs the loop ~30 µs, which is then not
+        spent on the path of the change it tells of (a start's reply, its
+        announcements) nor of the next one (its kernel requests)."""
         self._log_wake = trio.Event()
         task_status.started()
         try:
@@ -267,7 +270,7 @@ class _EventHub:
                 await self._log_wake.wait()
                 self._log_wake = trio.Event()
                 with trio.move_on_after(LOG_LATE):
-                    await trio.testing.wait_all_tasks_blocked()
+                    await idle()
                 while self._unlogged:
                     self._log(self._unlogged.popleft())
         finally:
@@ -736,7 +739,7 @@ class Driver:
         (:mod:`netfs.traffic`). Runs until cancelled; a failing monitor is
         logged, resynchronised and reopened."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._events.log_lines)
+            await nursery.start(self._events.log_lines, self.nl.idle)
             await nursery.start(self.traffic.run)
             await nursery.start(self._links.run)
             task_status.started()

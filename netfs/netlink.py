@@ -262,6 +262,12 @@ class NetlinkAdapter(NetlinkOps, Protocol):
         self, *, rcvbuf: int = ...
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[LinkEvent]]: ...
 
+    async def idle(self) -> None:
+        """Until no request is under way and the other tasks wait for
+        something: when work that must not compete with a start (the link
+        monitor's reading, the events' log lines) may run."""
+        ...
+
 
 def sysctl_path(key: str) -> str:
     """``net.ipv4.ip_forward`` -> ``/proc/sys/net/ipv4/ip_forward``. A key
@@ -770,6 +776,16 @@ class Netlink:
         while self._busy:
             await self._quiet.wait()
 
+    async def idle(self) -> None:
+        """Until no request is under way and then the other tasks wait for
+        something (the tasks the answers woke -- the rest of a start, its
+        reply -- come first; a request made meanwhile is waited for too)."""
+        while True:
+            await self.quiet()
+            await trio.testing.wait_all_tasks_blocked()
+            if not self._busy:
+                return
+
     # ---------------------------------------------------------------- the API
 
     async def create_bridge(
@@ -861,7 +877,7 @@ class Netlink:
         """Watch link events in the namespace: ``async with nl.monitor() as m:
         async for ev in m: ...``."""
         sock = await self._call(self._k.monitor_socket, rcvbuf)
-        mon = LinkMonitor(sock, self.quiet)
+        mon = LinkMonitor(sock, self.idle)
         try:
             yield mon
         finally:
@@ -882,9 +898,9 @@ class LinkMonitor:
     BURST = 64  # datagrams read at most per wake-up
     QUIET_WAIT = 0.05  # longest wait for the requests under way, seconds
 
-    def __init__(self, sock: socket.socket, quiet: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, sock: socket.socket, idle: Callable[[], Awaitable[None]]) -> None:
         self._raw = sock  # non-blocking
-        self._quiet = quiet
+        self._idle = idle
         self._pending: deque[LinkEvent] = deque()
         self._closed = False
 
@@ -906,11 +922,7 @@ class LinkMonitor:
             # never starved by a stream of requests or busy tasks: at most
             # QUIET_WAIT late
             with trio.move_on_after(self.QUIET_WAIT):
-                await self._quiet()
-                # and then once the tasks the requests' answers woke (the
-                # rest of a start, its reply) wait for something: reading
-                # now would come before them on the loop
-                await trio.testing.wait_all_tasks_blocked()
+                await self._idle()
             for _ in range(self.BURST):
                 try:
                     data = self._raw.recv(1 << 16)

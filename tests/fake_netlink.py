@@ -151,6 +151,9 @@ class FakeNetlink:
         return FakeBatch(self)
 
     @contextlib.asynccontextmanager
+    async def idle(self) -> None:
+        await trio.lowlevel.checkpoint()
+
     async def monitor(self, *, rcvbuf: int = 0) -> AsyncIterator[AsyncIterator[LinkEvent]]:
         async def nothing() -> AsyncIterator[LinkEvent]:
             await trio.sleep_forever()
