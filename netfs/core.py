@@ -298,6 +298,8 @@ class Driver:
         self._state_thread = Worker("netfs-state", idle=10.0)
         self.nl = netlink
         self._nets: dict[str, NetRecord] = {}
+        # network -> (its live definition at its start, that start's status.xml)
+        self._started_text: dict[str, tuple[NetworkDef, str]] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._events = _EventHub()
         self._links = LinkReconciler(self)
@@ -363,6 +365,9 @@ class Driver:
         n = self._get(name)
         if n.live is None:
             return None
+        started = self._started_text.get(name)
+        if started is not None and started[0] is n.live and not n.ports:
+            return started[1]  # formatted by the start's staging, beside its kernel work
         ids, floor_sum = qos(n.ports)
         return format_status(n.live, header=False, class_ids=ids, floor_sum=floor_sum).decode()
 
@@ -442,6 +447,8 @@ class Driver:
         if n.live is not None:
             self._links.track(n.name, n.live, False)
         n.live = live
+        if live is None:
+            self._started_text.pop(n.name, None)
         if live is not None:
             self._links.track(n.name, live, True)
 
@@ -643,7 +650,11 @@ class Driver:
                 pass  # not staged: nothing to remove
             raise
         try:
-            self.store.publish_staged(await staging.wait())
+            staged = await staging.wait()
+            self.store.publish_staged(staged)
+            # status.xml until the live definition changes (a port is a
+            # new live object): what the staging formatted, as it is
+            self._started_text[ctx.net.name] = (ctx.net, staged.text.decode())
         except BaseException:
             try:
                 await sub.stop(ctx)

@@ -246,6 +246,9 @@ class Staged:
 
     path: Path
     tmp: str
+    # what the file shows without its header (a status file: the view's
+    # status.xml of the network's start, formatted once)
+    text: bytes = b""
 
 
 def stage_write(path: Path, data: bytes, *, mode: int = 0o600) -> Staged:
@@ -732,11 +735,13 @@ class StateStore:
         a temporary name while the kernel work runs; the core publishes it
         (:func:`publish_staged`, on its loop) once the network is up, or
         discards it (:func:`discard_staged`)."""
-        data = format_status(live)
+        body = format_status(live, header=False)
+        data = _header(live.name) + body
         check_loadable(data, f"the status file of network '{shown_name(live.name)}'")
         path = self.status_path(live.name)
         make_dir(path.parent, NETWORK_DIR_MODE)
-        return stage_write(path, data)
+        staged = stage_write(path, data)
+        return Staged(staged.path, staged.tmp, body)
 
     def publish_staged(self, staged: Staged) -> None:
         """Rename a staged file into place (:func:`publish_staged`)."""

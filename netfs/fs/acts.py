@@ -15,8 +15,6 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-import trio
-
 from netfs.errors import NetfsError
 from netfs.state import check_name
 
@@ -112,10 +110,6 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         sp.notifier.queue_reconcile(name)
         if not value:  # writing 1 removes no entry (a start adds status.xml)
             await drop_stale_entries(sp, name, before)
-        # let the notifier take the change up now, before the reply: the
-        # helper's announcement then runs while the write returns and the
-        # close (which waits for it) comes in, not after them
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 def privileged(uid: int) -> bool:

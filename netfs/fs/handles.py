@@ -166,7 +166,13 @@ class FlagHandle(ContentHandle):
         try:
             await acts.store_flag(self.space, self.path, self.node, buf)
         finally:
+            # what the write queued (its reconcile); the core's event of
+            # the same change, queued meanwhile, announces nothing more
             self.settle = self.space.notifier.todo_seq
+            # let the notifier take the change up now, before the reply:
+            # the helper's announcement then runs while the write returns
+            # and the close (which waits for it) comes in, not after them
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return len(buf)
 
     def flush(self) -> Awaitable[None] | None:

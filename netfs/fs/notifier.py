@@ -646,10 +646,10 @@ class Notifier:
         hop) and the operation made again."""
         if self.closing or not items:
             return
-        warm: Callable[[], None] | None = functools.partial(self._warm, items[0][1][0])
+        warm: Callable[[], None] | None = functools.partial(self._warm, [p for _op, p in items])
         for op, path in items:
-            # while the helper makes it, the network's watched files are
-            # formatted (status.xml at a start): its MKNOD's answer and the
+            # while the helper makes the first, the files made are
+            # formatted (status.xml at a start): the MKNOD's answer and the
             # comparison after it find them ready
             done = await self._own(op, path, warm)
             warm = None  # once
@@ -658,11 +658,13 @@ class Notifier:
                 await self._own(op, path)
             self.publish(path)
 
-    def _warm(self, name: str) -> None:
-        """Format what the network's watched files show now (the documents
-        are cached per version; the result itself is not kept)."""
-        with contextlib.suppress(Exception):
-            self._snapshot(name)
+    def _warm(self, paths: list[Path]) -> None:
+        """Format what the files among `paths` show now (documents are
+        cached per version; the result itself is not kept)."""
+        for path in paths:
+            node = tree.resolve(path)
+            if isinstance(node, File) and node.show is not None:
+                self.space.safe_content(path, node=node)
 
     async def reconcile(self, name: str) -> None:
         """Make what watchers were told of network `name` the truth."""
