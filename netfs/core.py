@@ -23,6 +23,7 @@ man/netfs.8.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import logging
@@ -55,7 +56,7 @@ from netfs.netrecord import NetRecord, qos
 from netfs.ports import Ports
 from netfs.reconcile import LinkReconciler
 from netfs.recovery import Recovery
-from netfs.state import StateStore, check_name, format_status
+from netfs.state import Staged, StateStore, check_name, format_status
 from netfs.subdrivers.services import Services
 from netfs.subdrivers.steps import StepContext
 from netfs.traffic import TrafficGuard
@@ -636,25 +637,29 @@ class Driver:
                 await self._mark_down(n)
 
     async def _run_start(self, sub: subdrivers.SubDriver, ctx: StepContext) -> None:
-        """The sub-driver's start while the state thread stages the status
-        file (written and fsync'ed under a temporary name: the steps never
-        change the live definition); renamed into place once the network is
-        up, so it is written last. A failure of either undoes the other."""
-        staging = self._state_thread.submit(self.store.stage_status, ctx.net)
+        """The sub-driver's start, with the status file staged (written and
+        fsync'ed under a temporary name: the steps never change the live
+        definition) by the netlink thread as the first call of the start's
+        submission -- no thread hop of its own (two wake-ups cost more than
+        the write) and never on the loop; renamed into place once the
+        network is up, so it is written last. A failure of either undoes
+        the other."""
+        staged: list[Staged] = []
+        batch = self.nl.batch()
+        batch.call(lambda: staged.append(self.store.stage_status(ctx.net)))
         try:
-            await sub.start(ctx)
+            await sub.start(ctx.joining(batch))
+            await batch.flush()  # a start that sent nothing: the staging alone
         except BaseException:
-            try:
-                self.store.discard_staged(await staging.wait())
-            except Exception:
-                pass  # not staged: nothing to remove
+            for s in staged:
+                with contextlib.suppress(Exception):
+                    self.store.discard_staged(s)
             raise
         try:
-            staged = await staging.wait()
-            self.store.publish_staged(staged)
+            self.store.publish_staged(staged[0])
             # status.xml until the live definition changes (a port is a
             # new live object): what the staging formatted, as it is
-            self._started_text[ctx.net.name] = (ctx.net, staged.text.decode())
+            self._started_text[ctx.net.name] = (ctx.net, staged[0].text.decode())
         except BaseException:
             try:
                 await sub.stop(ctx)

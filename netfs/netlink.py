@@ -252,6 +252,11 @@ class Batch(NetlinkOps, Protocol):
 
     def __len__(self) -> int: ...
     async def flush(self) -> None: ...
+    def call(self, fn: Callable[[], object]) -> None:
+        """A plain call to run in the worker thread in its place among the
+        requests (a failure stops the submission as a refused request does;
+        its result is not kept: it may store it)."""
+        ...
 
 
 class NetlinkAdapter(NetlinkOps, Protocol):
@@ -998,6 +1003,9 @@ class NetlinkBatch:
     def _record(self, fn: Callable[..., Any], *args: Any) -> None:
         self._ops.append((fn, args))
         self._made += 1
+
+    def call(self, fn: Callable[[], object]) -> None:
+        self._record(fn)
 
     async def flush(self) -> None:
         if not self._ops:

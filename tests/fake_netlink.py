@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import trio
 
@@ -150,10 +150,10 @@ class FakeNetlink:
     def batch(self) -> Batch:
         return FakeBatch(self)
 
-    @contextlib.asynccontextmanager
     async def idle(self) -> None:
         await trio.lowlevel.checkpoint()
 
+    @contextlib.asynccontextmanager
     async def monitor(self, *, rcvbuf: int = 0) -> AsyncIterator[AsyncIterator[LinkEvent]]:
         async def nothing() -> AsyncIterator[LinkEvent]:
             await trio.sleep_forever()
@@ -175,6 +175,11 @@ class FakeBatch(FakeNetlink):
 
     async def flush(self) -> None:
         return None
+
+    def call(self, fn: Callable[[], object]) -> None:
+        self._made += 1
+        fn()
+        self.completed += 1
 
     def batch(self) -> Batch:
         return self

@@ -255,8 +255,13 @@ def test_using_keeps_every_field_but_the_kernel(tmp_path: Path) -> None:
     c = dataclasses.replace(
         context(rec, tmp_path), netns="ns1", services=cast("Any", object()), on_repair=print
     )
+    c = dataclasses.replace(c, batch=cast("Any", Recorder()))
     other = cast(NetlinkOps, Recorder())
     used = c.using(other)
     for f in dataclasses.fields(StepContext):
         want = other if f.name == "nl" else getattr(c, f.name)
         assert getattr(used, f.name) is want, f.name
+    joined = c.joining(cast("Any", other))
+    for f in dataclasses.fields(StepContext):
+        want = other if f.name == "batch" else getattr(c, f.name)
+        assert getattr(joined, f.name) is want, f.name

@@ -48,7 +48,7 @@ from netfs import nsexec
 
 if TYPE_CHECKING:
     from netfs.model.network import NetworkDef
-    from netfs.netlink import NetlinkOps
+    from netfs.netlink import Batch, NetlinkOps
     from netfs.subdrivers.services import Services
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,28 @@ class StepContext:
     services: Services | None = None
     # a repair tells what it put back ("address", "dnsmasq", ...): one event each
     on_repair: Callable[[str], None] | None = field(default=None, compare=False)
+    # the submission a start's batched requests join (the core put the
+    # staging of the status file first in it); None: a batch of its own
+    batch: Batch | None = None
 
     def repaired(self, what: str) -> None:
         if self.on_repair is not None:
             self.on_repair(what)
 
     def using(self, nl: NetlinkOps) -> StepContext:
+        """The same context whose kernel is `nl` (a batch)."""
+        return self._with(nl, self.batch)
+
+    def joining(self, batch: Batch) -> StepContext:
+        """The same context whose batched requests join `batch`."""
+        return self._with(self.nl, batch)
+
+    def _with(self, nl: NetlinkOps, batch: Batch | None) -> StepContext:
         # every field, by hand (dataclasses.replace costs ~10 µs on the path
         # of every start); tests/test_recipe.py checks that none is missed
-        return StepContext(self.net, nl, self.run_dir, self.netns, self.services, self.on_repair)
+        return StepContext(
+            self.net, nl, self.run_dir, self.netns, self.services, self.on_repair, batch
+        )
 
     def ensure_run_dir(self) -> Path:
         """The run directory, created (mode 0700) if missing."""
@@ -177,7 +190,7 @@ class Recipe:
             self.steps.append(step)
 
     async def start(self, ctx: StepContext) -> None:
-        batch = ctx.nl.batch()
+        batch = ctx.batch if ctx.batch is not None else ctx.nl.batch()
         batched = ctx.using(batch)
         ends: dict[int, int] = {}  # batched step -> position in the batch after it
         finished: set[int] = set()  # the other steps that returned
