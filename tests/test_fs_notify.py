@@ -426,3 +426,37 @@ def test_create_announced_while_the_kernel_holds_the_entry(mounted: Daemon) -> N
         w.wait(net / "status.xml", "CREATE")
     finally:
         w.close()
+
+
+def test_a_killed_helper_is_replaced_at_the_next_announcement(mounted: Daemon) -> None:
+    """The notifier finds a dead helper by its broken pipe (it does not
+    ask the process table before every request): the next announcement is
+    made by a new helper, and the close that waits for it returns."""
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    old = _helper_pid(mounted)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: _helper_pid_or_none(mounted) is None, "the helper reaped or gone")
+    w = Watch(net)
+    try:
+        assert bash(f"echo 1 > {net}/active").returncode == 0
+        w.wait(net / "status.xml", "CREATE")
+    finally:
+        w.close()
+    new = _helper_pid(mounted)
+    assert new != old
+
+
+def _helper_pid_or_none(daemon: Daemon) -> int | None:
+    """The live helper's pid (a killed one that is not reaped yet is a zombie: not counted)."""
+    try:
+        pid = _helper_pid(daemon)
+    except AssertionError:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+    return None if state == "Z" else pid
