@@ -40,6 +40,7 @@ import queue
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,6 +168,7 @@ def setup_logging(stream: TextIO | None = None) -> None:
 
 
 LOG_BACKLOG = 10_000  # log records waiting for the log's thread, at most
+LOG_STOP_WAIT = 2.0  # longest wait at exit for the lines still waiting, seconds
 
 
 class _Backlog(logging.handlers.QueueHandler):
@@ -206,17 +208,26 @@ def log_in_background() -> Callable[[], None]:
     a line costs the daemon's loop the making of its record, not a write
     to the log file, stderr or the journal (~0.09 ms each, measured on the
     path of a start: the event line). Returns what writes the lines still
-    waiting and ends the thread (before the process ends)."""
+    waiting and ends the thread, waiting for it at most LOG_STOP_WAIT (a
+    standard error nobody reads must not keep the daemon from exiting)."""
     root = logging.getLogger()
     writers = root.handlers[:]
-    backlog: queue.Queue[logging.LogRecord] = queue.Queue(LOG_BACKLOG)
-    listener = logging.handlers.QueueListener(backlog, *writers)
+    backlog: queue.Queue[logging.LogRecord | None] = queue.Queue(LOG_BACKLOG)
+
+    def write() -> None:
+        while (record := backlog.get()) is not None:
+            for handler in writers:
+                handler.handle(record)
+
+    thread = threading.Thread(target=write, name="netfs-log", daemon=True)
     root.handlers[:] = [_Backlog(backlog)]
-    listener.start()
+    thread.start()
 
     def stop() -> None:
         root.handlers[:] = writers
-        listener.stop()
+        with contextlib.suppress(queue.Full):
+            backlog.put_nowait(None)
+        thread.join(LOG_STOP_WAIT)
 
     return stop
 

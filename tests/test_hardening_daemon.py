@@ -449,3 +449,64 @@ def test_mount_point_real_path_used(netns: str, tmp_path: Path) -> None:
         d.cleanup()
         force_unmount(real / "mnt")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_log_nobody_reads_neither_blocks_the_daemon_nor_its_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The log's lines are written by a thread of their own: with the log
+    stuck (a standard error nobody reads), making lines never waits, past
+    LOG_BACKLOG waiting lines the rest are counted and dropped (the next
+    line that fits says how many), and the exit waits at most LOG_STOP_WAIT."""
+    import logging
+    import re
+    import threading
+    import time
+
+    from netfs import daemon
+
+    stuck = threading.Event()
+    written: list[str] = []
+
+    class Stuck(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            stuck.wait()
+            written.append(record.getMessage())
+
+    log = logging.getLogger("netfs.test")
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    monkeypatch.setattr(daemon, "LOG_BACKLOG", 100)
+    monkeypatch.setattr(daemon, "LOG_STOP_WAIT", 0.5)
+    root.handlers[:] = [Stuck()]
+    root.setLevel(logging.INFO)
+    try:
+        stop = daemon.log_in_background()
+        t0 = time.monotonic()
+        for i in range(1000):
+            log.info("line %d", i)
+        assert time.monotonic() - t0 < 2.0  # no line waited for the stuck log
+        stuck.set()  # the log takes lines again
+        deadline = time.monotonic() + 10
+        while len(written) < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        log.info("after")
+        stop()
+        note = re.compile(r"(\d+) log lines dropped: the log is not written fast enough")
+        assert note.fullmatch(written[-2]) is not None, written[-3:]
+        assert written[-1] == "after"
+        dropped = sum(int(m.group(1)) for w in written if (m := note.fullmatch(w)))
+        kept = sum(1 for w in written if w.startswith("line "))
+        assert dropped > 0 and kept + dropped == 1000  # every line written or counted
+
+        stuck.clear()  # stuck again: the exit does not wait for it
+        stop = daemon.log_in_background()
+        for i in range(300):
+            log.info("line %d", i)
+        t0 = time.monotonic()
+        stop()
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        stuck.set()
+        root.handlers[:] = saved
+        root.setLevel(level)
