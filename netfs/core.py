@@ -6,7 +6,8 @@ that vanished behind our back (the link monitor). The core keeps the
 in-memory picture of all networks (:class:`netfs.netrecord.NetRecord`),
 serialises the transitions of one network with a trio lock (different
 networks proceed concurrently), writes the state store (:mod:`netfs.state`)
-from one worker thread, hands the kernel work to the sub-driver of the
+from one worker thread (a start's status file: first in the start's netlink
+submission), hands the kernel work to the sub-driver of the
 network's forward mode (:mod:`netfs.subdrivers`; the core never asks which
 mode it has) with a :class:`~netfs.subdrivers.steps.StepContext` it builds,
 and emits one :class:`Event` per change to every subscriber.
