@@ -153,19 +153,6 @@ class _Beside:
             raise self.error
 
 
-class _NoNursery:
-    """Where a recipe has no concurrent step to hold."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> bool:
-        return False
-
-
-_NO_NURSERY = _NoNursery()
-
-
 class Recipe:
     """Checks (they change nothing), then an ordered list of steps with one
     undo path. The checks are given the start's batch: a check that asks
@@ -202,7 +189,7 @@ class Recipe:
         # is a tick of the loop on the path of every start
         runs = [self._runs(s, ctx) for s in self.steps]
         beside_any = any(s.concurrent and r for s, r in zip(self.steps, runs, strict=True))
-        async with trio.open_nursery() if beside_any else _NO_NURSERY as nursery:
+        async with trio.open_nursery() if beside_any else contextlib.nullcontext() as nursery:
             try:
                 for check in self.checks:
                     await check(batched)
