@@ -732,9 +732,11 @@ class StateStore:
 
     def stage_status(self, live: NetworkDef) -> Staged:
         """A start's status file (no ports yet), written and fsync'ed under
-        a temporary name while the kernel work runs; the core publishes it
-        (:func:`publish_staged`, on its loop) once the network is up, or
-        discards it (:func:`discard_staged`)."""
+        a temporary name before the kernel work (in the same netlink
+        submission); the core publishes it (:func:`publish_staged`, on its
+        loop) once the network is up, or discards it
+        (:func:`discard_staged`). ``Staged.text``: the document without its
+        header, the network's status.xml until its live definition changes."""
         body = format_status(live, header=False)
         data = _header(live.name) + body
         check_loadable(data, f"the status file of network '{shown_name(live.name)}'")
@@ -845,12 +847,8 @@ class StateStore:
         """Delete the port files of a network (all of them by default);
         ``sync=False``: the directory is not fsync'ed (stale files removed
         at a start, removed again at the next one if a host crash kept them)."""
-        if port_names is None:
-            try:
-                entries = os.scandir(self.ports_dir(name))
-            except FileNotFoundError:
-                return []  # no ports directory: nothing to delete or tidy
-            entries.close()
+        if port_names is None and not os.path.lexists(self.ports_dir(name)):
+            return []  # no ports directory: nothing to delete or tidy
         names = self.port_names(name) if port_names is None else list(port_names)
         removed = [p for p in names if self._unlink_quiet(self.port_path(name, p))]
         if removed and sync:

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import outcome
 import trio
@@ -33,24 +33,6 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]
-
-
-class Pending(Generic[T]):
-    """A call submitted with :meth:`Worker.submit`: :meth:`wait` gives its result."""
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._result: outcome.Outcome[T] | None = None
-
-    def _set(self, result: outcome.Outcome[T]) -> None:
-        self._result = result
-        self._done.set()
-
-    async def wait(self) -> T:
-        if not self._done.is_set():  # done already: no loop tick (Event.wait's checkpoint)
-            await self._done.wait()
-        assert self._result is not None
-        return self._result.unwrap()
 
 
 class Worker:
@@ -83,19 +65,6 @@ class Worker:
 
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
-
-    def submit(self, fn: Callable[[*Ts], T], *args: *Ts) -> Pending[T]:
-        """Hand ``fn(*args)`` to the thread and return at once (no
-        checkpoint): the caller goes on and awaits ``wait()`` when it needs
-        the result (two things at once for one hop's wait)."""
-        pending: Pending[T] = Pending()
-        token = trio.lowlevel.current_trio_token()
-
-        def done(result: outcome.Outcome[Any]) -> None:
-            token.run_sync_soon(pending._set, result)
-
-        self._put((fn, args, done))
-        return pending
 
     def _put(self, job: _Job) -> None:
         with self._lock:  # the idle thread checks the queue under it before it ends
