@@ -261,7 +261,7 @@ class _EventHub:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Write the events' log lines when `idle` says (the netlink
-        adapter's: no request under way, the other tasks waiting), at most
+        adapter's: nothing to do for a moment, see Netlink.idle), at most
         LOG_LATE later: a line costs the loop ~30 µs, which is then not
         spent on the path of the change it tells of (a start's reply, its
         announcements) nor of the next one (its kernel requests)."""

@@ -89,7 +89,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
@@ -268,9 +268,9 @@ class NetlinkAdapter(NetlinkOps, Protocol):
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[LinkEvent]]: ...
 
     async def idle(self) -> None:
-        """Until no request is under way and the other tasks wait for
-        something: when work that must not compete with a start (the link
-        monitor's reading, the events' log lines) may run."""
+        """Until the daemon has had nothing to do for a moment: when work
+        that must not compete with a command's (the link monitor's reading,
+        the events' log lines) may run."""
         ...
 
 
@@ -719,6 +719,12 @@ class _InNamespace:
         return sock
 
 
+# when work that must not compete with a command's (the link monitor's
+# reading, the events' log lines) may run: see Netlink.idle
+IDLE_CUSHION = 0.001  # seconds of nothing to do
+LONG_REQUEST = 0.005  # seconds after which a request under way is waiting in the kernel
+
+
 class Netlink:
     """Netlink requests for one network namespace, from one worker thread."""
 
@@ -730,8 +736,11 @@ class Netlink:
         # requests under way in the worker thread, and the moment none is
         # (see LinkMonitor: its events wait for it)
         self._busy = 0
+        self._busy_since = 0.0  # trio time the requests under way began
         self._quiet = trio.Event()
         self._quiet.set()
+        # waits that the next request ends (see until_request)
+        self._hushed: set[trio.CancelScope] = set()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -768,6 +777,9 @@ class Netlink:
             raise NetfsError(errno.EBADF, "netlink is not open")
         if not self._busy:
             self._quiet = trio.Event()
+            self._busy_since = trio.current_time()
+            for scope in self._hushed:
+                scope.cancel()
         self._busy += 1
         try:
             return await self._worker.call(fn, *args)
@@ -782,14 +794,35 @@ class Netlink:
             await self._quiet.wait()
 
     async def idle(self) -> None:
-        """Until no request is under way and then the other tasks wait for
-        something (the tasks the answers woke -- the rest of a start, its
-        reply -- come first; a request made meanwhile is waited for too)."""
+        """Until the daemon has nothing to do for IDLE_CUSHION: no task
+        could run for that long, and no request is under way in the worker
+        thread, or one that has been for LONG_REQUEST (it waits in the
+        kernel, a bridge's deletion: the interpreter is free). Not in the
+        short pauses of a command's work -- between a start's requests,
+        between a reply and the process's next request (the shell's close,
+        the helper's announcement), where the loop's CPU is wanted next."""
         while True:
-            await self.quiet()
-            await trio.testing.wait_all_tasks_blocked()
-            if not self._busy:
+            if self._busy:
+                with trio.move_on_at(self._busy_since + LONG_REQUEST):
+                    await self.quiet()
+            await trio.testing.wait_all_tasks_blocked(IDLE_CUSHION)
+            if not self._busy or trio.current_time() - self._busy_since >= LONG_REQUEST:
                 return
+
+    @contextlib.contextmanager
+    def until_request(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope that the next request to the worker thread
+        cancels (at once, if one is under way that is not long yet: see
+        idle)."""
+        scope = trio.CancelScope()
+        if self._busy and trio.current_time() - self._busy_since < LONG_REQUEST:
+            scope.cancel()
+        self._hushed.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._hushed.discard(scope)
 
     # ---------------------------------------------------------------- the API
 
@@ -882,7 +915,7 @@ class Netlink:
         """Watch link events in the namespace: ``async with nl.monitor() as m:
         async for ev in m: ...``."""
         sock = await self._call(self._k.monitor_socket, rcvbuf)
-        mon = LinkMonitor(sock, self.idle)
+        mon = LinkMonitor(sock, self.idle, self.until_request)
         try:
             yield mon
         finally:
@@ -898,14 +931,24 @@ class LinkMonitor:
     thread makes the rest would take the interpreter from it, event by
     event, and reading them as soon as the requests are done would delay
     the rest of the start; then everything queued is read in one go (no
-    loop tick per datagram). The monitor is at most QUIET_WAIT late."""
+    loop tick per datagram). For the same reason the socket is waited on
+    only between requests: a request's start ends that wait (its first
+    event would otherwise wake the loop in the middle of the request).
+    The monitor is at most QUIET_WAIT late (a stream of requests without
+    a pause: what is queued is read every QUIET_WAIT)."""
 
     BURST = 64  # datagrams read at most per wake-up
     QUIET_WAIT = 0.05  # longest wait for the requests under way, seconds
 
-    def __init__(self, sock: socket.socket, idle: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        idle: Callable[[], Awaitable[None]],
+        until_request: Callable[[], contextlib.AbstractContextManager[trio.CancelScope]],
+    ) -> None:
         self._raw = sock  # non-blocking
         self._idle = idle
+        self._until_request = until_request
         self._pending: deque[LinkEvent] = deque()
         self._closed = False
 
@@ -923,11 +966,15 @@ class LinkMonitor:
         while not self._pending:
             if self._closed:
                 raise StopAsyncIteration
-            await trio.lowlevel.wait_readable(self._raw)
-            # never starved by a stream of requests or busy tasks: at most
-            # QUIET_WAIT late
-            with trio.move_on_after(self.QUIET_WAIT):
+            with trio.move_on_after(self.QUIET_WAIT) as late:
                 await self._idle()
+            if not late.cancelled_caught:  # between requests
+                with self._until_request() as hush:
+                    await trio.lowlevel.wait_readable(self._raw)
+                if hush.cancelled_caught:  # a request began: read after it
+                    with trio.move_on_after(self.QUIET_WAIT):
+                        await self._idle()
+            # (else requests without a pause: read what is queued now)
             for _ in range(self.BURST):
                 try:
                     data = self._raw.recv(1 << 16)
