@@ -169,10 +169,11 @@ class FlagHandle(ContentHandle):
             # what the write queued (its reconcile); the core's event of
             # the same change, queued meanwhile, announces nothing more
             self.settle = self.space.notifier.todo_seq
-            # let the notifier take the change up now, before the reply:
-            # the helper's announcement then runs while the write returns
-            # and the close (which waits for it) comes in, not after them
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # the reply waits until the helper has the announcement: it
+            # then works while the reply goes out and the close (which
+            # waits for it) comes in, not after them
+            with trio.CancelScope(shield=True):
+                await self.space.notifier.begun(self.settle)
         return len(buf)
 
     def flush(self) -> Awaitable[None] | None:

@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("netfs.fs")
 
 SETTLE_TIMEOUT = 5.0  # longest close() waits for the announcement of its write
+BEGUN_WAIT = 0.05  # longest a write waits for its announcement to begin
 EVENTS_KEPT = 4096  # lines of `events` kept for readers that are behind
 # events after which no entry of their network is gone (a start adds
 # status.xml): the pump does not look for vanished entries
@@ -304,6 +305,8 @@ class Notifier:
         # how many items were queued, and how many are done
         self.todo_seq = 0
         self._done_seq = 0
+        # the queue position whose first helper operation has been sent
+        self._begun_seq = 0
         self._progress = trio.Event()
         # the time of the newest core event whose networks' cached files
         # have been invalidated (see _pump and fresh)
@@ -421,6 +424,26 @@ class Notifier:
         with trio.move_on_after(SETTLE_TIMEOUT):
             while self._done_seq < target and not self.closing and self._todo_send is not None:
                 await self._progress.wait()
+
+    async def begun(self, target: int) -> None:
+        """Until the notifier has sent the helper the first operation of
+        queue position `target`, or finished it (at most BEGUN_WAIT): a
+        write that acted replies after this, so that the helper works while
+        the reply goes out and the writer's close comes in."""
+        with trio.move_on_after(BEGUN_WAIT):
+            while (
+                max(self._done_seq, self._begun_seq) < target
+                and not self.closing
+                and self._todo_send is not None
+            ):
+                await self._progress.wait()
+
+    def _began(self) -> None:
+        """The item under way sent the helper an operation."""
+        if self._begun_seq <= self._done_seq:
+            self._begun_seq = self._done_seq + 1
+            self._progress.set()
+            self._progress = trio.Event()
 
     def queue_reconcile(self, name: str) -> None:
         """Compare network `name` with what watchers were told (a handler
@@ -577,8 +600,14 @@ class Notifier:
         errno (0: done)."""
         if self.closing:
             return 0
+
+        def sent() -> None:
+            self._began()
+            if meanwhile is not None:
+                meanwhile()
+
         try:
-            await self.hands.call(op, os.path.join(self.mountpoint, *path), meanwhile)
+            await self.hands.call(op, os.path.join(self.mountpoint, *path), sent)
         except OSError as e:
             log.debug("own %s %s: %s", op, "/".join(path), e)
             return e.errno or errno.EIO
