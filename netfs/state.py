@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import operator
 import os
 import secrets
 import stat
@@ -88,6 +89,7 @@ AUTOSTARTED = "autostarted"
 STATUS = "status.xml"
 LOCK = ".lock"
 NETWORK_DIR_MODE = 0o700
+STATUS_MEMO = 32  # networks whose last status document is kept (see stage_status)
 
 Problem = tuple[Path, str]
 
@@ -505,6 +507,9 @@ class StateStore:
         self.config_dir = Path(config_dir)
         self.state_dir = Path(state_dir)
         self.autostart_dir = self.config_dir / "autostart"
+        # network -> (the parts of the live definition, body, document) of
+        # its last staged status file (see stage_status); a few at most
+        self._status_memo: dict[str, tuple[tuple[object, ...], bytes, bytes]] = {}
 
     # -- paths ---------------------------------------------------------------
 
@@ -737,9 +742,24 @@ class StateStore:
         loop) once the network is up, or discards it
         (:func:`discard_staged`). ``Staged.text``: the document without its
         header, the network's status.xml until its live definition changes."""
-        body = format_status(live, header=False)
-        data = _header(live.name) + body
-        check_loadable(data, f"the status file of network '{shown_name(live.name)}'")
+        # a start of the same definition as the last one (the same parts:
+        # a definition is never changed in place, a change is a new object)
+        # has the same document: formatted and checked once
+        parts = tuple(vars(live).values())
+        memo = self._status_memo.get(live.name)
+        if (
+            memo is not None
+            and len(memo[0]) == len(parts)
+            and all(map(operator.is_, memo[0], parts))
+        ):
+            _parts, body, data = memo
+        else:
+            body = format_status(live, header=False)
+            data = _header(live.name) + body
+            check_loadable(data, f"the status file of network '{shown_name(live.name)}'")
+            if len(self._status_memo) >= STATUS_MEMO:
+                self._status_memo.clear()
+            self._status_memo[live.name] = (parts, body, data)
         path = self.status_path(live.name)
         make_dir(path.parent, NETWORK_DIR_MODE)
         staged = stage_write(path, data)

@@ -208,6 +208,41 @@ def test_status_file_structure_and_round_trip(store: StateStore) -> None:
     assert listing(store.state_dir) == []
 
 
+def test_staged_status_follows_the_definition(store: StateStore, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A start of the same definition stages the document formatted for the
+    last one (a live copy shares the definition's parts); another
+    definition, or another generated MAC, gets its own."""
+    import copy
+
+    calls: list[str] = []
+    real = state_mod.format_status
+
+    def counting(live, **kw):  # type: ignore[no-untyped-def]
+        calls.append(live.name)
+        return real(live, **kw)
+
+    monkeypatch.setattr(state_mod, "format_status", counting)
+
+    def staged_text(live) -> bytes:  # type: ignore[no-untyped-def]
+        st = store.stage_status(live)
+        store.publish_staged(st)
+        return store.status_path("a").read_bytes()
+
+    d = net()
+    first = staged_text(copy.copy(d))
+    assert staged_text(copy.copy(d)) == first
+    assert len(calls) == 1  # formatted once
+    other = parse_network(NET.format(name="a", uuid=U1, bridge="vbr-a").replace("150", "151"))
+    changed = staged_text(copy.copy(other))
+    assert b"192.168.151.1" in changed and b"192.168.150.1" not in changed
+    live = copy.copy(other)
+    live.mac = "52:54:00:aa:bb:cc"  # a generated MAC: a new part
+    assert b"52:54:00:aa:bb:cc" in staged_text(live)
+    assert len(calls) == 3
+    statuses, problems = store.load_statuses()
+    assert problems == [] and statuses["a"].live.mac == "52:54:00:aa:bb:cc"
+
+
 def test_status_older_bare_network_form(store: StateStore) -> None:
     store.status_path("a").parent.mkdir()
     store.status_path("a").write_text(NET.format(name="a", uuid=U1, bridge="vbr-a"))
