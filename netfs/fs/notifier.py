@@ -166,8 +166,16 @@ class _Wake:
     path: Path
 
 
+@dataclass(frozen=True)
+class _CoreEvent:
+    """A core event, the `seen`-th the pump took for its network."""
+
+    event: Event
+    seen: int
+
+
 # what the notifier's queue holds: a core event or a handler's request
-Todo = Union["Event", _Reconcile, _Wake]  # noqa: UP007 (a runtime alias with a forward reference)
+Todo = Union[_CoreEvent, _Reconcile, _Wake]  # noqa: UP007 (a runtime alias with a forward reference)
 
 
 class Hands:
@@ -314,6 +322,12 @@ class Notifier:
         # network -> the invalidation of its cached files under way
         self._inflight: dict[str, trio.Event] = {}
         self._fresh_progress = trio.Event()
+        # network -> how many of its core events the pump took, and how
+        # many of them the last start of its reconcile followed (an event
+        # taken before a reconcile began is in the state that reconcile
+        # read: the event's own reconcile has nothing left to do)
+        self._seen: dict[str, int] = {}
+        self._followed: dict[str, int] = {}
         self.closing = False
 
     def is_self(self, pid: int) -> bool:
@@ -345,6 +359,8 @@ class Notifier:
         """Network `name` is gone for watchers too."""
         self.published.pop(name, None)
         self._snap.pop(name, None)
+        self._seen.pop(name, None)
+        self._followed.pop(name, None)
         for p in [p for p in self.gens if p[0] == name]:
             del self.gens[p]
         for f in tree.watched():
@@ -511,10 +527,12 @@ class Notifier:
             names = set(self.space.core.names()) | set(self.published) | set(self.space.pending)
             for name in sorted(names):
                 await self.reconcile(name)
-        else:  # a core event
-            if item.kind not in HIDDEN_EVENTS:  # "error": only its sequence number changed
+        else:
+            ev = item.event
+            if ev.kind not in HIDDEN_EVENTS:  # "error": only its sequence number changed
                 self._wake_event_pollers()
-            await self.reconcile(item.network)
+            if self._followed.get(ev.network, 0) < item.seen:
+                await self.reconcile(ev.network)
 
     async def _pump(self, core: trio.MemoryReceiveChannel[Event]) -> None:
         """Core events, in batches: the cached files of their networks are
@@ -577,7 +595,8 @@ class Notifier:
 
     def _take_event(self, ev: Event) -> None:
         self.feed.push(ev)
-        self._queue(ev)
+        seen = self._seen[ev.network] = self._seen.get(ev.network, 0) + 1
+        self._queue(_CoreEvent(ev, seen))
 
     def listen(self) -> trio.MemoryReceiveChannel[Event]:
         """The one subscription to the core's events (for every reader of
@@ -698,6 +717,7 @@ class Notifier:
     async def reconcile(self, name: str) -> None:
         """Make what watchers were told of network `name` the truth."""
         sp = self.space
+        self._followed[name] = self._seen.get(name, 0)
         await self.invalidate_net(name)  # before anything is announced
         st = sp.state(name)
         sp.is_pending(name, st)  # adopts a pending directory the core now has
