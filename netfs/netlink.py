@@ -806,8 +806,12 @@ class Netlink:
                 with trio.move_on_at(self._busy_since + LONG_REQUEST):
                     await self.quiet()
             await trio.testing.wait_all_tasks_blocked(IDLE_CUSHION)
-            if not self._busy or trio.current_time() - self._busy_since >= LONG_REQUEST:
+            if not self._short_request():
                 return
+
+    def _short_request(self) -> bool:
+        """A request is under way, for less than LONG_REQUEST."""
+        return bool(self._busy) and trio.current_time() - self._busy_since < LONG_REQUEST
 
     @contextlib.contextmanager
     def until_request(self) -> Iterator[trio.CancelScope]:
@@ -815,7 +819,7 @@ class Netlink:
         cancels (at once, if one is under way that is not long yet: see
         idle)."""
         scope = trio.CancelScope()
-        if self._busy and trio.current_time() - self._busy_since < LONG_REQUEST:
+        if self._short_request():
             scope.cancel()
         self._hushed.add(scope)
         try:

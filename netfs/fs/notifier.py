@@ -437,21 +437,20 @@ class Notifier:
         that made it is done. Bounded: a wedged notifier delays close() at
         most SETTLE_TIMEOUT. The kernel holds no lock of ours during FLUSH,
         so the helper's operations proceed meanwhile."""
-        with trio.move_on_after(SETTLE_TIMEOUT):
-            while self._done_seq < target and not self.closing and self._todo_send is not None:
-                await self._progress.wait()
+        await self._until(lambda: self._done_seq >= target, SETTLE_TIMEOUT)
 
     async def begun(self, target: int) -> None:
         """Until the notifier has sent the helper the first operation of
         queue position `target`, or finished it (at most BEGUN_WAIT): a
         write that acted replies after this, so that the helper works while
         the reply goes out and the writer's close comes in."""
-        with trio.move_on_after(BEGUN_WAIT):
-            while (
-                max(self._done_seq, self._begun_seq) < target
-                and not self.closing
-                and self._todo_send is not None
-            ):
+        await self._until(lambda: max(self._done_seq, self._begun_seq) >= target, BEGUN_WAIT)
+
+    async def _until(self, reached: Callable[[], bool], timeout: float) -> None:
+        """Until `reached()` after the notifier's progress, at most
+        `timeout` (at once when the notifier is closing or not running)."""
+        with trio.move_on_after(timeout):
+            while not reached() and not self.closing and self._todo_send is not None:
                 await self._progress.wait()
 
     def _began(self) -> None:
