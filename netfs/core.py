@@ -602,24 +602,13 @@ class Driver:
         live = copy.copy(n.definition)
         sub = subdrivers.for_mode(live.forward.mode, live)
         sub.prepare(live)
-        intent = sub.intent(live)
         ctx = self._context(live)
         link = sub.watched_link(live)
         self._links.lost_in_start.discard(n.name)
         if link:
             self._links.starting[link] = n.name
         try:
-            try:
-                # metadata only, nothing fsync'ed: made here, no thread hop
-                self.store.prepare_start(n.name, live.uuid, intent)
-                await self._run_start(sub, ctx)
-            except BaseException:
-                if intent is not None:
-                    self.store.delete_intent(n.name)
-                raise
-            if intent is not None:
-                # started: a stale intent would be cleared at recovery
-                self.store.finish_start(n.name)
+            await self._run_start(sub, ctx)
             n.ports = {}
             self._set_live(n, live)
         finally:
@@ -638,13 +627,13 @@ class Driver:
                 await self._mark_down(n)
 
     async def _run_start(self, sub: subdrivers.SubDriver, ctx: StepContext) -> None:
-        """The sub-driver's start, with the status file staged (written and
-        fsync'ed under a temporary name: the steps never change the live
-        definition) by the netlink thread as the first call of the start's
-        submission -- no thread hop of its own (two wake-ups cost more than
-        the write) and never on the loop; renamed into place once the
-        network is up, so it is written last. A failure of either undoes
-        the other."""
+        """The sub-driver's start, with the status file staged (the stale
+        port files removed, the file written and fsync'ed as the start's
+        intent, ``starting``: the steps never change the live definition)
+        by the netlink thread as the first call of the start's submission
+        -- no thread hop of its own (two wake-ups cost more than the write)
+        and never on the loop; renamed into place once the network is up,
+        so it is written last. A failure of either undoes the other."""
         staged: list[Staged] = []
         batch = self.nl.batch()
         batch.call(lambda: staged.append(self.store.stage_status(ctx.net)))

@@ -22,7 +22,7 @@ import trio
 
 from netfs import subdrivers
 from netfs.errors import NetfsError
-from netfs.model.network import format_network
+from netfs.model.network import NetworkDef, format_network
 from netfs.netlink import AddrInfo, Batch, LinkInfo, NetlinkOps, RouteInfo, RouteVerdict
 from netfs.netrecord import NetRecord
 from netfs.state import TMP_PREFIX
@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from netfs.core import Driver
 
 log = logging.getLogger(__name__)
+
+
+def _link_of(live: NetworkDef) -> str | None:
+    """The link a start of ``live`` was about to create (its sub-driver's
+    answer): what a start intent names."""
+    return subdrivers.for_mode(live.forward.mode, live).intent(live)
 
 
 class KernelSnapshot:
@@ -265,7 +271,7 @@ class Recovery:
         intents are cleared."""
         core = self.core
         live = [n.live for n in core._nets.values() if n.live is not None]
-        intents = await core._store(core.store.load_intents)
+        intents = await core._store(core.store.load_intents, _link_of)
         pending = {
             link: name
             for name, (_uuid, link) in intents.items()

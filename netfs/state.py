@@ -6,7 +6,7 @@ Layout::
     <config_dir>/autostart/NAME.xml       symlink to ../NAME.xml: autostart on
     <state_dir>/NAME/status.xml           status file of an active network
     <state_dir>/NAME/ports/PORT.xml       allocated ports of an active network
-    <state_dir>/NAME/starting             start intent (uuid, link) while a start runs
+    <state_dir>/NAME/starting             a start under way: its status file, staged
     <state_dir>/NAME/run/                 runtime files of the network's start steps
     <state_dir>/autostarted               marker: autostart ran since host boot
     <state_dir>/.lock                     held (flock) by the running daemon
@@ -43,20 +43,24 @@ is refused, by the core). A saved port is re-read with ``strict=False``, so a
 guest ``<ip>``/``<route>`` saved by an older version does not make it vanish.
 
 A start's files are the exception to "fsync the directory", because they
-describe kernel state that a crash of the host takes with it: the start
-intent is not fsync'ed at all, and the status file of a start is staged
-(written and fsync'ed under a temporary name, :meth:`StateStore.stage_status`)
-while the kernel work runs, then renamed into place without a directory
-fsync (:func:`publish_staged`). What a crash of the daemon (kill -9) finds
-is the same either way (the page cache survives it); after a crash of the
-host an older complete status file or none is the same truth to recovery
-(the network is not running), and none is ever torn.
+describe kernel state that a crash of the host takes with it: the status
+file of a start is staged before the kernel work (written and fsync'ed as
+``starting``, :meth:`StateStore.stage_status`), which makes it the start
+intent too: the kernel ignores IFLA_IFALIAS when a bridge is created, so
+netfs's tag arrives in a second request, and a crash in between leaves an
+untagged bridge that only this file (its live definition names the bridge)
+identifies as ours. Once the network is up the file is renamed to
+``status.xml`` without a directory fsync (:func:`publish_staged`). What a
+crash of the daemon (kill -9) finds is the same either way (the page cache
+survives it); after a crash of the host an older complete status file or
+none is the same truth to recovery (the network is not running), and none
+is ever torn.
 
 Every method here is synchronous. Those that fsync may block: the core calls
-them from a worker thread. The metadata-only steps of a start (writing and
-removing the intent, removing stale port files with ``sync=False``,
-publishing or discarding a staged file) never fsync; the core makes them on
-its loop, saving a thread hop each.
+them from a worker thread (a start's staging: the netlink thread, as the
+first call of the start's submission). The metadata-only steps of a start
+(publishing or discarding the staged file) never fsync; the core makes them
+on its loop, saving a thread hop each.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ import operator
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +91,7 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".netfs-tmp-"
 AUTOSTARTED = "autostarted"
 STATUS = "status.xml"
+STARTING = "starting"  # a start under way: its staged status file
 LOCK = ".lock"
 NETWORK_DIR_MODE = 0o700
 STATUS_MEMO = 32  # networks whose last status document is kept (see stage_status)
@@ -174,16 +179,29 @@ def _named(e: OSError, path: Path) -> OSError:
     return OSError(e.errno, e.strerror, str(path))
 
 
-def _stage(dfd: int, path: Path, data: bytes, mode: int, sync: bool) -> str:
+def _stage(
+    dfd: int, path: Path, data: bytes, mode: int, sync: bool, name: str | None = None
+) -> str:
     """``data`` in a new temporary file beside ``path`` (in the directory
-    ``dfd``), fsync'ed if ``sync``; its name. On failure nothing is left."""
+    ``dfd``), fsync'ed if ``sync``; its name. On failure nothing is left.
+    ``name``: a fixed name instead of a random one; whatever is there
+    already (a file a crash left, a planted symlink or FIFO) is replaced,
+    never written through."""
     # short: a 250-byte network name makes a 254-byte file name already
-    tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}"
+    tmp = name or f"{TMP_PREFIX}{secrets.token_hex(6)}"
+    # a write's error names the file it made when that has a name of its own
+    named = path.parent / name if name else path
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, flags, mode, dir_fd=dfd)
+        try:
+            fd = os.open(tmp, flags, mode, dir_fd=dfd)
+        except FileExistsError:
+            if name is None:
+                raise
+            os.unlink(tmp, dir_fd=dfd)
+            fd = os.open(tmp, flags, mode, dir_fd=dfd)
     except OSError as e:
-        raise _named(e, path) from None
+        raise _named(e, named) from None
     try:
         try:
             view = memoryview(data)
@@ -197,7 +215,7 @@ def _stage(dfd: int, path: Path, data: bytes, mode: int, sync: bool) -> str:
     except BaseException as e:
         _discard(dfd, tmp)
         if isinstance(e, OSError):
-            raise _named(e, path) from None
+            raise _named(e, named) from None
         raise
     return tmp
 
@@ -253,12 +271,13 @@ class Staged:
     text: bytes = b""
 
 
-def stage_write(path: Path, data: bytes, *, mode: int = 0o600) -> Staged:
-    """The first half of :func:`atomic_write`: the temporary file, written
-    and fsync'ed. :func:`publish_staged` or :func:`discard_staged` follows."""
+def stage_write(path: Path, data: bytes, *, mode: int = 0o600, name: str | None = None) -> Staged:
+    """The first half of :func:`atomic_write`: the temporary file (named
+    ``name`` in ``path``'s directory if given), written and fsync'ed.
+    :func:`publish_staged` or :func:`discard_staged` follows."""
     dfd = _open_parent(path)
     try:
-        return Staged(path, _stage(dfd, path, data, mode, True))
+        return Staged(path, _stage(dfd, path, data, mode, True, name))
     finally:
         os.close(dfd)
 
@@ -284,6 +303,31 @@ def discard_staged(staged: Staged) -> None:
         _discard(dfd, staged.tmp)
     finally:
         os.close(dfd)
+
+
+def _clear_ports(dfd: int, ports: Path) -> None:
+    """Remove the port files in the directory ``ports`` (in ``dfd``) and it,
+    never through a symlink (whatever else is at its name is removed); its
+    directory is not fsync'ed."""
+    try:
+        fd = os.open(
+            ports.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd
+        )
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise _named(e, ports) from None
+        _discard(dfd, ports.name)
+        return
+    try:
+        for entry in os.listdir(fd):
+            if entry.endswith(".xml") or entry.startswith(TMP_PREFIX):
+                _discard(fd, entry)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(ports.name, dir_fd=dfd)
 
 
 def read_nofollow(path: Path) -> bytes:
@@ -736,12 +780,17 @@ class StateStore:
         atomic_write(path, data)
 
     def stage_status(self, live: NetworkDef) -> Staged:
-        """A start's status file (no ports yet), written and fsync'ed under
-        a temporary name before the kernel work (in the same netlink
-        submission); the core publishes it (:func:`publish_staged`, on its
-        loop) once the network is up, or discards it
-        (:func:`discard_staged`). ``Staged.text``: the document without its
-        header, the network's status.xml until its live definition changes."""
+        """A start's status file (no ports yet), made before the kernel work
+        (in the same netlink submission), after the network's stale port
+        files are removed (not fsync'ed: a host crash that kept them has
+        them removed at the next start). It is written and fsync'ed as
+        ``<state_dir>/NAME/starting``: the start intent, which names the
+        live definition and so the link the start is about to create
+        (:meth:`load_intents`). The core renames it into place
+        (:meth:`publish_staged`, on its loop) once the network is up, or
+        removes it (:meth:`discard_staged`). ``Staged.text``: the document
+        without its header, the network's status.xml until its live
+        definition changes."""
         # a start of the same definition as the last one (the same parts:
         # a definition is never changed in place, a change is a new object)
         # has the same document: formatted and checked once
@@ -762,15 +811,23 @@ class StateStore:
             self._status_memo[live.name] = (parts, body, data)
         path = self.status_path(live.name)
         make_dir(path.parent, NETWORK_DIR_MODE)
-        staged = stage_write(path, data)
-        return Staged(staged.path, staged.tmp, body)
+        dfd = _open_parent(path)
+        try:
+            _clear_ports(dfd, path.parent / "ports")
+            tmp = _stage(dfd, path, data, 0o600, True, STARTING)
+        finally:
+            os.close(dfd)
+        return Staged(path, tmp, body)
 
     def publish_staged(self, staged: Staged) -> None:
         """Rename a staged file into place (:func:`publish_staged`)."""
         publish_staged(staged)
 
     def discard_staged(self, staged: Staged) -> None:
+        """Remove a staged file (a start's intent with it); the network's
+        directory goes too when nothing else is in it."""
         discard_staged(staged)
+        self._remove_network_dir(staged.path.parent.name)
 
     def delete_status(self, name: str) -> bool:
         removed = remove_file(self.status_path(name))
@@ -901,64 +958,36 @@ class StateStore:
     # -- start intents ---------------------------------------------------------
 
     def intent_path(self, name: str) -> Path:
-        return self.network_dir(name) / "starting"
+        return self.network_dir(name) / STARTING
 
-    def write_intent(self, name: str, uuid: str, bridge: str | None) -> None:
-        """Record "about to create BRIDGE for network NAME (uuid)".
-
-        The kernel ignores IFLA_IFALIAS when a bridge is created, so our tag
-        arrives in a second request: a crash in between leaves an untagged
-        bridge that only this record can identify as ours. Not fsync'ed: it
-        guards against a crash of the daemon; a crash of the host takes the
-        bridges (and the state directory, a tmpfs) with it.
-        """
-        path = self.intent_path(name)
-        make_dir(path.parent, NETWORK_DIR_MODE)
-        data = f"{uuid} {bridge or ''}\n".encode()
-        # one short write into the file itself (no temporary file and
-        # rename: this is on the path of every start): a crash leaves the
-        # whole record or an empty file, and an empty one names no bridge,
-        # as none; a full disk leaves none. Never through a symlink, never
-        # waiting on a FIFO: whatever is not a regular file there is
-        # replaced by a rename, as any state file would be.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags, 0o600)
-        except OSError as e:
-            if e.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-                raise _named(e, path) from None
-            atomic_write(path, data, sync=False)
-            return
-        try:
+    def load_intents(
+        self, link_of: Callable[[NetworkDef], str | None]
+    ) -> dict[str, tuple[str, str | None]]:
+        """Networks whose start was under way: name -> (uuid, the link it
+        was about to create). The intent is the start's staged status file
+        (:meth:`stage_status`): ``link_of`` names the link of its live
+        definition (the sub-driver's answer). An intent of the previous
+        form, one line ``UUID LINK``, is read too. One that cannot be read
+        names no link."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for e in self._network_dirs():
             try:
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            finally:
-                os.close(fd)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise _named(e, path) from None
-
-    def prepare_start(self, name: str, uuid: str, bridge: str | None) -> None:
-        """Before a start's first change: the network's stale port files
-        removed (not fsync'ed: a host crash that kept them has them removed
-        at the next start) and, when the sub-driver names a link it will
-        create, the start intent written."""
-        self.delete_ports(name, sync=False)
-        if bridge is not None:
-            self.write_intent(name, uuid, bridge)
-
-    def finish_start(self, name: str) -> None:
-        """A start went through: its intent goes (a failure is logged: a
-        stale intent is cleared at recovery). The network's directory stays:
-        its status file is in it."""
-        try:
-            os.unlink(self.intent_path(name))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("network %s: cannot remove its start intent: %s", name, e)
+                data = read_nofollow(Path(e.path) / STARTING)
+            except OSError:
+                continue
+            try:
+                if data.lstrip().startswith(b"<"):
+                    live = parse_status(data)
+                    out[e.name] = (live.uuid, link_of(live))
+                    continue
+                parts = data.decode().split()
+            except Exception as err:
+                log.warning("network %s: its start intent is unreadable: %s", e.name, err)
+                out[e.name] = ("", None)
+                continue
+            # an empty one (a crash as it was written) names nothing either
+            out[e.name] = (parts[0], parts[1] if len(parts) > 1 else None) if parts else ("", None)
+        return out
 
     def delete_intent(self, name: str) -> None:
         path = self.intent_path(name)
@@ -968,19 +997,6 @@ class StateStore:
             pass
         # the network's directory goes too when nothing else is in it
         self._remove_network_dir(name)
-
-    def load_intents(self) -> dict[str, tuple[str, str | None]]:
-        """Networks whose start was under way: name -> (uuid, bridge name)."""
-        out: dict[str, tuple[str, str | None]] = {}
-        for e in self._network_dirs():
-            try:
-                text = read_nofollow(Path(e.path) / "starting").decode()
-            except (OSError, UnicodeDecodeError):
-                continue
-            parts = text.split()
-            if parts:
-                out[e.name] = (parts[0], parts[1] if len(parts) > 1 else None)
-        return out
 
     # -- once per boot ---------------------------------------------------------
 

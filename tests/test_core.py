@@ -407,6 +407,30 @@ async def test_problem_definition_loads_but_does_not_start(
 # --------------------------------------------------------------------------- recovery
 
 
+async def test_recovery_deletes_the_untagged_bridge_a_start_intent_names(
+    dirs: tuple[Path, Path], nl: Netlink, netns: str
+) -> None:
+    etc, run = dirs
+    d = Driver(etc, run, nl)
+    await d.startup()
+    await d.define(net_xml("half", n=1, bridge="nfsha0", ip4="10.66.0.1"))
+    await d.define(net_xml("idle", n=2, bridge="nfsid0", ip4="10.67.0.1"))
+    # a crash between the bridge's creation and its tag: the start's staged
+    # status file (its intent) names a bridge that carries no tag
+    d.store.stage_status(d.get("half").definition)
+    ip("link", "add", "nfsha0", "type", "bridge", netns=netns)
+    ip("link", "add", "nfsid0", "type", "bridge", netns=netns)  # untagged, no intent: foreign
+    assert d.store.intent_path("half").exists()
+
+    d2 = Driver(etc, run, nl)
+    await d2.startup()
+    assert sorted(bridges(netns)) == ["nfsid0"]
+    assert not d2.get("half").active and not d2.get("idle").active
+    assert not d2.store.intent_path("half").exists()
+    await d2.start("half")  # the name is free again
+    assert sorted(bridges(netns)) == ["nfsha0", "nfsid0"]
+
+
 async def test_recovery_rows(dirs: tuple[Path, Path], nl: Netlink, netns: str) -> None:
     etc, run = dirs
     d = Driver(etc, run, nl)

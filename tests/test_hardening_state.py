@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 
 from netfs import state as state_mod
-from netfs.model.network import format_network, parse_network
+from netfs.model.network import NetworkDef, format_network, parse_network
 from netfs.model.port import format_port, parse_port
 from netfs.state import TMP_PREFIX, StateStore
 
@@ -38,6 +38,10 @@ PORT = """<interface type='network'>
   <source network='x'/>
 </interface>
 """
+
+
+def bridge_of(live: NetworkDef) -> str | None:
+    return live.bridge.name or None
 
 
 def net(name: str, n: int = 1):  # type: ignore[no-untyped-def]
@@ -81,9 +85,9 @@ def previous_state_module(tmp: Path) -> ModuleType | None:
 def test_network_names_never_meet(store: StateStore) -> None:
     names = ["foo", "foo.xml", "foo.xml.xml", "ports", "status.xml", "starting"]
     for i, name in enumerate(names, 1):
+        store.stage_status(net(name, i))  # a start under way (its intent)
         store.write_status(net(name, i))
         store.write_port(name, "vm1", port(name, i))
-        store.write_intent(name, f"u{i}", f"b{i}")
     loaded = store.load()
     assert loaded.problems == []
     assert sorted(loaded.statuses) == sorted(names)
@@ -91,7 +95,9 @@ def test_network_names_never_meet(store: StateStore) -> None:
         assert loaded.statuses[name].live.uuid.endswith(f"{i:02x}")
         assert list(loaded.statuses[name].ports) == ["vm1"]
         assert loaded.statuses[name].ports["vm1"].owner_name == name
-    assert store.load_intents() == {n: (f"u{i}", f"b{i}") for i, n in enumerate(names, 1)}
+    assert store.load_intents(bridge_of) == {
+        n: (net(n, i).uuid, f"vbr{i}") for i, n in enumerate(names, 1)
+    }
 
 
 def test_previous_layout_loads_identically(tmp_path: Path) -> None:
@@ -131,7 +137,7 @@ def test_previous_layout_loads_identically(tmp_path: Path) -> None:
         assert {k: format_port(v) for k, v in loaded.statuses[name].ports.items()} == {
             k: format_port(v) for k, v in st.ports.items()
         }
-    assert after.load_intents() == {"b": ("uuid-b", "vbr2")}
+    assert after.load_intents(bridge_of) == {"b": ("uuid-b", "vbr2")}
     assert after.autostarted()
     assert sorted(os.listdir(run)) == ["a", "autostarted", "b", "c.xml"]
     assert after.migrate_layout() == []  # once
@@ -153,17 +159,30 @@ def test_planted_symlink_as_intent_file_is_not_written_through(
 ) -> None:
     store.network_dir("n").mkdir()
     store.intent_path("n").symlink_to(victim)
-    store.write_intent("n", "u", "br")
+    store.stage_status(net("n"))
     assert victim.read_bytes() == b"root's secret\n"
-    assert store.load_intents() == {"n": ("u", "br")}
+    assert store.load_intents(bridge_of) == {"n": (net("n").uuid, "vbr1")}
 
 
 def test_planted_fifo_as_intent_file_does_not_hang_and_is_replaced(store: StateStore) -> None:
     store.network_dir("n").mkdir()
     os.mkfifo(store.intent_path("n"))
-    store.write_intent("n", "u", "br")  # O_NONBLOCK: a FIFO without reader is ENXIO at once
-    assert store.load_intents() == {"n": ("u", "br")}
+    store.stage_status(net("n"))  # created anew (O_EXCL), never opened through
+    assert store.load_intents(bridge_of) == {"n": (net("n").uuid, "vbr1")}
     assert store.intent_path("n").is_file()
+
+
+def test_an_unreadable_intent_names_no_link_and_a_previous_one_is_read(
+    store: StateStore,
+) -> None:
+    for name, data in [("torn", b"<networkstatus><net"), ("old", b"uuid-o vbr9\n"), ("e", b"")]:
+        store.network_dir(name).mkdir()
+        store.intent_path(name).write_bytes(data)
+    assert store.load_intents(bridge_of) == {
+        "torn": ("", None),
+        "old": ("uuid-o", "vbr9"),
+        "e": ("", None),
+    }
 
 
 @pytest.mark.parametrize("what", ["status", "port", "intent"])
@@ -179,7 +198,7 @@ def test_planted_symlink_as_network_dir_is_refused(
         elif what == "port":
             store.write_port("n", "vm1", port("vm1"))
         else:
-            store.write_intent("n", "u", "br")
+            store.stage_status(net("n"))
     assert sorted(p.name for p in elsewhere.rglob("*")) == ["ports"]
 
 
@@ -246,7 +265,7 @@ def test_full_disk_names_the_path_and_leaves_no_starting_file(
 
     monkeypatch.setattr(state_mod.os, "write", full)
     with pytest.raises(OSError) as e:
-        store.write_intent("n", "u", "br")
+        store.stage_status(net("n"))
     assert e.value.errno == errno.ENOSPC
     assert e.value.filename == str(store.intent_path("n"))
     with pytest.raises(OSError) as e:
@@ -273,7 +292,8 @@ try:
 except OSError as e:
     assert e.errno == errno.ENOSPC
 os.close(fd)
-for write in (lambda: s.write_intent("n", "u" * 4000, "br"),):
+big = parse_network("<network><name>n</name><description>" + "u" * 4000 + "</description></network>")
+for write in (lambda: s.stage_status(big),):
     try:
         write()
     except OSError as e:

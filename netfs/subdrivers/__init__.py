@@ -58,8 +58,9 @@ class SubDriver(Protocol):
         generated bridge name must avoid them)?"""
 
     def intent(self, live: NetworkDef) -> str | None:
-        """The link a start is about to create (recorded before it, so that
-        recovery can find it after a crash), or None."""
+        """The link a start of ``live`` (prepared) is about to create, or
+        None: recovery asks it of the live definition a start intent holds
+        (its staged status file), to find that link after a crash."""
 
     # -- the kernel ----------------------------------------------------------------
 
