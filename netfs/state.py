@@ -95,6 +95,7 @@ STARTING = "starting"  # a start under way: its staged status file
 LOCK = ".lock"
 NETWORK_DIR_MODE = 0o700
 STATUS_MEMO = 32  # networks whose last status document is kept (see stage_status)
+DIR_MEMO = 1024  # networks whose directory path is kept (see network_dir)
 
 Problem = tuple[Path, str]
 
@@ -554,6 +555,8 @@ class StateStore:
         # network -> (the parts of the live definition, body, document) of
         # its last staged status file (see stage_status); a few at most
         self._status_memo: dict[str, tuple[tuple[object, ...], bytes, bytes]] = {}
+        # network -> its directory (a start asks for it a few times)
+        self._dirs: dict[str, Path] = {}
 
     # -- paths ---------------------------------------------------------------
 
@@ -566,8 +569,14 @@ class StateStore:
         return self.autostart_dir / f"{name}.xml"
 
     def network_dir(self, name: str) -> Path:
-        _check_component(name)
-        return self.state_dir / name
+        d = self._dirs.get(name)
+        if d is None:
+            _check_component(name)
+            d = self.state_dir / name
+            if len(self._dirs) >= DIR_MEMO:
+                self._dirs.clear()
+            self._dirs[name] = d
+        return d
 
     def status_path(self, name: str) -> Path:
         return self.network_dir(name) / STATUS

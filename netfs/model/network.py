@@ -16,6 +16,7 @@ library's inet_ntop prints it), so other layers can use them directly.
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import socket
 import uuid as _uuid
@@ -159,8 +160,10 @@ def fmt_ip(a: IPAddr) -> str:
     return str(a)
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip(s: str) -> IPAddr:
-    """Re-parse canonical address text kept in the model."""
+    """Re-parse canonical address text kept in the model (the objects are
+    immutable: a start asks for the same few again and again)."""
     return ipaddress.ip_address(s)
 
 
@@ -180,6 +183,7 @@ def _bits(a: IPAddr) -> int:
     return 32 if isinstance(a, ipaddress.IPv4Address) else 128
 
 
+@functools.lru_cache(maxsize=256)
 def _netmask_bits(mask: IPAddr) -> int:
     """virSocketAddrGetNumNetmaskBits: -1 for a non-contiguous mask."""
     n = _bits(mask)

@@ -51,6 +51,7 @@ a crash between the bridge's creation and its tag).
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -80,7 +81,9 @@ def _family(family: str) -> int:
     return socket.AF_INET6 if family == "ipv6" else socket.AF_INET
 
 
+@functools.lru_cache(maxsize=1024)
 def _network(address: str, prefix: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    # immutable; every start of a network asks for the same ones
     return ipaddress.ip_network(f"{address}/{prefix}", strict=False)
 
 
