@@ -123,6 +123,9 @@ class Event:
     port: str | None = None
     # the rest of the line: "MAC ADDRESS" (lease-added/-removed), WHAT (repaired)
     detail: str | None = None
+    # its number among the core's events (1, 2, ...; 0: not numbered):
+    # Driver.events_emitted
+    seq: int = 0
 
     def line(self) -> str:
         """``TIMESTAMP NAME EVENT [PORT] [DETAIL]``, one space between
@@ -304,6 +307,7 @@ class Driver:
         self._started_text: dict[str, tuple[NetworkDef, str]] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._events = _EventHub()
+        self._event_seq = 0
         self._links = LinkReconciler(self)
         self._recovery = Recovery(self)
         self._ports = Ports(self)
@@ -331,7 +335,17 @@ class Driver:
         self, network: str, kind: str, port: str | None = None, detail: str | None = None
     ) -> None:
         assert kind in EVENT_KINDS, kind
-        self._events.emit(Event(datetime.now(UTC), network, kind, port, detail))
+        self._event_seq += 1
+        self._events.emit(
+            Event(datetime.now(UTC), network, kind, port, detail, seq=self._event_seq)
+        )
+
+    @property
+    def events_emitted(self) -> int:
+        """How many events this core emitted (the last one's ``seq``): each
+        is emitted after the change it tells of, so what is read now
+        includes the changes of all of them."""
+        return self._event_seq
 
     # ------------------------------------------------------------------ queries
 

@@ -62,6 +62,8 @@ class FakeCore:
         self.nets: dict[str, _FakeNet] = {}
         self.calls: list[tuple[str, ...]] = []
         self._subs: list[trio.MemorySendChannel[Event]] = []
+        # its events are not numbered (seq 0): each one is reconciled
+        self.events_emitted = 0
 
     def _n(self, name: str) -> _FakeNet:
         n = self.nets.get(name)

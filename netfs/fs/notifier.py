@@ -168,10 +168,9 @@ class _Wake:
 
 @dataclass(frozen=True)
 class _CoreEvent:
-    """A core event, the `seen`-th the pump took for its network."""
+    """A core event the pump took."""
 
     event: Event
-    seen: int
 
 
 # what the notifier's queue holds: a core event or a handler's request
@@ -322,11 +321,10 @@ class Notifier:
         # network -> the invalidation of its cached files under way
         self._inflight: dict[str, trio.Event] = {}
         self._fresh_progress = trio.Event()
-        # network -> how many of its core events the pump took, and how
-        # many of them the last start of its reconcile followed (an event
-        # taken before a reconcile began is in the state that reconcile
-        # read: the event's own reconcile has nothing left to do)
-        self._seen: dict[str, int] = {}
+        # network -> the number of the core's last event when its last
+        # reconcile began (an event emitted before that is in the state the
+        # reconcile read, whenever the pump takes it: the event's own
+        # reconcile has nothing left to do; Driver.events_emitted)
         self._followed: dict[str, int] = {}
         self.closing = False
 
@@ -359,7 +357,6 @@ class Notifier:
         """Network `name` is gone for watchers too."""
         self.published.pop(name, None)
         self._snap.pop(name, None)
-        self._seen.pop(name, None)
         self._followed.pop(name, None)
         for p in [p for p in self.gens if p[0] == name]:
             del self.gens[p]
@@ -530,7 +527,7 @@ class Notifier:
             ev = item.event
             if ev.kind not in HIDDEN_EVENTS:  # "error": only its sequence number changed
                 self._wake_event_pollers()
-            if self._followed.get(ev.network, 0) < item.seen:
+            if not ev.seq or self._followed.get(ev.network, 0) < ev.seq:
                 await self.reconcile(ev.network)
 
     async def _pump(self, core: trio.MemoryReceiveChannel[Event]) -> None:
@@ -594,8 +591,7 @@ class Notifier:
 
     def _take_event(self, ev: Event) -> None:
         self.feed.push(ev)
-        seen = self._seen[ev.network] = self._seen.get(ev.network, 0) + 1
-        self._queue(_CoreEvent(ev, seen))
+        self._queue(_CoreEvent(ev))
 
     def listen(self) -> trio.MemoryReceiveChannel[Event]:
         """The one subscription to the core's events (for every reader of
@@ -716,7 +712,7 @@ class Notifier:
     async def reconcile(self, name: str) -> None:
         """Make what watchers were told of network `name` the truth."""
         sp = self.space
-        self._followed[name] = self._seen.get(name, 0)
+        self._followed[name] = sp.core.events_emitted
         await self.invalidate_net(name)  # before anything is announced
         st = sp.state(name)
         sp.is_pending(name, st)  # adopts a pending directory the core now has
