@@ -353,9 +353,9 @@ class _InNamespace:
         made = self._made.get(ifname)
         if made is not None:
             return made
-        # if_nametoindex opens its ioctl socket in this (setns'd) thread
+        # the raw socket belongs to the namespace this thread entered
         try:
-            return socket.if_nametoindex(ifname)
+            return self._rtnl().index(ifname)
         except OSError:
             raise NetfsError(errno.ENODEV, f"no such interface: {ifname}") from None
 
@@ -669,10 +669,17 @@ class _InNamespace:
             raise _kernel_error(e, "cannot list routes") from None
         return out
 
-    def write_sysctl(self, key: str, value: str, missing_ok: bool) -> None:
-        path = sysctl_path(key)
+    def write_sysctl(
+        self, key: str, value: str, missing_ok: bool, at: tuple[int, str] | None = None
+    ) -> None:
+        """``at``: (a directory's descriptor, its path): ``key`` is a name in
+        it (several sysctls written together: one path walk for all)."""
+        path = sysctl_path(key) if at is None else f"{at[1]}/{key}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            if at is None:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            else:
+                fd = os.open(key, os.O_WRONLY | os.O_CLOEXEC, dir_fd=at[0])
             try:
                 os.write(fd, value.encode())
             finally:
@@ -688,12 +695,22 @@ class _InNamespace:
 
     def set_ipv6_sysctls(self, ifname: str, disable: bool) -> None:
         base = f"/proc/sys/net/ipv6/conf/{ifname}"
-        for key, value in (
-            ("disable_ipv6", "1" if disable else "0"),
-            ("accept_ra", "0"),
-            ("autoconf", "0"),
-        ):
-            self.write_sysctl(f"{base}/{key}", value, True)
+        try:
+            dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # a kernel without IPv6
+            log.debug("sysctls %s missing: skipped", base)
+            return
+        except OSError as e:
+            raise NetfsError(e.errno or errno.EIO, f"cannot open {base}: {e.strerror}") from None
+        try:
+            for key, value in (
+                ("disable_ipv6", "1" if disable else "0"),
+                ("accept_ra", "0"),
+                ("autoconf", "0"),
+            ):
+                self.write_sysctl(key, value, True, (dfd, base))
+        finally:
+            os.close(dfd)
 
     def read_sysctl(self, path: str) -> str | None:
         try:

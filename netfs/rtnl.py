@@ -12,6 +12,8 @@ times the kernel's own work.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import socket
@@ -129,6 +131,8 @@ RTMSG = struct.Struct(
 )  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 U32 = struct.Struct("=I")
 I32 = struct.Struct("=i")
+IFREQ_INDEX = struct.Struct("=16si12x")  # struct ifreq: name, ifr_ifindex (40 bytes)
+SIOCGIFINDEX = 0x8933
 Buf = bytes | bytearray
 
 
@@ -226,6 +230,16 @@ class RtnlSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+    def index(self, ifname: str) -> int:
+        """The index of link ``ifname`` in the socket's namespace
+        (SIOCGIFINDEX on this socket: no socket of its own, as
+        if_nametoindex makes); OSError ENODEV when there is none."""
+        name = ifname.encode()
+        if len(name) >= 16:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        got = fcntl.ioctl(self.sock.fileno(), SIOCGIFINDEX, IFREQ_INDEX.pack(name, 0))
+        return int(IFREQ_INDEX.unpack(got)[1])
 
     def request(
         self,
