@@ -352,8 +352,10 @@ class TrafficGuard:
     def firewall_text(self, n: NetRecord) -> str:
         if self.svc is None or n.live is None:
             return ""
-        if time.monotonic() - self._listing_at > 1.0:
-            self.want_check()  # shown as last read; read again soon
+        if self.svc.rules and time.monotonic() - self._listing_at > 1.0:
+            # shown as last read; read again soon (a check reads nothing
+            # while no network has rules: no wake-up of its task for it)
+            self.want_check()
         return firewall.render_listing(self._listing, n.name)
 
     async def firewall_listing(self, n: NetRecord) -> str:
