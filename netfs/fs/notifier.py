@@ -758,7 +758,10 @@ class Notifier:
         task when `wake_later`)."""
         self.space.touched(path)
         self.gens[path] = self.gens.get(path, 0) + 1
-        if node.polled:
+        # only handles waiting now need waking (a poll() after this one
+        # finds the new count at once): no queue item, and no wake-up of
+        # the writer waiting for its announcement, when none is
+        if node.polled and self._pollers.get(path):
             if wake_later:
                 self._queue(_Wake(path))
             else:
