@@ -28,6 +28,7 @@ import contextlib
 import copy
 import errno
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -70,6 +71,7 @@ Ts = TypeVarTuple("Ts")
 
 EVENT_BUFFER = 4096
 LOG_LATE = 0.05  # longest delay of an event's log line, seconds
+LOG_DEFER = 0.001  # an event's log line is not looked at before this, seconds
 # the kinds of the `events` file, then the internal kind "error": a network's
 # error was recorded (its text is NetworkState.error). The filesystem does
 # not print "error" in the events file; it uses it to notify the error file.
@@ -219,11 +221,11 @@ class _EventHub:
 
     def __init__(self) -> None:
         self._subscribers: dict[int, trio.MemorySendChannel[Event]] = {}
-        # events whose log line is not written yet, and the wake-up of the
+        # events whose log line is not written yet, and the sleep of the
         # task that writes them (None: it is not running, lines are written
         # at once)
         self._unlogged: deque[Event] = deque()
-        self._log_wake: trio.Event | None = None
+        self._log_sleep: trio.CancelScope | None = None
 
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         send, recv = trio.open_memory_channel[Event](EVENT_BUFFER)
@@ -236,11 +238,15 @@ class _EventHub:
             send.close()
 
     def emit(self, ev: Event) -> None:
-        if self._log_wake is None:
+        sleep = self._log_sleep
+        if sleep is None:
             self._log(ev)
         else:
             self._unlogged.append(ev)
-            self._log_wake.set()
+            if sleep.deadline == math.inf:
+                # the writer wakes by its deadline, not in the loop's next
+                # tick: that tick is on the path of the change told of
+                sleep.deadline = trio.current_time() + LOG_DEFER
         for key, send in list(self._subscribers.items()):
             try:
                 send.send_nowait(ev)
@@ -269,18 +275,21 @@ class _EventHub:
         LOG_LATE later: a line costs the loop ~30 µs, which is then not
         spent on the path of the change it tells of (a start's reply, its
         announcements) nor of the next one (its kernel requests)."""
-        self._log_wake = trio.Event()
+        self._log_sleep = trio.CancelScope()
         task_status.started()
         try:
             while True:
-                await self._log_wake.wait()
-                self._log_wake = trio.Event()
+                # until LOG_DEFER after an event (emit sets the deadline)
+                with self._log_sleep:
+                    await trio.sleep_forever()
                 with trio.move_on_after(LOG_LATE):
                     await idle()
                 while self._unlogged:
                     self._log(self._unlogged.popleft())
+                # (no checkpoint since the last line: nothing new is waiting)
+                self._log_sleep = trio.CancelScope()
         finally:
-            self._log_wake = None
+            self._log_sleep = None
             while self._unlogged:
                 self._log(self._unlogged.popleft())
 

@@ -9,6 +9,7 @@ the kernel in test_core.py, test_subdrivers.py and test_netlink.py.
 from __future__ import annotations
 
 import errno
+import logging
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,30 @@ async def test_triggered_repair(driver: Driver, kernel: FakeKernel) -> None:
     assert not driver.get("a").active
     assert not driver.store.status_path("a").exists()
     await driver.repair("a")  # inactive: nothing to do
+
+
+async def test_event_log_lines_come_a_moment_later_and_all_of_them(
+    driver: Driver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="netfs.core")
+    await driver.define(net_xml("a", n=1, bridge="nfsa0"))
+    caplog.clear()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("event: ")]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run_monitor)
+        await driver.start("a")
+        await driver.stop("a")
+        assert lines() == []  # not on the path of the changes
+        with trio.fail_after(2):
+            while len(lines()) < 2:
+                await trio.sleep(0.001)
+        assert [line.split()[2:] for line in lines()] == [["a", "started"], ["a", "stopped"]]
+        await driver.start("a")  # the writer sleeps again, and wakes again
+        with trio.fail_after(2):
+            while len(lines()) < 3:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert [line.split()[3] for line in lines()] == ["started", "stopped", "started"]
