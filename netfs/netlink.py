@@ -89,7 +89,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple
 
 import trio
@@ -756,8 +756,6 @@ class Netlink:
         self._busy_since = 0.0  # trio time the requests under way began
         self._quiet = trio.Event()
         self._quiet.set()
-        # waits that the next request ends (see until_request)
-        self._hushed: set[trio.CancelScope] = set()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -795,8 +793,6 @@ class Netlink:
         if not self._busy:
             self._quiet = trio.Event()
             self._busy_since = trio.current_time()
-            for scope in self._hushed:
-                scope.cancel()
         self._busy += 1
         try:
             return await self._worker.call(fn, *args)
@@ -829,21 +825,6 @@ class Netlink:
     def _short_request(self) -> bool:
         """A request is under way, for less than LONG_REQUEST."""
         return bool(self._busy) and trio.current_time() - self._busy_since < LONG_REQUEST
-
-    @contextlib.contextmanager
-    def until_request(self) -> Iterator[trio.CancelScope]:
-        """A cancel scope that the next request to the worker thread
-        cancels (at once, if one is under way that is not long yet: see
-        idle)."""
-        scope = trio.CancelScope()
-        if self._short_request():
-            scope.cancel()
-        self._hushed.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._hushed.discard(scope)
 
     # ---------------------------------------------------------------- the API
 
@@ -936,7 +917,7 @@ class Netlink:
         """Watch link events in the namespace: ``async with nl.monitor() as m:
         async for ev in m: ...``."""
         sock = await self._call(self._k.monitor_socket, rcvbuf)
-        mon = LinkMonitor(sock, self.idle, self.until_request)
+        mon = LinkMonitor(sock, self.idle, self._short_request)
         try:
             yield mon
         finally:
@@ -952,11 +933,12 @@ class LinkMonitor:
     thread makes the rest would take the interpreter from it, event by
     event, and reading them as soon as the requests are done would delay
     the rest of the start; then everything queued is read in one go (no
-    loop tick per datagram). For the same reason the socket is waited on
-    only between requests: a request's start ends that wait (its first
-    event would otherwise wake the loop in the middle of the request).
-    The monitor is at most QUIET_WAIT late (a stream of requests without
-    a pause: what is queued is read every QUIET_WAIT)."""
+    loop tick per datagram). A request's first event still wakes the
+    monitor (the socket is waited on all along: ending that wait at each
+    request cost the loop more, on the path of every start, than the one
+    wake-up does); it then only waits for the requests to end. The monitor
+    is at most QUIET_WAIT late (a stream of requests without a pause: what
+    is queued is read every QUIET_WAIT)."""
 
     BURST = 64  # datagrams read at most per wake-up
     QUIET_WAIT = 0.05  # longest wait for the requests under way, seconds
@@ -965,11 +947,11 @@ class LinkMonitor:
         self,
         sock: socket.socket,
         idle: Callable[[], Awaitable[None]],
-        until_request: Callable[[], contextlib.AbstractContextManager[trio.CancelScope]],
+        busy: Callable[[], bool],
     ) -> None:
         self._raw = sock  # non-blocking
         self._idle = idle
-        self._until_request = until_request
+        self._busy = busy
         self._pending: deque[LinkEvent] = deque()
         self._closed = False
 
@@ -990,9 +972,8 @@ class LinkMonitor:
             with trio.move_on_after(self.QUIET_WAIT) as late:
                 await self._idle()
             if not late.cancelled_caught:  # between requests
-                with self._until_request() as hush:
-                    await trio.lowlevel.wait_readable(self._raw)
-                if hush.cancelled_caught:  # a request began: read after it
+                await trio.lowlevel.wait_readable(self._raw)
+                if self._busy():  # a request's own events: read after it
                     with trio.move_on_after(self.QUIET_WAIT):
                         await self._idle()
             # (else requests without a pause: read what is queued now)
