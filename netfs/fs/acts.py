@@ -100,7 +100,8 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         sp.record(name, f"invalid value for {node.name}: {shown} (write 0 or 1)")
         raise NetfsError(errno.EINVAL, "write 0 or 1")
     assert node.flag is not None
-    before = sp.state(name)
+    # what a 0 may remove (a 1 removes no entry: a start adds status.xml)
+    before = None if value else sp.state(name)
     try:
         await node.flag(sp.core, path, value)
     finally:
@@ -108,8 +109,7 @@ async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
         await sp.notifier.invalidate_net(name)
         sp.notifier.written(path, node)
         sp.notifier.queue_reconcile(name)
-        if not value:  # writing 1 removes no entry (a start adds status.xml)
-            await drop_stale_entries(sp, name, before)
+        await drop_stale_entries(sp, name, before)
 
 
 def privileged(uid: int) -> bool:
