@@ -262,8 +262,9 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, sync: bool = Tru
 
 @dataclass(frozen=True)
 class Staged:
-    """A file written and fsync'ed under a temporary name beside ``path``,
-    not yet in place (:func:`stage_write`)."""
+    """A file written and fsync'ed under the name ``tmp`` beside ``path``
+    (a start's status file: ``starting``), not yet in place
+    (:meth:`StateStore.stage_status`)."""
 
     path: Path
     tmp: str
@@ -272,19 +273,8 @@ class Staged:
     text: bytes = b""
 
 
-def stage_write(path: Path, data: bytes, *, mode: int = 0o600, name: str | None = None) -> Staged:
-    """The first half of :func:`atomic_write`: the temporary file (named
-    ``name`` in ``path``'s directory if given), written and fsync'ed.
-    :func:`publish_staged` or :func:`discard_staged` follows."""
-    dfd = _open_parent(path)
-    try:
-        return Staged(path, _stage(dfd, path, data, mode, True, name))
-    finally:
-        os.close(dfd)
-
-
 def publish_staged(staged: Staged) -> None:
-    """The second half: the rename into place, metadata only (the directory
+    """The rename of a staged file into place, metadata only (the directory
     is not fsync'ed: for what that suits, see the module docstring). On
     failure the temporary file is removed and the target is as it was."""
     dfd = _open_parent(staged.path)
