@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from netfs.core import Driver
+from netfs.core import LOG_DEFER, Driver
 from netfs.errors import NetfsError
 from netfs.netlink import (
     LinkInfo,
@@ -220,27 +221,34 @@ async def test_triggered_repair(driver: Driver, kernel: FakeKernel) -> None:
 
 
 async def test_event_log_lines_come_a_moment_later_and_all_of_them(
-    driver: Driver, caplog: pytest.LogCaptureFixture
+    driver: Driver, caplog: pytest.LogCaptureFixture, mock_clock: trio.testing.MockClock
 ) -> None:
+    # trio's clock stands still until the test moves it (the log writer's
+    # deadline is in it); the fake kernel's idle() is at once
     caplog.set_level(logging.INFO, logger="netfs.core")
     await driver.define(net_xml("a", n=1, bridge="nfsa0"))
-    caplog.clear()
 
     def lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("event: ")]
+        return [
+            r.getMessage().split(None, 2)[2]
+            for r in caplog.records
+            if r.getMessage().startswith("event: ")
+        ]
 
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run_monitor)
+        caplog.clear()
         await driver.start("a")
         await driver.stop("a")
-        assert lines() == []  # not on the path of the changes
-        with trio.fail_after(2):
-            while len(lines()) < 2:
-                await trio.sleep(0.001)
-        assert [line.split()[2:] for line in lines()] == [["a", "started"], ["a", "stopped"]]
+        await trio.testing.wait_all_tasks_blocked()
+        assert lines() == []  # not in the ticks after the events: on their path
+        mock_clock.jump(LOG_DEFER)
+        await trio.testing.wait_all_tasks_blocked()
+        assert lines() == ["a started", "a stopped"]
         await driver.start("a")  # the writer sleeps again, and wakes again
-        with trio.fail_after(2):
-            while len(lines()) < 3:
-                await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()
+        assert lines() == ["a started", "a stopped"]
+        mock_clock.jump(LOG_DEFER)
+        await trio.testing.wait_all_tasks_blocked()
+        assert lines() == ["a started", "a stopped", "a started"]
         nursery.cancel_scope.cancel()
-    assert [line.split()[3] for line in lines()] == ["started", "stopped", "started"]
