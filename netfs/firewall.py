@@ -25,7 +25,6 @@ import os
 import re
 import socket
 import struct
-import subprocess
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -426,28 +425,8 @@ async def monitor(
     log): the moment to :func:`repair`. Costs nothing while nobody touches
     the table (no polling). Changes made before ``started`` may be missed:
     repair once after it (recovery does)."""
-    prog = nsexec.find_program(NFT)
-    fd = nsexec.open_netns(netns) if netns else None
-
-    def enter() -> None:
-        if fd is not None:
-            nsexec.setns_fd(fd)
-
+    proc = nsexec.Watcher(netns, [NFT, "monitor"])
     try:
-        proc = await trio.lowlevel.open_process(
-            [prog, "monitor"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=enter,
-            pass_fds=(fd,) if fd is not None else (),
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
-        )
-    finally:
-        if fd is not None:
-            os.close(fd)
-    try:
-        assert proc.stdout is not None
         task_status.started()
         buf = b""
         batch: list[str] = []

@@ -11,10 +11,12 @@ with the Debian package that has it, a failing one carries its own words.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +28,8 @@ import trio
 from netfs.errors import NetfsError
 
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once, never in a forked child
 T = TypeVar("T")
 
 # program -> the Debian package that installs it (named when it is missing)
@@ -39,8 +43,7 @@ def netns_path(netns: str) -> str:
 
 def setns_fd(fd: int) -> None:
     """setns(2) the calling thread into the network namespace open on fd."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if _LIBC.setns(fd, CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
@@ -164,6 +167,67 @@ async def run(
     return await trio.to_thread.run_sync(
         lambda: run_sync(netns, argv, stdin=stdin, timeout=timeout, check=check)
     )
+
+
+class Watcher:
+    """A long-running program inside the namespace whose output the daemon
+    follows (``nft monitor``): ``stdout`` is a trio stream of it.
+
+    It ends with the daemon, also when the daemon is killed (SIGKILL): it
+    is forked from the trio thread and asks the kernel for SIGKILL when
+    that thread ends (PR_SET_PDEATHSIG). trio's own ``open_process`` forks
+    from one of its worker threads, which end when idle: a program told to
+    die with such a thread would die seconds later, and one not told so
+    outlived a killed daemon (and kept its namespace alive) until it next
+    wrote something."""
+
+    def __init__(self, netns: str | None, argv: Sequence[str]) -> None:
+        prog = find_program(argv[0])
+        fd = open_netns(netns) if netns else None
+        parent = os.getpid()
+
+        def enter() -> None:  # in the child, before exec
+            if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                os._exit(127)
+            if os.getppid() != parent:  # the daemon died before the prctl
+                os._exit(127)
+            if fd is not None:
+                setns_fd(fd)
+
+        try:
+            self._popen = subprocess.Popen(
+                [prog, *argv[1:]],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=enter,
+                pass_fds=(fd,) if fd is not None else (),
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+            )
+        except OSError as e:
+            raise NetfsError(e.errno or errno.EIO, f"cannot run {argv[0]}: {e.strerror}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        assert self._popen.stdout is not None
+        self.pid = self._popen.pid
+        self.stdout = trio.lowlevel.FdStream(os.dup(self._popen.stdout.fileno()))
+        self._popen.stdout.close()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._popen.kill()
+
+    async def wait(self) -> int:
+        """Until it has ended (its stream closed); its exit status."""
+        try:
+            return await trio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+        finally:
+            await self.stdout.aclose()
 
 
 def words(done: Completed) -> str:

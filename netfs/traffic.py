@@ -235,16 +235,14 @@ class TrafficGuard:
         while True:
             proc = None
             try:
-                proc = await _open_in_namespace(netns, [firewall.NFT, "monitor"])
+                proc = nsexec.Watcher(netns, [firewall.NFT, "monitor"])
                 if not started:
-                    # once the process exists (a fork of ours on its way to
-                    # exec nft, not yet: a watcher of the daemon's processes
-                    # would take it for a second daemon), not once it listens:
-                    # what changes before it listens is caught by the
-                    # decision below
+                    # once the process exists (nft, exec'd: a watcher of the
+                    # daemon's processes never sees a second daemon), not
+                    # once it listens: what changes before it listens is
+                    # caught by the decision below
                     started = True
                     task_status.started()
-                assert proc.stdout is not None
                 if not await self._unchanged_since_recovery(proc):
                     self.want_check()  # whatever happened while it was not watching
                 self.monitoring.set()
@@ -268,7 +266,7 @@ class TrafficGuard:
                 self.want_check()
                 await trio.sleep(POLL)
 
-    async def _unchanged_since_recovery(self, proc: trio.Process) -> bool:
+    async def _unchanged_since_recovery(self, proc: nsexec.Watcher) -> bool:
         """Once the monitor listens (its socket subscribed; at most 2 s
         waited for that): is the ruleset still the one recovery read (the
         same generation; first monitor only)? Then there is nothing to
@@ -630,32 +628,3 @@ def _remove_stale_temp_files(svc: Services) -> None:
 
 def _pair(mac: str, address: str) -> str:
     return f"{leases.escape(mac)} {leases.escape(address)}"
-
-
-async def _open_in_namespace(netns: str | None, argv: list[str]) -> trio.Process:
-    """A long-running program inside the namespace (stdout piped)."""
-    import subprocess
-
-    prog = nsexec.find_program(argv[0])
-    fd = nsexec.open_netns(netns) if netns else None
-
-    def enter() -> None:
-        if fd is not None:
-            nsexec.setns_fd(fd)
-            os.close(fd)
-
-    try:
-        return await trio.lowlevel.open_process(
-            [prog, *argv[1:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=enter,
-            pass_fds=(fd,) if fd is not None else (),
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
-        )
-    except OSError as e:
-        raise NetfsError(e.errno or errno.EIO, f"cannot run {argv[0]}: {e.strerror}") from None
-    finally:
-        if fd is not None:
-            os.close(fd)

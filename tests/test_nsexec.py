@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -58,3 +64,54 @@ def test_program_inherits_no_descriptor(netns: str) -> None:
     assert (
         int(inode) == os.stat(f"/run/netns/{netns}").st_ino != os.stat("/proc/self/ns/net").st_ino
     )
+
+
+WATCHING_DAEMON = """
+import sys, trio
+from netfs import nsexec
+async def main():
+    w = nsexec.Watcher(sys.argv[1], ["sh", "-c", "echo ready; exec sleep 60"])
+    print(w.pid, (await w.stdout.receive_some()).decode().strip(), flush=True)
+    await trio.sleep(60)
+trio.run(main)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_watcher_ends_with_its_daemon_also_killed(netns: str) -> None:
+    """A program whose output the daemon follows (nft monitor) dies with the
+    daemon when it is killed (SIGKILL), and not before: it runs in the
+    namespace, and it outlives the daemon's idle worker threads."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", WATCHING_DAEMON, netns],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None
+        pid_text, word = daemon.stdout.readline().split()
+        pid = int(pid_text)
+        assert word == "ready"
+        inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+        assert inode == os.stat(f"/run/netns/{netns}").st_ino
+        time.sleep(0.3)
+        assert _alive(pid)
+        daemon.kill()
+        daemon.wait()
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(pid)
+    finally:
+        daemon.kill()
+        daemon.wait()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
