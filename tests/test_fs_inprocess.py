@@ -408,6 +408,14 @@ async def test_a_bad_value_is_einval_with_the_reason_in_error(fs: FS, core: Fake
     assert errno_of(e) == errno.EINVAL
     assert core.calls == []
     assert await fs.read("testA/error") == b"invalid value for active: '1\\n\\n' (write 0 or 1)\n"
+    # every byte shown (not a replacement character), a long value cut and marked
+    for value, shown in [(b"\xff1", b"'\\xff1'"), (b"1" * 41, b"'" + b"1" * 40 + b"'...")]:
+        with pytest.raises(pyfuse3.FUSEError):
+            await fs.write("testA/active", value)
+        assert (
+            await fs.read("testA/error") == b"invalid value for active: %s (write 0 or 1)\n" % shown
+        )
+    assert core.calls == []
 
 
 async def test_read_only_files_refuse_writing_and_truncation(fs: FS, core: FakeCore) -> None:

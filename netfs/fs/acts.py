@@ -90,13 +90,17 @@ async def drop_port(sp: Space, path: Path) -> None:
     sp.scratch.drop_under(path)
 
 
+SHOWN_BYTES = 40  # of a refused value, in the network's error
+
+
 async def store_flag(sp: Space, path: Path, node: File, buf: bytes) -> None:
     """A write to a 0/1 file: it acts at once."""
     name = path[0]
     value = {b"0": False, b"0\n": False, b"1": True, b"1\n": True}.get(bytes(buf))
     if value is None:
-        # every byte shown, control characters escaped ('1\n\n')
-        shown = repr(bytes(buf[:40]).decode(errors="replace"))
+        # every byte shown, control characters and bytes past ASCII
+        # escaped ('1\n\n', '\xff'); a long value cut, and marked so
+        shown = repr(bytes(buf[:SHOWN_BYTES]))[1:] + ("..." if len(buf) > SHOWN_BYTES else "")
         sp.record(name, f"invalid value for {node.name}: {shown} (write 0 or 1)")
         raise NetfsError(errno.EINVAL, "write 0 or 1")
     assert node.flag is not None
