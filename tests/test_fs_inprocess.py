@@ -611,10 +611,10 @@ async def test_a_new_attribute_file_is_one_entry(
     # polled: a handle that read it sees the change at its next poll
     fi = await fs.ops.open(await fs.ino("testA/leases"), os.O_RDONLY, USER)  # type: ignore[arg-type]
     assert await fs.ops.read(fi.fh, 0, 100) == b"0 leases\n"
-    assert fs.ops._handle(fi.fh).poll(fi.fh, None) & select.POLLPRI == 0
+    assert fs.ops._handle(fi.fh).poll(fi.fh, None, 0) & select.POLLPRI == 0
     await fs.mkdir("testA/ports/vm1")
     await fs.write("testA/ports/vm1/port.xml", PORT_XML.format(uuid=PORT_UUID).encode())
-    assert fs.ops._handle(fi.fh).poll(fi.fh, None) & select.POLLPRI
+    assert fs.ops._handle(fi.fh).poll(fi.fh, None, 0) & select.POLLPRI
     await fs.ops.release(fi.fh)
     # a mkdir'd directory without a definition has none
     await fs.mkdir("testB")

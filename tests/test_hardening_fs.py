@@ -37,6 +37,7 @@ from test_fs_inprocess import FS, USER, UUID_A, XML, FakeCore, _FakeNet
 
 from netfs.fs.handles import MAX_EVENTS_BLOCKED, MAX_EVENTS_OPEN
 from netfs.fs.notifier import EVENTS_KEPT, Notifier
+from netfs.fs.waiters import MAX_WAITERS
 from netfs.model.network import parse_network
 
 NOBODY = 65534
@@ -145,6 +146,88 @@ def test_blocked_event_readers_leave_root_working(mounted: Daemon) -> None:
         attacker.wait(LIVENESS)
     refusals = [line for line in mounted.logtext().splitlines() if "uid 65534 refused" in line]
     assert len(refusals) == 1, refusals
+
+
+# an unprivileged user polling `active` from THREADS threads, one open file
+# each (read first, as sysfs wants): prints "ready", then per thread "woke"
+# when its poll() returned with a change before its timeout (WAIT seconds),
+# else "slept" (poll's last look at the timeout may find the change), and
+# once all have, each thread's next poll(0): "again REVENTS"
+POLLER = r"""
+import os, select, sys, threading, time
+path, threads, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+lock, done = threading.Lock(), threading.Barrier(threads)
+def waiter():
+    fd = os.open(path, os.O_RDONLY)
+    os.read(fd, 16)
+    p = select.poll()
+    p.register(fd, select.POLLPRI | select.POLLERR)
+    t = time.monotonic()
+    got = p.poll(wait * 1000)
+    early = time.monotonic() - t < wait - 1
+    with lock:
+        print("woke" if got and early else "slept", flush=True)
+    done.wait()
+    again = p.poll(0)
+    with lock:
+        print("again", again[0][1] if again else 0, flush=True)
+for _ in range(threads):
+    threading.Thread(target=waiter).start()
+print("ready", flush=True)
+"""
+
+
+def _polling(pid: int, threads: int) -> bool:
+    """All `threads` threads of process `pid` (beside its main one) sleep in poll()."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            n += "poll" in Path(f"/proc/{pid}/task/{tid}/wchan").read_text()
+        except OSError:
+            pass
+    return n == threads
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(300)
+def test_a_users_poll_waiters_are_bounded(mounted: Daemon) -> None:
+    """A user other than root keeps at most MAX_WAITERS poll() waiters: at a
+    change those are woken, the ones beyond are not (they see the change at
+    their next poll); root's waiter is woken all the same, and the log says
+    so once."""
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    threads, wait = MAX_WAITERS + 8, 6.0
+    poller = subprocess.Popen(
+        [sys.executable, "-c", POLLER, str(mnt / "testA/active"), str(threads), str(wait)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    fd = os.open(mnt / "testA/active", os.O_RDONLY)
+    try:
+        assert poller.stdout is not None
+        assert poller.stdout.readline() == "ready\n"
+        wait_for(lambda: _polling(poller.pid, threads), "the user's threads wait in poll()")
+        os.read(fd, 16)
+        p = select.poll()
+        p.register(fd, select.POLLPRI | select.POLLERR)
+        assert p.poll(0) == []
+        (mnt / "testA/active").write_text("1\n")
+        assert p.poll(LIVENESS * 1000) == [(fd, select.POLLPRI | select.POLLERR)]
+        out, _ = poller.communicate(timeout=LIVENESS + wait)
+    finally:
+        os.close(fd)
+        poller.kill()
+        poller.wait(LIVENESS)
+    lines = out.split("\n")
+    assert lines.count("woke") == MAX_WAITERS and lines.count("slept") == threads - MAX_WAITERS
+    changed = select.POLLPRI | select.POLLERR
+    assert lines.count(f"again {changed}") == threads, lines
+    said = [line for line in mounted.logtext().splitlines() if "by uid 65534 is not kept" in line]
+    assert len(said) == 1, said
 
 
 @pytest.mark.kernel

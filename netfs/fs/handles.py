@@ -33,8 +33,8 @@ from netfs.fs.tree import File, Path
 
 if TYPE_CHECKING:
     from netfs.fs.interrupts import Interrupts
-    from netfs.fs.notifier import Waker
     from netfs.fs.scratch import Scratch
+    from netfs.fs.waiters import Waker
 
 log = logging.getLogger("netfs.fs")
 
@@ -74,7 +74,9 @@ class Handle:
     async def fsync(self) -> None:
         return None
 
-    def poll(self, fh: int, waker: Waker | None) -> int:
+    def poll(self, fh: int, waker: Waker | None, uid: int) -> int:
+        """poll() by user `uid`; `waker`: wake it at a change (None: it does
+        not wait)."""
         return DEFAULT_POLLMASK
 
     def release(self, fh: int) -> Awaitable[None] | None:
@@ -103,7 +105,6 @@ class ContentHandle(Handle):
         # open has seen the current value, as in sysfs)
         self.seen = space.notifier.gens.get(path, 0)
         self.ahead: bytes | None = None  # poll: a value read before it was announced
-        self.polled = False  # registered as a poll waiter at least once
         self.reported = -1  # poll: the change count last reported as a change
 
     def read(self, off: int, size: int) -> bytes:
@@ -120,7 +121,7 @@ class ContentHandle(Handle):
                 self.ahead = n.ahead(self.path, self.node, data)
         return data[off : off + size]
 
-    def poll(self, fh: int, waker: Waker | None) -> int:
+    def poll(self, fh: int, waker: Waker | None, uid: int) -> int:
         mask = DEFAULT_POLLMASK
         if not self.node.polled:
             return mask
@@ -146,13 +147,11 @@ class ContentHandle(Handle):
         ):
             return mask | CHANGED_POLLMASK
         if waker is not None:
-            n.add_poller(self.path, fh, waker)
-            self.polled = True
+            n.waiters.add(self.path, fh, waker, uid)
         return mask
 
     def release(self, fh: int) -> Awaitable[None] | None:
-        if self.polled:
-            self.space.notifier.drop_poller(fh)
+        self.space.notifier.waiters.drop(fh)
         return None
 
 
@@ -442,16 +441,16 @@ class EventsHandle(Handle):
             if cs.cancelled_caught:
                 raise NetfsError(errno.EINTR, "interrupted")
 
-    def poll(self, fh: int, waker: Waker | None) -> int:
+    def poll(self, fh: int, waker: Waker | None, uid: int) -> int:
         n = self.space.notifier
         if self.leftover or self.pos < n.sync_events():
             return DEFAULT_POLLMASK
         if waker is not None:
-            n.add_event_poller(fh, waker)
+            n.waiters.add(self.path, fh, waker, uid)
         return 0
 
     def release(self, fh: int) -> Awaitable[None] | None:
-        self.space.notifier.drop_event_poller(fh)
+        self.space.notifier.waiters.drop(fh)
         self.readers.closed(self.uid)
         return None
 

@@ -61,12 +61,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, Union
+from typing import TYPE_CHECKING, Union
 
 import trio
 
 from netfs.fs import helper, tree
-from netfs.fs.tree import HIDDEN_EVENTS, Dir, File, Path, Presence
+from netfs.fs.tree import EVENTS_PATH, HIDDEN_EVENTS, Dir, File, Path, Presence
+from netfs.fs.waiters import Waiters
 
 if TYPE_CHECKING:
     from netfs.core import Event, NetworkState
@@ -143,12 +144,6 @@ class EventFeed:
         while nothing happens)."""
         while self.end <= pos:
             await self._changed.wait()
-
-
-class Waker(Protocol):
-    """A poll() waiter (pyfuse3's PollHandle)."""
-
-    def notify(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -304,8 +299,7 @@ class Notifier:
         self._snap: dict[str, dict[str, bytes | None]] = {}
         # how many changes of each polled file have been announced
         self.gens: dict[Path, int] = {}
-        self._pollers: dict[Path, dict[int, Waker]] = {}
-        self._event_pollers: dict[int, Waker] = {}
+        self.waiters = Waiters()
         self.feed = EventFeed()
         self._core_events: trio.MemoryReceiveChannel[Event] | None = None
         self._todo_send: trio.MemorySendChannel[Todo] | None = None
@@ -362,7 +356,7 @@ class Notifier:
             del self.gens[p]
         for f in tree.watched():
             if f.polled:
-                self.wake_pollers((name, f.name))
+                self.waiters.wake((name, f.name))
 
     def reannounced_error(self, name: str, told: bytes) -> None:
         """An adopted directory's error became the network's: the same error,
@@ -515,7 +509,7 @@ class Notifier:
 
     async def _do(self, item: Todo) -> None:
         if isinstance(item, _Wake):
-            self.wake_pollers(item.path)
+            self.waiters.wake(item.path)
         elif isinstance(item, _Reconcile):
             if item.name is not None:
                 await self.reconcile(item.name)
@@ -526,7 +520,7 @@ class Notifier:
         else:
             ev = item.event
             if ev.kind not in HIDDEN_EVENTS:  # "error": only its sequence number changed
-                self._wake_event_pollers()
+                self.waiters.wake(EVENTS_PATH)
             if not ev.seq or self._followed.get(ev.network, 0) < ev.seq:
                 await self.reconcile(ev.network)
 
@@ -761,11 +755,11 @@ class Notifier:
         # only handles waiting now need waking (a poll() after this one
         # finds the new count at once): no queue item, and no wake-up of
         # the writer waiting for its announcement, when none is
-        if node.polled and self._pollers.get(path):
+        if node.polled and self.waiters.waiting(path):
             if wake_later:
                 self._queue(_Wake(path))
             else:
-                self.wake_pollers(path)
+                self.waiters.wake(path)
 
     def written(self, path: Path, node: File) -> None:
         """A write through `path` by another process acted: that write already
@@ -792,34 +786,6 @@ class Notifier:
             data = data + b"\0%d" % node.seq(self.space, path[0])
         told = self.told(path)
         return data if told is not None and told != data else None
-
-    def add_poller(self, path: Path, fh: int, waker: Waker) -> None:
-        self._pollers.setdefault(path, {})[fh] = waker
-
-    def drop_poller(self, fh: int) -> None:
-        for waiters in self._pollers.values():
-            waiters.pop(fh, None)
-
-    def add_event_poller(self, fh: int, waker: Waker) -> None:
-        self._event_pollers[fh] = waker
-
-    def drop_event_poller(self, fh: int) -> None:
-        self._event_pollers.pop(fh, None)
-
-    def wake_pollers(self, path: Path) -> None:
-        for waker in self._pollers.pop(path, {}).values():
-            try:
-                waker.notify()
-            except Exception as e:  # a dead handle must not stop the notifier
-                log.debug("poll notify failed: %s", e)
-
-    def _wake_event_pollers(self) -> None:
-        waiters, self._event_pollers = self._event_pollers, {}
-        for waker in waiters.values():
-            try:
-                waker.notify()
-            except Exception as e:
-                log.debug("poll notify failed: %s", e)
 
     def close(self) -> None:
         self.closing = True

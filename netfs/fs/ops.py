@@ -586,7 +586,7 @@ class NetfsOperations(pyfuse3.Operations):
         poll_handle: pyfuse3.PollHandle | None,
         ctx: pyfuse3.RequestContext,
     ) -> int:
-        return self._handle(fh).poll(fh, poll_handle)
+        return self._handle(fh).poll(fh, poll_handle, ctx.uid)
 
     # ================================================================ lifecycle
 

@@ -303,6 +303,7 @@ F_ERROR = "error"
 F_PORT = "port.xml"
 F_VIRTUALPORT = "virtualport.xml"
 EVENTS = File("events")
+EVENTS_PATH: Path = (EVENTS.name,)
 
 PORT = Dir(
     "port",
