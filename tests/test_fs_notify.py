@@ -230,6 +230,34 @@ def test_error_from_autostart_is_notified(mounted: Daemon) -> None:
         w.close()
 
 
+def test_poll_on_events_wakes_at_an_event(mounted: Daemon) -> None:
+    """A poll() blocked on `events` with nothing to read wakes with POLLIN
+    when an event comes."""
+    mnt = mounted.mnt
+    fd = os.open(mnt / "events", os.O_RDONLY)
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        assert p.poll(0) == []
+        result: list[list[tuple[int, int]]] = []
+        t = threading.Thread(target=lambda: result.append(p.poll(LIVENESS * 1000)))
+        t.start()
+        wait_for(lambda: "poll" in _wchan(t), "the poll() waits")
+        define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+        t.join(LIVENESS / 2)  # woken, not at its timeout (when poll looks again)
+        assert not t.is_alive() and result == [[(fd, select.POLLIN)]]
+        assert b"testA defined" in os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _wchan(t: threading.Thread) -> str:
+    try:
+        return Path(f"/proc/self/task/{t.native_id}/wchan").read_text()
+    except OSError:
+        return ""
+
+
 def test_poll_wakes_on_change(mounted: Daemon) -> None:
     mnt, ns = mounted.mnt, mounted.netns
     define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
