@@ -37,9 +37,13 @@ setup_system() {
     if [ -n "$missing" ]; then
         echo "dev.sh: installing Debian packages:$missing" >&2
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
+        # Wait for another apt (a fresh machine's unattended upgrades, say)
+        # instead of failing at once on its lock.
+        lock="-o DPkg::Lock::Timeout=600"
         # shellcheck disable=SC2086
-        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+        apt-get $lock update -qq
+        # shellcheck disable=SC2086
+        apt-get $lock install -y -qq --no-install-recommends $missing >/dev/null
     fi
     [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 }
