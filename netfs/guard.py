@@ -328,7 +328,7 @@ def lock_state_dir(state_dir: Path) -> int:
     make_dir(state_dir)
     path = state_dir / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise Refused(f"{path}: {e.strerror}") from None
     try:

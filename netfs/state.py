@@ -1003,4 +1003,4 @@ class StateStore:
         return (self.state_dir / AUTOSTARTED).exists()
 
     def mark_autostarted(self) -> None:
-        atomic_write(self.state_dir / AUTOSTARTED, b"", mode=0o644)
+        atomic_write(self.state_dir / AUTOSTARTED, b"")

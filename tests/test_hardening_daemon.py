@@ -83,6 +83,7 @@ def test_second_lock_refused_naming_dir_and_pid(tmp_path: Path) -> None:
     state = tmp_path / "state"
     fd = guard.lock_state_dir(state)
     try:
+        assert (state / ".lock").stat().st_mode & 0o7777 == 0o600  # man page, ACCESS
         with pytest.raises(guard.Refused) as e:
             guard.lock_state_dir(state)
         assert str(state) in str(e.value) and f"pid {os.getpid()}" in str(e.value)

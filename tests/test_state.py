@@ -333,6 +333,7 @@ def test_autostarted_marker(store: StateStore) -> None:
     assert not store.autostarted()
     store.mark_autostarted()
     assert store.autostarted()
+    assert (store.state_dir / "autostarted").stat().st_mode & 0o7777 == 0o600  # man, ACCESS
 
 
 @pytest.mark.parametrize(
