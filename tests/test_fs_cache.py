@@ -290,3 +290,26 @@ def test_a_poller_waits_again_after_reading_a_cached_value(mounted: Daemon) -> N
         assert os.pread(fd, 16, 0) == b"0\n"
     finally:
         os.close(fd)
+
+
+def test_an_open_status_xml_reads_empty_while_stopped(mounted: Daemon) -> None:
+    """status.xml opened while the network ran reads as empty (size 0) once
+    it stopped, and the new status once it started again (man page)."""
+    mnt = mounted.mnt
+    define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+    net = mnt / "testA"
+    _write(str(net / "active"), b"1\n")
+    unread = os.open(net / "status.xml", os.O_RDONLY)
+    read = os.open(net / "status.xml", os.O_RDONLY)
+    try:
+        assert os.pread(read, 65536, 0).startswith(b"<networkstatus>")
+        _write(str(net / "active"), b"0\n")
+        for fd in (unread, read):
+            assert os.pread(fd, 65536, 0) == b"" and os.fstat(fd).st_size == 0
+        _write(str(net / "active"), b"1\n")
+        for fd in (unread, read):
+            assert os.pread(fd, 65536, 0) == (net / "status.xml").read_bytes()
+            assert b"<name>testA</name>" in os.pread(fd, 65536, 0)
+    finally:
+        os.close(unread)
+        os.close(read)
