@@ -81,9 +81,9 @@ from lxml import etree
 from netfs.errors import NetfsError
 from netfs.model.names import name_problem
 from netfs.model.names import shown as shown_name
-from netfs.model.network import NetworkDef, format_network, is_virtual, parse_network
+from netfs.model.network import NetworkDef, format_network, parse_network
 from netfs.model.port import NetworkPort, format_port, parse_port
-from netfs.model.validate import random_mac, validate_network
+from netfs.model.validate import give_mac, validate_network
 from netfs.model.xmlsafe import MAX_INPUT_BYTES, parse_document
 
 log = logging.getLogger(__name__)
@@ -721,9 +721,7 @@ class StateStore:
             net = parse_network(data)
             _check_filename(path, net)
             new_uuid = net.uuid_generated
-            if net.mac is None and is_virtual(net.forward.mode):
-                net.mac = random_mac()
-                new_mac = True
+            new_mac = give_mac(net)
         problem = network_problems(net)
         if (new_uuid or new_mac) and problem is None:
             try:

@@ -42,15 +42,15 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from netfs import firewall, leases, nsexec
+from netfs import firewall, leases, nsexec, subdrivers
 from netfs.errors import NetfsError
 from netfs.model import firewall as fwmodel
 from netfs.model.dnsmasq import needs_dnsmasq
-from netfs.model.network import NetworkDef, format_network, is_virtual
+from netfs.model.network import NetworkDef
 from netfs.state import TMP_PREFIX
 
 if TYPE_CHECKING:
@@ -81,27 +81,6 @@ def dhcp_prefixes(net: NetworkDef) -> dict[str, int] | None:
     return out
 
 
-def _strip_live(net: NetworkDef) -> NetworkDef:
-    """A copy without what a live change may change (DHCP hosts and ranges,
-    DNS hosts, txt, srv, forwarders)."""
-    c = copy.deepcopy(net)
-    for ip in c.ips:
-        ip.ranges = []
-        ip.hosts = []
-    c.dns.hosts = []
-    c.dns.txts = []
-    c.dns.srvs = []
-    c.dns.forwarders = []
-    return c
-
-
-def live_changeable(old: NetworkDef, new: NetworkDef) -> bool:
-    """Do ``old`` and ``new`` differ only in what can change live?"""
-    return format_network(_strip_live(old), inactive=True) == format_network(
-        _strip_live(new), inactive=True
-    )
-
-
 class TrafficGuard:
     def __init__(self, core: Driver) -> None:
         self.core = core
@@ -123,7 +102,7 @@ class TrafficGuard:
 
     # ------------------------------------------------------------ the task
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         svc = self.svc
         if svc is None:
             task_status.started()
@@ -228,7 +207,9 @@ class TrafficGuard:
         """Has a check of the table been asked for and not begun yet?"""
         return self._check.is_set()
 
-    async def _nft_monitor(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _nft_monitor(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         assert self.svc is not None
         netns = self.svc.netns
         started = False
@@ -442,9 +423,7 @@ class TrafficGuard:
         svc.rules = {
             name: n.live
             for name, n in self.core._nets.items()
-            if n.live is not None
-            and is_virtual(n.live.forward.mode)
-            and not fwmodel.expected_rules(n.live).empty()
+            if n.live is not None and not fwmodel.expected_rules(n.live).empty()
         }
         # the rules and the processes are independent: the dnsmasq orphans
         # are looked for (a /proc scan, in a worker thread) while the table
@@ -520,12 +499,12 @@ class TrafficGuard:
         definition (a copy of ``new`` completed like a start's), or None
         when the change waits for the next start."""
         old = n.live
-        if old is None or not is_virtual(old.forward.mode) or self.svc is None:
+        if old is None or self.svc is None:
             return None
         live = copy.copy(new)
         if live.mac is None:
             live.mac = old.mac
-        if not live_changeable(old, live):
+        if not subdrivers.for_mode(old.forward.mode, old).changes_live(old, live):
             return None
         svc = self.svc
         was, now = needs_dnsmasq(old), needs_dnsmasq(live)

@@ -542,8 +542,9 @@ async def test_raw_dnsmasq_options_only_from_root(world: World) -> None:
 
 def test_which_networks_have_leases_and_which_changes_are_live() -> None:
     """Pure: the rules behind leases_text and live changes."""
+    from netfs.model.dnsmasq import live_changeable
     from netfs.model.network import parse_network
-    from netfs.traffic import dhcp_prefixes, live_changeable
+    from netfs.traffic import dhcp_prefixes
 
     plain = parse_network(network(hosts="", rng=""))
     assert dhcp_prefixes(plain) is None

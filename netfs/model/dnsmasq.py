@@ -17,13 +17,14 @@ name, which is part of the paths in the configuration.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 from dataclasses import dataclass
 
 from netfs.errors import NetfsError, invalid
 from netfs.model.names import shown
-from netfs.model.network import DHCPLease, DNSSrv, IPDef, NetworkDef, is_virtual
+from netfs.model.network import DHCPLease, DNSSrv, IPDef, NetworkDef, format_network, is_virtual
 
 __all__ = [
     "DEFAULT_DIR",
@@ -34,6 +35,7 @@ __all__ = [
     "conf_path",
     "has_raw_options",
     "hostsfile_path",
+    "live_changeable",
     "name_problem",
     "needs_dnsmasq",
     "render",
@@ -77,6 +79,28 @@ def has_raw_options(net: NetworkDef) -> bool:
     """Whether the definition carries ``<dnsmasq:options>`` (raw options
     given to dnsmasq as they are: only root may define them)."""
     return bool(net.dnsmasq_options)
+
+
+def _strip_live(net: NetworkDef) -> NetworkDef:
+    """A copy without what a live change may change (DHCP hosts and ranges,
+    DNS hosts, txt, srv, forwarders)."""
+    c = copy.deepcopy(net)
+    for ip in c.ips:
+        ip.ranges = []
+        ip.hosts = []
+    c.dns.hosts = []
+    c.dns.txts = []
+    c.dns.srvs = []
+    c.dns.forwarders = []
+    return c
+
+
+def live_changeable(old: NetworkDef, new: NetworkDef) -> bool:
+    """Do ``old`` and ``new`` differ only in what a running dnsmasq can take
+    without a restart of its network?"""
+    return format_network(_strip_live(old), inactive=True) == format_network(
+        _strip_live(new), inactive=True
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from netfs.model.network import NetworkDef, is_virtual
 __all__ = [
     "MAX_BRIDGE_ID",
     "network_problems",
+    "give_mac",
     "random_mac",
     "set_mac_source",
     "validate_network",
@@ -38,6 +39,15 @@ def set_mac_source(source: Callable[[], bytes] | None) -> None:
     get libvirt's mocked ``52:54:00:00:00:00``."""
     global _mac_source
     _mac_source = source if source is not None else (lambda: secrets.token_bytes(3))
+
+
+def give_mac(net: NetworkDef) -> bool:
+    """A network with a bridge of its own (modes none, nat, route and open)
+    and no MAC gets a random one, as libvirt gives it; True if it got one."""
+    if net.mac is None and is_virtual(net.forward.mode):
+        net.mac = random_mac()
+        return True
+    return False
 
 
 def random_mac() -> str:
@@ -102,8 +112,8 @@ def validate_network(
     if is_virtual(mode):
         if assign_bridge:
             _assign_bridge(net, bridges_in_use, device_exists)
-        if generate_mac and net.mac is None:
-            net.mac = random_mac()
+        if generate_mac:
+            give_mac(net)
         bandwidth_allowed = True
     else:
         if mode == "bridge" and net.bridge.name is not None:

@@ -57,6 +57,10 @@ class SubDriver(Protocol):
         """Does defining ``net`` need the names of the host's links (a
         generated bridge name must avoid them)?"""
 
+    def changes_live(self, old: NetworkDef, new: NetworkDef) -> bool:
+        """May an active network's ``old`` definition become ``new`` without
+        a restart (its dnsmasq and firewall rules changed where it runs)?"""
+
     def intent(self, live: NetworkDef) -> str | None:
         """The link a start of ``live`` (prepared) is about to create, or
         None: recovery asks it of the live definition a start intent holds

@@ -23,6 +23,9 @@ class DirectDriver:
     def keep_generated(self, net: NetworkDef, current: NetworkDef) -> None:
         return None
 
+    def changes_live(self, old: NetworkDef, new: NetworkDef) -> bool:
+        return False  # no programs of its own: a change waits for the next start
+
     def needs_link_names(self, net: NetworkDef) -> bool:
         return False
 

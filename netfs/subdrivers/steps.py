@@ -202,6 +202,10 @@ class Recipe:
                     assert step.start is not None  # (_runs)
                     for name in step.waits:
                         if name in beside:
+                            if not beside[name].done.is_set():
+                                # what is batched needs nothing of it: sent
+                                # now, not after the program
+                                await batch.flush()
                             await beside[name].join()
                     if step.batched:
                         await step.start(batched)

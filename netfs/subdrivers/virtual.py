@@ -34,10 +34,13 @@ networkStartNetworkVirtual), in order:
 libvirt runs the same steps one after the other, forwarding before dnsmasq;
 here a NAT network's start costs the longer of ``nft -f`` and the rest, not
 their sum, and forwarding still never comes before the rules. The netlink
-steps (2, 3, 5, 6, 8) are ``batched``: 2-6 reach the kernel in one
-submission before dnsmasq starts, 8 in another after it (an open network
-without dnsmasq: all in one). Any failure once the bridge exists undoes
-the done steps in reverse order (the bridge last), once the firewall step
+steps (2, 3, 5, 6, 8) are ``batched``: with rules (modes none, nat and
+route), the check and 2-3 reach the kernel in one submission before
+``nft -f`` starts, 5-6 in the next (sent before dnsmasq starts, or before
+8 waits for the rules; with 8 when the rules are already in), 8 in a last
+one. Mode open has no rules and no forwarding: the check and 2-6 go in one
+submission (before dnsmasq, if it has one). Any failure once the bridge
+exists undoes the done steps in reverse order (the bridge last), once the firewall step
 has ended too; stop does the same for every step. A repair reports what it
 put back through ``StepContext.repaired`` (one ``repaired WHAT`` event).
 
@@ -58,6 +61,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from netfs.errors import NetfsError
+from netfs.model.dnsmasq import live_changeable
 from netfs.model.network import is_virtual
 from netfs.model.validate import random_mac
 from netfs.subdrivers import services
@@ -331,6 +335,11 @@ class VirtualDriver:
             net.bridge.name = current.bridge.name
         if net.mac is None and current.mac is not None:
             net.mac = current.mac
+
+    def changes_live(self, old: NetworkDef, new: NetworkDef) -> bool:
+        """Only DHCP hosts and ranges and DNS records change: its dnsmasq's
+        files are rewritten and its rules follow (traffic.live_update)."""
+        return live_changeable(old, new)
 
     def needs_link_names(self, net: NetworkDef) -> bool:
         # the host's devices matter only when a bridge name is generated (libvirt)
