@@ -6,8 +6,9 @@ that vanished behind our back (the link monitor). The core keeps the
 in-memory picture of all networks (:class:`netfs.netrecord.NetRecord`),
 serialises the transitions of one network with a trio lock (different
 networks proceed concurrently), writes the state store (:mod:`netfs.state`)
-from one worker thread (a start's status file: first in the start's netlink
-submission), hands the kernel work to the sub-driver of the
+from one worker thread (a start's status file is staged first in the
+start's netlink submission; the metadata-only steps, renaming it into
+place or discarding it, run on the loop), hands the kernel work to the sub-driver of the
 network's forward mode (:mod:`netfs.subdrivers`; the core never asks which
 mode it has) with a :class:`~netfs.subdrivers.steps.StepContext` it builds,
 and emits one :class:`Event` per change to every subscriber.
@@ -72,9 +73,8 @@ Ts = TypeVarTuple("Ts")
 EVENT_BUFFER = 4096
 LOG_LATE = 0.05  # longest delay of an event's log line, seconds
 LOG_DEFER = 0.001  # an event's log line is not looked at before this, seconds
-# the kinds of the `events` file, then the internal kind "error": a network's
-# error was recorded (its text is NetworkState.error). The filesystem does
-# not print "error" in the events file; it uses it to notify the error file.
+# the kinds of the `events` file; the internal kinds, which the filesystem
+# does not print there, are INTERNAL_KINDS below
 EVENT_KINDS = frozenset(
     {
         "defined",
@@ -112,12 +112,13 @@ class Event:
     ``kind`` is one of the words of the events file (defined undefined
     started stopped updated port-created port-deleted lease-added
     lease-removed repaired; ``detail`` is the rest of their line) or one of
-    :data:`INTERNAL_KINDS`: ``leases`` (the network's lease records changed)
-    or ``error``: the core recorded an error for the network (any cause: a
-    failed operation, autostart, recovery, reload, :meth:`Driver.set_error`);
-    the text is the network's ``error``. ``line()`` renders it like the
-    others ("... testA error"), but it is not a word of the events file:
-    the filesystem does not print it there."""
+    :data:`INTERNAL_KINDS`: ``leases`` (the network's lease records
+    changed), ``firewall`` (its rules as last read changed) or ``error``:
+    the core recorded an error for the network (any cause: a failed
+    operation, autostart, recovery, reload, :meth:`Driver.set_error`); the
+    text is the network's ``error``. ``line()`` renders these like the
+    others ("... testA error"), but they are not words of the events file:
+    the filesystem does not print them there."""
 
     time: datetime
     network: str
@@ -506,7 +507,8 @@ class Driver:
         start, unless it differs only in DHCP hosts/ranges and DNS records:
         those are applied to the running network at once
         (:meth:`netfs.traffic.TrafficGuard.live_update`). ``privileged``:
-        the caller is root; anyone else gets EPERM for ``<dnsmasq:options>``.
+        the caller may define ``<dnsmasq:options>`` (the filesystem decides
+        who: :func:`netfs.fs.acts.privileged`); anyone else gets EPERM.
         """
         with self._recording(name if name in self._nets else None):
             # a large document is parsed off the loop that serves the others

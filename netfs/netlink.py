@@ -766,7 +766,8 @@ class Netlink:
         try:
             await self._worker.call(self._k.setup)
         except BaseException:
-            # the namespace could not be entered (or IPRoute failed): end the thread
+            # the namespace could not be entered (or its rtnetlink socket not
+            # opened): end the thread
             self._open = False
             await self._worker.close()
             raise

@@ -631,3 +631,9 @@ def test_the_kinds_that_only_add_entries_are_event_kinds() -> None:
 
     assert ONLY_ADDS <= EVENT_KINDS
     assert not ONLY_ADDS & {"stopped", "undefined", "updated", "port-deleted", "defined"}
+
+
+def test_the_filesystem_hides_exactly_the_cores_internal_event_kinds() -> None:
+    from netfs.core import EVENT_KINDS, INTERNAL_KINDS
+
+    assert tree.HIDDEN_EVENTS == INTERNAL_KINDS and INTERNAL_KINDS <= EVENT_KINDS

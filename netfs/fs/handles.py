@@ -310,8 +310,9 @@ class EventReaders:
     MAX_BLOCKED_TOTAL waiting reads. Beyond a bound: EMFILE (ENFILE for the
     total), and one log line for the user until all the user's handles are
     closed. A waiting read is a parked coroutine: no periodic work, and the
-    adapter raises pyfuse3's worker limit by MAX_BLOCKED_TOTAL so that
-    waiting reads never take the workers other requests need."""
+    adapter raises pyfuse3's worker limit by MAX_BLOCKED_TOTAL so that other
+    users' waiting reads never take the workers other requests need (root's
+    are not bounded: root is trusted not to park a thousand reads)."""
 
     def __init__(self, interrupts: Interrupts) -> None:
         self.interrupts = interrupts
@@ -395,9 +396,7 @@ class EventsHandle(Handle):
         if self.leftover:
             out, self.leftover = self.leftover[:size], self.leftover[size:]
             return out
-        n = self.space.notifier
-        n.sync_events()
-        feed = n.feed
+        feed = self.space.notifier.feed
         if self.pos < feed.start:
             if not self.lost:
                 self.lost = True

@@ -15,11 +15,17 @@ what has been published. Two views of the tree follow:
   present until its own rmdir. That makes the kernel send MKDIR, RMDIR,
   CREATE and UNLINK, which is what raises IN_CREATE/IN_DELETE.
 
-A handler never waits for the notifier (touching an inode from inside a
-handler for the same inode deadlocks in the kernel); it only queues work.
-The one exception is close() (FLUSH) of a write that acted: it waits in
-:meth:`Notifier.settle` until that change has been announced — the kernel
-holds no lock of ours during FLUSH, so the helper's operations proceed.
+A handler never waits for an announcement to be *done* (the helper's
+operation would touch an inode the kernel holds locked for that handler:
+a deadlock); it queues the work. It may wait for what takes no inode
+lock: a write that acted waits for the invalidation of its network's
+cached files (:meth:`Notifier.invalidate_net`) and, at most BEGUN_WAIT,
+for the helper to have been *sent* the announcement
+(:meth:`Notifier.begun`); a read of ``events`` waits for the invalidation
+its line follows (:meth:`Notifier.fresh`). Only close() (FLUSH) of a
+write that acted waits until the change has been announced
+(:meth:`Notifier.settle`) — the kernel holds no lock of ours during
+FLUSH, so the helper's operations proceed.
 :meth:`Notifier.changed` is the one place where "the value of file X
 changed" is known (its mtime, poll's change count, the wake-ups).
 
@@ -101,7 +107,7 @@ class EventFeed:
     A reader holds only the number of its next line, so an idle reader costs
     nothing per event; one further behind than EVENTS_KEPT lines loses the
     oldest (its handle says so in the log, once). Events that are not words
-    of ``events`` (kind "error") are not kept."""
+    of ``events`` (netfs.core.INTERNAL_KINDS) are not kept."""
 
     def __init__(self, kept: int = EVENTS_KEPT) -> None:
         self.lines: deque[bytes] = deque(maxlen=kept)

@@ -4,9 +4,9 @@
 what does it list, what does it show, may it be written — and holds the
 presentation state the core does not know: directories made by ``mkdir``
 that have no definition (or port) yet ("pending"), editors' scratch files,
-inode numbers, modification times, formatted documents. It also stores
-writes (through the declared store functions) and makes and drops
-directories (the declared hooks). No pyfuse3 here: errors are NetfsError.
+inode numbers, modification times, formatted documents. What a write
+stores and what a directory's make and drop hooks do is in
+:mod:`netfs.fs.acts`. No pyfuse3 here: errors are NetfsError.
 """
 
 from __future__ import annotations
