@@ -175,17 +175,21 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def check_mount_paths(cfg: MountConfig) -> None:
-    """What the daemon writes through (netfs.guard.check_path): the mount
-    point's directories (the mount point itself is looked at once no stale
-    mount can hang the look: netfs.fs.mounts.cleanup_stale), and the log
-    file; the mount point becomes its real path (which the daemon and its
-    helper use from then on). The state and configuration directories are
-    checked by netfs.guard.prepare, under the daemon's umask."""
+    """What the daemon writes through (netfs.guard.check_path), all of it
+    looked at before anything is made: the mount point's directories (the
+    mount point itself is looked at once no stale mount can hang the look:
+    netfs.fs.mounts.cleanup_stale), the configuration and state
+    directories, and the log file; the mount point becomes its real path
+    (which the daemon and its helper use from then on). netfs.guard.prepare
+    and open_log then make what is missing, under the daemon's umask,
+    walking again."""
     from netfs import guard
 
     cfg.mountpoint = guard.mount_point(cfg.mountpoint)
+    guard.check_path(cfg.config_dir, "configuration directory", dry=True)
+    guard.check_path(cfg.state_dir, "state directory", dry=True)
     if cfg.log_file:
-        os.close(guard.open_log(cfg.log_file))  # made, and checked, here
+        guard.check_log(cfg.log_file)
 
 
 def _mount_helper_parser() -> argparse.ArgumentParser:

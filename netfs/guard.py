@@ -118,7 +118,12 @@ def trusted_uids() -> tuple[int, int]:
 
 
 def check_path(
-    path: str | os.PathLike[str], what: str, last: str = "dir", create: bool = False
+    path: str | os.PathLike[str],
+    what: str,
+    last: str = "dir",
+    create: bool = False,
+    *,
+    dry: bool = False,
 ) -> str:
     """Walk ``path`` as the kernel would, from / down, looking at each
     component with lstat(2) (never through a link), so that nobody but
@@ -142,11 +147,13 @@ def check_path(
     hold a hung mount; see :func:`check_mount_dir`). A missing component
     is created with mode 0755 when ``create``; else it is accepted only
     where nobody else can create it first (its directory is not writable
-    by others)."""
+    by others). ``dry``: the look before anything is made (a walk that will
+    create the path later accepts a missing component anywhere; that walk
+    looks again)."""
     given = os.fspath(path)
     if not given:
         raise Refused(f"{what}: an empty path")
-    walk = _Walk(f"{what} {given}", last, create)
+    walk = _Walk(f"{what} {given}", last, create, dry)
     todo = (given if os.path.isabs(given) else os.path.join(os.getcwd(), given)).split("/")
     todo.reverse()  # a stack: the next component last
     walk.check_dir("/", os.lstat("/"), final=_done(todo))
@@ -188,10 +195,11 @@ class _Walk:
     """:func:`check_path`'s position (the real directory reached so far)
     and its rules."""
 
-    def __init__(self, what: str, last: str, create: bool) -> None:
+    def __init__(self, what: str, last: str, create: bool, dry: bool = False) -> None:
         self.what = what
         self.last = last
         self.create = create
+        self.dry = dry
         self.trusted = trusted_uids()
         self.here = "/"
         self.here_st = os.lstat("/")
@@ -224,6 +232,8 @@ class _Walk:
             pass
         except OSError as e:
             raise self.refuse(f"{cand}: {e.strerror}") from None
+        if self.dry:
+            return None
         if not self.create:
             if self.here_st.st_mode & 0o022:
                 raise self.refuse(
@@ -294,14 +304,31 @@ def open_log(path: str) -> int:
     named pipe with no reader fails at once), then it must be a regular
     file of root's (or the daemon user's) with one link (not a hard link
     to a file elsewhere). Refused otherwise."""
+    fd = _open_log(path, create=True)
+    assert fd is not None
+    return fd
+
+
+def check_log(path: str) -> None:
+    """:func:`open_log`'s checks, before anything is made: a missing log
+    file is not created (nor refused)."""
+    fd = _open_log(path, create=False)
+    if fd is not None:
+        os.close(fd)
+
+
+def _open_log(path: str, create: bool) -> int | None:
     what = f"log file {path}"
     directory, name = os.path.split(os.path.join(os.getcwd(), path))
     if name in ("", ".", ".."):
         raise Refused(f"{what}: not a file name")
-    target = os.path.join(check_path(directory, "log file", last="parent"), name)
+    target = os.path.join(check_path(directory, "log file", last="parent", dry=not create), name)
+    flags = LOG_FLAGS if create else LOG_FLAGS & ~os.O_CREAT
     try:
-        fd = os.open(target, LOG_FLAGS | os.O_NONBLOCK, 0o640)
+        fd = os.open(target, flags | os.O_NONBLOCK, 0o640)
     except OSError as e:
+        if e.errno == errno.ENOENT and not create:
+            return None  # made later, by open_log
         reason = {
             errno.ELOOP: "is a symbolic link",
             errno.ENXIO: "is a named pipe or socket, not a regular file",

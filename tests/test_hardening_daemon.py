@@ -210,6 +210,26 @@ def test_mount_refuses_untrusted_state_dir(tmp_path: Path) -> None:
     assert not is_mounted(mnt) and os.listdir(state) == []
 
 
+def test_a_refused_mount_makes_nothing(tmp_path: Path) -> None:
+    """Every path is looked at before anything is made: a mount refused for
+    one of them leaves no directory, lock file or log file behind."""
+    mnt, config, state = tmp_path / "mnt", tmp_path / "etc" / "n", tmp_path / "run" / "n"
+    mnt.mkdir()
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    r = mount(mnt, config, state, "--log-file", str(fifo))
+    assert r.returncode == 1 and f"log file {fifo}: is a named pipe" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["fifo.log", "mnt"]
+    users = tmp_path / "users"
+    users.mkdir(mode=0o777)
+    users.chmod(0o777)
+    log = tmp_path / "netfs.log"
+    r = mount(mnt, config, users / "state", "--log-file", str(log))
+    assert r.returncode == 1 and f"{users} is writable by group or others" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["fifo.log", "mnt", "users"]
+    assert os.listdir(users) == [] and not is_mounted(mnt)
+
+
 def test_log_file_symlink_not_followed(tmp_path: Path) -> None:
     mnt, config, state = tmp_path / "mnt", tmp_path / "etc", tmp_path / "run"
     mnt.mkdir()
