@@ -7,7 +7,8 @@ Layout (in the daemon's state directory)::
     STATE/.dnsmasq/NAME.addnhosts     addn-hosts      after dropping root)
     STATE/.dnsmasq/NAME.pid           written by dnsmasq
     STATE/.dnsmasq/netfs-leases-helper    the --dhcp-script entry (netfs.leases)
-    STATE/.dnsmasq/leases/NAME.json   the lease records (netfs.leases)
+    STATE/.dnsmasq/leases/NAME.records    the lease records (netfs.leases),
+    STATE/.dnsmasq/leases/NAME.init       and dnsmasq's view of them
 
 dnsmasq runs as libvirt runs it — ``dnsmasq --conf-file=… --leasefile-ro
 --dhcp-script=…`` — plus ``--pid-file`` and ``--user`` (Debian's dnsmasq-base

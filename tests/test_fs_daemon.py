@@ -60,6 +60,26 @@ def test_sigterm_unmounts_cleanly(daemon_factory: object) -> None:
     assert not is_mounted(d2.mnt)
 
 
+def test_busy_mount_refuses_umount_but_not_sigterm(daemon_factory: object) -> None:
+    """man SIGNALS: umount(8) of a mount with a reader of `events` is
+    "target is busy"; SIGTERM unmounts all the same, the read fails."""
+    d: Daemon = daemon_factory()  # type: ignore[operator]
+    d.start()
+    cat = subprocess.Popen(
+        ["cat", str(d.mnt / "events")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(lambda: str(d.mnt / "events") in fd_targets(cat.pid), what="cat opened events")
+        r = subprocess.run(["umount", str(d.mnt)], capture_output=True, text=True)
+        assert r.returncode != 0 and "target is busy" in r.stderr and is_mounted(d.mnt)
+        assert d.stop(signal.SIGTERM) == 0
+        assert not is_mounted(d.mnt)
+        _, err = cat.communicate(timeout=LIVENESS)
+        assert cat.returncode == 1 and "Software caused connection abort" in err.decode()
+    finally:
+        reap(cat, None)
+
+
 def test_kill9_then_remount_recovers(daemon_factory: object) -> None:
     d: Daemon = daemon_factory()  # type: ignore[operator]
     d.start()
