@@ -251,6 +251,28 @@ def test_poll_on_events_wakes_at_an_event(mounted: Daemon) -> None:
         os.close(fd)
 
 
+def test_a_nonblocking_read_of_events_fails_with_eagain(mounted: Daemon) -> None:
+    """Opened with O_NONBLOCK, `events` with nothing to read gives EAGAIN at
+    once (a hostile trial's process waited in it for ten minutes); the
+    lines come once there are some."""
+    mnt = mounted.mnt
+    fd = os.open(mnt / "events", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        begun = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+        assert time.monotonic() - begun < LIVENESS / 2
+        define(mnt, "testA", virtual_xml("testA", "nfsbr0"))
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        assert p.poll(LIVENESS * 1000) == [(fd, select.POLLIN)]
+        assert b"testA defined" in os.read(fd, 4096)
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
 def _wchan(t: threading.Thread) -> str:
     try:
         return Path(f"/proc/self/task/{t.native_id}/wchan").read_text()

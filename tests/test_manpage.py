@@ -60,6 +60,7 @@ ERRNOS = [
     "ENETDOWN",
     "EPERM",
     "EINTR",
+    "EAGAIN",
     "ESPIPE",
     "EFBIG",
     "EOPNOTSUPP",

@@ -377,15 +377,19 @@ class EventsHandle(Handle):
     read with nothing to give waits for the next event; it ends with EINTR
     when its request is interrupted (the reading process got a signal,
     whichever process it is: FUSE INTERRUPT, see :mod:`netfs.fs.interrupts`)
-    or the daemon stops."""
+    or the daemon stops. Opened with O_NONBLOCK, it fails with EAGAIN
+    instead of waiting (FUSE tells the open's flags, not a later fcntl's)."""
 
     blocking = True
 
-    def __init__(self, space: Space, path: Path, uid: int, readers: EventReaders) -> None:
+    def __init__(
+        self, space: Space, path: Path, uid: int, readers: EventReaders, *, nonblock: bool = False
+    ) -> None:
         super().__init__(path)
         self.space = space
         self.uid = uid
         self.readers = readers
+        self.nonblock = nonblock
         readers.opened(uid)
         self.pos = space.notifier.sync_events()
         self.leftover = b""  # the rest of a line a short read did not take
@@ -422,6 +426,8 @@ class EventsHandle(Handle):
                     # no line before the cached files it concerns were invalidated
                     await self.space.notifier.fresh(self.newest)
                 return out
+            if self.nonblock:
+                raise NetfsError(errno.EAGAIN, "no event yet")
             n = self.space.notifier
             if n.closing:
                 raise NetfsError(errno.EINTR, "interrupted")

@@ -517,7 +517,7 @@ class NetfsOperations(pyfuse3.Operations):
         if node is tree.EVENTS:
             if write or flags & os.O_TRUNC:
                 raise _err(errno.EACCES)
-            h = EventsHandle(sp, path, ctx.uid, self.readers)
+            h = EventsHandle(sp, path, ctx.uid, self.readers, nonblock=bool(flags & os.O_NONBLOCK))
             return self._open_handle(h, nonseekable=True)
         if not isinstance(node, File):
             raise _err(errno.EISDIR if node is not None else errno.ENOENT)
