@@ -6,13 +6,11 @@ through a planted symlink (item 10), names of what could not be loaded
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -22,7 +20,9 @@ from netfs.model.port import format_port, parse_port
 from netfs.state import TMP_PREFIX, StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
-PREVIOUS = "bccda97"  # the last commit with the previous state layout
+# what the previous state layout (commit bccda97) wrote: see
+# test_previous_layout_loads_identically
+PREVIOUS_LAYOUT = Path(__file__).resolve().parent / "data" / "previous-layout"
 
 NET = """<network>
   <name>{name}</name>
@@ -59,26 +59,6 @@ def store(tmp_path: Path) -> StateStore:
     return s
 
 
-def previous_state_module(tmp: Path) -> ModuleType | None:
-    """netfs/state.py as the previous version had it (from git)."""
-    try:
-        src = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{PREVIOUS}:netfs/state.py"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    path = tmp / "previous_state.py"
-    path.write_bytes(src)
-    spec = importlib.util.spec_from_file_location("previous_state", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["previous_state"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 # --------------------------------------------------------------------------- item 11
 
 
@@ -101,42 +81,41 @@ def test_network_names_never_meet(store: StateStore) -> None:
 
 
 def test_previous_layout_loads_identically(tmp_path: Path) -> None:
-    old = previous_state_module(tmp_path)
-    if old is None:
-        pytest.skip("no git history here")
+    """The files of PREVIOUS_LAYOUT were written by netfs/state.py of
+    commit bccda97 (the last with the previous layout): write_config of
+    net(name, i) for a, b and c.xml, set_autostart("a"), write_status of a
+    and c.xml, ports vm1 and vm2 of a (port(vm, n)), write_intent("b",
+    "uuid-b", "vbr2") (a start under way) and mark_autostarted()."""
     etc, run = tmp_path / "etc", tmp_path / "run"
-    before = old.StateStore(etc, run)
-    before.ensure_dirs()
-    for i, name in enumerate(["a", "b", "c.xml"], 1):
-        before.write_config(net(name, i))
-    before.set_autostart("a", True)
-    before.write_status(net("a", 1))
-    before.write_port("a", "vm1", port("vm1", 1))
-    before.write_port("a", "vm2", port("vm2", 2))
-    before.write_status(net("c.xml", 3))
-    before.write_intent("b", "uuid-b", "vbr2")  # a start under way
-    before.mark_autostarted()
-    expected = before.load()
-    assert sorted(expected.statuses) == ["a", "c.xml"] and expected.problems == []
-
+    for d in (etc, run):
+        shutil.copytree(PREVIOUS_LAYOUT / d.name, d, symlinks=True)
+        for path in d.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o644 if path.name in ("autostarted", "starting") else 0o600)
     after = StateStore(etc, run)
     after.ensure_dirs()  # migrates
     after.remove_stale_temp_files()
     loaded = after.load()
     assert loaded.problems == []
-    assert sorted(loaded.configs) == sorted(expected.configs)
-    for name, cfg in expected.configs.items():
+    assert sorted(loaded.configs) == ["a", "b", "c.xml"]
+    for i, name in enumerate(["a", "b", "c.xml"], 1):
         got = loaded.configs[name]
         assert format_network(got.definition, inactive=True) == format_network(
-            cfg.definition, inactive=True
+            net(name, i), inactive=True
         )
-        assert got.autostart == cfg.autostart
+        assert got.autostart == (name == "a")
     assert sorted(loaded.statuses) == ["a", "c.xml"]
-    for name, st in expected.statuses.items():
-        assert format_network(loaded.statuses[name].live) == format_network(st.live)
-        assert {k: format_port(v) for k, v in loaded.statuses[name].ports.items()} == {
-            k: format_port(v) for k, v in st.ports.items()
-        }
+    for i, name in ((1, "a"), (3, "c.xml")):
+        assert format_network(loaded.statuses[name].live) == format_network(net(name, i))
+    ports = loaded.statuses["a"].ports
+    assert {k: (p.owner_name, p.mac) for k, p in ports.items()} == {
+        "vm1": ("vm1", "52:54:00:7b:35:01"),
+        "vm2": ("vm2", "52:54:00:7b:35:02"),
+    }
+    for k, p in ports.items():  # the same document, now where the new layout keeps it
+        old_file = PREVIOUS_LAYOUT / "run" / "a" / "ports" / f"{k}.xml"
+        assert format_port(p) == format_port(parse_port(old_file.read_bytes()))
+    assert loaded.statuses["c.xml"].ports == {}
     assert after.load_intents(bridge_of) == {"b": ("uuid-b", "vbr2")}
     assert after.autostarted()
     assert sorted(os.listdir(run)) == ["a", "autostarted", "b", "c.xml"]
