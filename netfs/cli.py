@@ -168,7 +168,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     cfg.foreground = bool(args.foreground)
     try:
         check_mount_paths(cfg)
-    except Refused as e:
+    except (Refused, NetfsError) as e:
         print(f"netfs: {e}", file=sys.stderr)
         return 1
     return run(cfg)
@@ -179,12 +179,16 @@ def check_mount_paths(cfg: MountConfig) -> None:
     looked at before anything is made: the mount point's directories (the
     mount point itself is looked at once no stale mount can hang the look:
     netfs.fs.mounts.cleanup_stale), the configuration and state
-    directories, and the log file; the mount point becomes its real path
+    directories, and the log file (and first that the namespace to manage
+    can be opened); the mount point becomes its real path
     (which the daemon and its helper use from then on). netfs.guard.prepare
     and open_log then make what is missing, under the daemon's umask,
     walking again."""
     from netfs import guard
+    from netfs.netlink import check_netns
 
+    if cfg.netns:
+        check_netns(cfg.netns)
     cfg.mountpoint = guard.mount_point(cfg.mountpoint)
     guard.check_path(cfg.config_dir, "configuration directory", dry=True)
     guard.check_path(cfg.state_dir, "state directory", dry=True)

@@ -294,16 +294,26 @@ def _kernel_error(e: NetlinkError | OSError, context: str) -> NetfsError:
     return NetfsError(code, f"{context}: {strerror(code)}")
 
 
-def _enter_netns(netns: str) -> None:
-    """setns(2) the calling thread into /run/netns/NETNS."""
-    libc = ctypes.CDLL(None, use_errno=True)
+def _open_netns(netns: str) -> int:
     path = netns if "/" in netns else f"/run/netns/{netns}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise NetfsError(
             e.errno or errno.ENOENT, f"cannot open network namespace {netns}: {e.strerror}"
         ) from None
+
+
+def check_netns(netns: str) -> None:
+    """Can namespace ``netns`` (a name under /run/netns or a path) be
+    opened? (``netfs mount`` asks before it makes anything.)"""
+    os.close(_open_netns(netns))
+
+
+def _enter_netns(netns: str) -> None:
+    """setns(2) the calling thread into /run/netns/NETNS."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = _open_netns(netns)
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:
             code = ctypes.get_errno()

@@ -228,6 +228,10 @@ def test_a_refused_mount_makes_nothing(tmp_path: Path) -> None:
     assert r.returncode == 1 and f"{users} is writable by group or others" in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["fifo.log", "mnt", "users"]
     assert os.listdir(users) == [] and not is_mounted(mnt)
+    r = mount(mnt, config, state, "--log-file", str(log), "--netns", "netfs-no-such-netns")
+    assert r.returncode == 1
+    assert "netfs: cannot open network namespace netfs-no-such-netns: No such file" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["fifo.log", "mnt", "users"]
 
 
 def test_log_file_symlink_not_followed(tmp_path: Path) -> None:
