@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_mount_options(p: argparse.ArgumentParser) -> None:
-    from netfs.daemon import DEFAULT_CONFIG_DIR, DEFAULT_STATE_DIR
+    from netfs.state import DEFAULT_CONFIG_DIR, DEFAULT_STATE_DIR
 
     p.add_argument(
         "--config-dir",

@@ -52,6 +52,7 @@ import trio
 from netfs import guard
 from netfs.errors import NetfsError
 from netfs.fs import mounts
+from netfs.state import DEFAULT_CONFIG_DIR, DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:  # the adapter imports pyfuse3: loaded by run() only
     from netfs.core import Driver
@@ -60,8 +61,6 @@ if TYPE_CHECKING:  # the adapter imports pyfuse3: loaded by run() only
 
 log = logging.getLogger("netfs")
 
-DEFAULT_CONFIG_DIR = "/etc/netfs/networks"
-DEFAULT_STATE_DIR = "/run/netfs/networks"
 
 # -o options that only mean something to mount(8), fstab or systemd
 IGNORED_OPTIONS = frozenset(

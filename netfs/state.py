@@ -88,6 +88,8 @@ from netfs.model.xmlsafe import MAX_INPUT_BYTES, parse_document
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CONFIG_DIR = "/etc/netfs/networks"  # netfs mount's defaults
+DEFAULT_STATE_DIR = "/run/netfs/networks"
 TMP_PREFIX = ".netfs-tmp-"
 AUTOSTARTED = "autostarted"
 STATUS = "status.xml"

@@ -53,6 +53,20 @@ def test_validate_runs_without_pyfuse3(tmp_path: Path) -> None:
     assert "pyfuse3" not in p.stderr.decode()
 
 
+def test_validate_loads_no_daemon(tmp_path: Path) -> None:
+    """A pure-model command loads neither the daemon nor trio (they were
+    loaded for the mount subcommand's help: ~90 ms more per run)."""
+    good = tmp_path / "lab.xml"
+    good.write_text(GOOD)
+    code = (
+        f"import sys; from netfs.cli import main; status = main(['validate', {str(good)!r}])\n"
+        "loaded = sorted(m for m in ('trio', 'netfs.daemon', 'pyroute2') if m in sys.modules)\n"
+        "sys.exit(f'loaded: {loaded}' if loaded else status)"
+    )
+    p = run_blocked(code)
+    assert p.returncode == 0, p.stderr.decode()
+
+
 def test_mount_hygiene_and_help_import_without_pyfuse3() -> None:
     code = (
         "import netfs.fs, netfs.fs.mounts, netfs.fs.helper, netfs.daemon\n"
