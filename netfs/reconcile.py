@@ -9,7 +9,9 @@ without the sub-driver's stop (the link is gone, and a same-named link made
 meanwhile is not ours to delete). A link that shows a network's tag under
 another name was renamed behind our back: the network stops the same way and
 the sub-driver's ``release`` makes the renamed link not ours. An ``overrun``
-of the monitor socket resynchronises every active network.
+of the monitor socket resynchronises every active network; when the
+monitor first listens, one dump of the links catches what changed since
+recovery looked (:meth:`LinkReconciler.first_look`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class LinkReconciler:
                         if not started:
                             started = True
                             task_status.started()
+                            nursery.start_soon(self.first_look, nursery)
                         else:
                             nursery.start_soon(self.resync)
                         async for ev in events:
@@ -86,6 +89,26 @@ class LinkReconciler:
                 except Exception:
                     log.exception("link monitor failed; reopening")
                 await trio.sleep(0.1)  # do not spin if it keeps ending
+
+    async def first_look(self, nursery: trio.Nursery) -> None:
+        """Once the monitor first listens: a link deleted or renamed after
+        recovery looked at the kernel but before the subscription (at
+        daemon start) sent its event to nobody; one dump finds it, and it
+        is handled as its event would have been."""
+        try:
+            links = await self.core.nl.links()
+        except Exception:
+            log.exception("link monitor: the first look at the links")
+            return
+        present = {link.name for link in links}
+        for link in links:
+            owner = self.tags.get(link.alias or "")
+            if owner is not None:
+                self._on_tagged_link(owner, link.name, nursery)
+        for ifname, names in list(self.watched.items()):
+            if ifname not in present:
+                for name in sorted(names - self.checking):
+                    self._check_soon(name, nursery)
 
     def on_event(self, ev: LinkEvent, nursery: trio.Nursery) -> None:
         if ev.kind == "overrun":

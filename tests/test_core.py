@@ -1142,3 +1142,26 @@ async def test_port_checks_in_libvirts_order(driver: Driver, netns: str) -> None
         "attempt to merge virtualports with mismatched types (midonet and openvswitch)"
     )
     await driver.stop("testA")
+
+
+async def test_links_lost_before_the_monitor_listens_are_found(
+    driver: Driver, netns: str, nursery: trio.Nursery
+) -> None:
+    """A bridge deleted, and another renamed, after the networks started but
+    before the link monitor first listened (at daemon start: after
+    recovery's look) are found by the monitor's first look."""
+    ev = Events(driver, nursery)
+    await driver.define(net_xml("a", bridge="nfsa0"))
+    await driver.define(net_xml("b", n=2, bridge="nfsb0"))
+    await driver.define(net_xml("c", n=3, bridge="nfsc0"))
+    for name in "abc":
+        await driver.start(name)
+    ip("link", "del", "nfsa0", netns=netns)
+    ip("link", "set", "nfsb0", "down", netns=netns)
+    ip("link", "set", "nfsb0", "name", "nfsren0", netns=netns)
+    await nursery.start(driver.run_monitor)
+    await ev.wait_for("a", "stopped")
+    await ev.wait_for("b", "stopped")
+    assert not driver.get("a").active and not driver.get("b").active
+    assert not links(netns)["nfsren0"].get("ifalias")  # left, without our tag
+    assert driver.get("c").active and "nfsc0" in bridges(netns)
