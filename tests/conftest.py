@@ -26,6 +26,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 _counter = itertools.count()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``kernel`` needs root: skipped for anyone else, so that
+    pytest run as a plain user is the tier that needs no root."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (marked kernel)")
+    for item in items:
+        if item.get_closest_marker("kernel") is not None:
+            item.add_marker(skip)
+
+
 def ip(
     *args: str, netns: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
