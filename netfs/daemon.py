@@ -61,7 +61,6 @@ if TYPE_CHECKING:  # the adapter imports pyfuse3: loaded by run() only
 
 log = logging.getLogger("netfs")
 
-
 # -o options that only mean something to mount(8), fstab or systemd
 IGNORED_OPTIONS = frozenset(
     {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "_netdev", "nofail"}

@@ -36,12 +36,12 @@ here a NAT network's start costs the longer of ``nft -f`` and the rest, not
 their sum, and forwarding still never comes before the rules. The netlink
 steps (2, 3, 5, 6, 8) are ``batched``: with rules (modes none, nat and
 route), the check and 2-3 reach the kernel in one submission before
-``nft -f`` starts, 5-6 in the next (sent before dnsmasq starts, or before
-8 waits for the rules; with 8 when the rules are already in), 8 in a last
-one. Mode open has no rules and no forwarding: the check and 2-6 go in one
-submission (before dnsmasq, if it has one). Any failure once the bridge
-exists undoes the done steps in reverse order (the bridge last), once the firewall step
-has ended too; stop does the same for every step. A repair reports what it
+``nft -f`` starts; 5-6 in the next, sent before dnsmasq starts or before
+8 waits for the rules (8 joins them when the rules are already in);
+otherwise 8 in a last one. Mode open has no rules and no forwarding: the
+check and 2-6 go in one submission (before dnsmasq, if it has one). Any
+failure once the bridge exists undoes the done steps in reverse order
+(the bridge last), once the firewall step has ended too; stop does the same for every step. A repair reports what it
 put back through ``StepContext.repaired`` (one ``repaired WHAT`` event).
 
 Running: a link of the bridge name exists, is a bridge and carries our tag.
